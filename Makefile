@@ -1,0 +1,43 @@
+# Two entry points (see README): `make demo` and `make test`. Each creates .venv
+# when it is missing. On a machine without an NVIDIA GPU the CPU build of torch
+# is installed first so that the unpinned torch requirement does not pull
+# several GB of CUDA wheels; with a GPU, pip resolves torch normally.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_CPU_VERSION ?= 2.13.0
+
+.PHONY: demo demo-quick test lint format clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_CPU_VERSION)" \
+	  || $(BIN)/python -m pip install --quiet "torch==$(TORCH_CPU_VERSION)" --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/annealscale demo --out runs/demo
+
+demo-quick: $(STAMP)
+	$(BIN)/annealscale demo --quick --out runs/demo-quick
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

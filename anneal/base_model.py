@@ -1,0 +1,186 @@
+"""The demo's tiny base model: a byte-level BPE tokenizer and a Llama-style model,
+pre-trained by the project on the general pool and saved with ``save_pretrained``.
+
+`annealscale base` builds it once and caches it by the hash of its config and the
+corpus it was trained on; anneals then load it through `anneal.model` like any Hugging
+Face checkpoint. Pre-training runs in-process with plain PyTorch: it is a one-off step
+that precedes the experiment, not part of what the sweep measures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anneal.config import content_hash
+from anneal.documents import read_texts
+from anneal.schedule import linear_decay_lr, warmup_steps_for
+
+log = logging.getLogger(__name__)
+
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseModelConfig:
+    """Size and pre-training budget of the demo base model."""
+
+    vocab_size: int = 2048
+    """BPE vocabulary including the byte alphabet and EOS (tokens)."""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 512
+    """Longest context the model accepts (tokens)."""
+    seq_len: int = 128
+    """Pre-training context (tokens)."""
+    batch_size: int = 32
+    """Sequences per optimizer step."""
+    pretrain_tokens: int = 1_500_000
+    """Tokens of general text seen in pre-training."""
+    peak_lr: float = 3e-3
+    tokenizer_sample_chars: int = 4_000_000
+    """Characters of general text used to learn the BPE merges."""
+    seed: int = 0
+
+
+def build_base_model(general_docs: str, cache_dir: Path, config: BaseModelConfig) -> Path:
+    """Train tokenizer and model on ``general_docs`` unless cached; return the model dir."""
+    from anneal.packing import _file_identity
+
+    key = content_hash({"config": asdict(config), "docs": _file_identity(general_docs)})
+    out = Path(cache_dir) / f"base-{key}"
+    if (out / "annealscale_base.json").exists():
+        return out
+    import torch
+
+    torch.manual_seed(config.seed)
+    started = time.time()
+    texts = read_texts(general_docs)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(texts, config)
+    tokenizer.save_pretrained(tmp)
+    model = _init_model(config, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "base model: %.2fM parameters, pre-training on %d tokens",
+        n_params / 1e6,
+        config.pretrain_tokens,
+    )
+    windows = _windows(texts, tokenizer, config)
+    final_loss = _pretrain(model, windows, config)
+    model.save_pretrained(tmp)
+    meta = {
+        "config": asdict(config),
+        "parameters": n_params,
+        "pretrain_windows_available": int(len(windows)),
+        "final_train_loss": final_loss,
+        "seconds": round(time.time() - started, 1),
+    }
+    (tmp / "annealscale_base.json").write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out)
+    return out
+
+
+def train_tokenizer(texts: list[str], config: BaseModelConfig):
+    """Byte-level BPE learned on a prefix of ``texts``; EOS doubles as BOS and padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    sample, total = [], 0
+    for text in texts:
+        sample.append(text)
+        total += len(text)
+        if total >= config.tokenizer_sample_chars:
+            break
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(sample, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=None
+    )
+
+
+def _init_model(config: BaseModelConfig, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_positions,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(llama)
+
+
+def _windows(texts: list[str], tokenizer, config: BaseModelConfig) -> np.ndarray:
+    from anneal.packing import pack_token_lists
+
+    needed = math.ceil(config.pretrain_tokens / config.seq_len)
+    ids: list[list[int]] = []
+    tokens = 0
+    for start in range(0, len(texts), 512):
+        chunk = tokenizer(texts[start : start + 512], add_special_tokens=False)["input_ids"]
+        ids.extend(chunk)
+        tokens += sum(len(t) + 1 for t in chunk)
+        if tokens >= needed * (config.seq_len + 1):
+            break
+    return pack_token_lists(ids, tokenizer.eos_token_id, config.seq_len)
+
+
+def _pretrain(model, windows: np.ndarray, config: BaseModelConfig) -> float:
+    import torch
+
+    steps = max(1, config.pretrain_tokens // (config.batch_size * config.seq_len))
+    warmup = warmup_steps_for(steps, 0.05)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.peak_lr, weight_decay=0.1, betas=(0.9, 0.95)
+    )
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(windows))
+    model.train()
+    loss_value = float("nan")
+    last_log = time.time()
+    for step in range(steps):
+        rows = order[
+            np.arange(step * config.batch_size, (step + 1) * config.batch_size) % len(order)
+        ]
+        batch = torch.as_tensor(windows[rows]).long()  # (B, T+1)
+        for group in optimizer.param_groups:
+            group["lr"] = linear_decay_lr(step, steps, peak_lr=config.peak_lr, warmup_steps=warmup)
+        logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = float(loss.detach())
+        if time.time() - last_log > 15 or step == steps - 1:
+            log.info("base model: step %d/%d loss %.3f", step + 1, steps, loss_value)
+            last_log = time.time()
+    return loss_value

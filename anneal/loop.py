@@ -1,0 +1,174 @@
+"""The anneal itself: what each Ray Train worker runs.
+
+Top to bottom: load the base checkpoint, wrap it in DeepSpeed, stream the mixture from
+the ``domain`` and ``replay`` dataset shards, step with the schedule, evaluate held-out
+bits per byte, report. The worker reads only the `AnnealJob` it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anneal.evaluate import bits_per_byte, nll_and_bytes
+from anneal.mixture import RowStream, domain_counts, epochs_over
+from anneal.run_spec import ScheduleSpec, TrainSpec
+from anneal.schedule import linear_decay_lr, warmup_steps_for
+
+ROWS_PER_READ = 64
+SHUFFLE_BUFFER_ROWS = 256
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnnealJob:
+    """Everything one anneal needs, with every path resolved."""
+
+    model_path: str
+    trust_remote_code: bool
+    train: TrainSpec
+    schedule: ScheduleSpec
+    steps: int
+    """Optimizer steps; training tokens are ``steps * train.tokens_per_step``."""
+    domain_fraction: float
+    domain_pool_windows: int
+    """Windows in the curated pool, for the repetition count."""
+    domain_eval_dir: str
+    general_eval_dir: str
+    eval_windows: int
+    token_bytes_path: str
+    """``.npy`` of UTF-8 bytes per token id (bits-per-byte denominator)."""
+    seed: int
+    num_workers: int
+    threads_per_worker: int
+
+
+def anneal_worker(config: dict) -> None:
+    """Ray Train worker entry point: ``config["job"]`` is an `AnnealJob`."""
+    job: AnnealJob = config["job"]
+    import torch
+
+    use_gpu = torch.cuda.is_available()
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        torch.set_num_threads(job.threads_per_worker)
+    import deepspeed
+    import ray.train
+
+    from anneal.model import load_model
+    from anneal.packing import read_windows
+
+    torch.manual_seed(job.seed)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    started = time.time()
+    bf16 = use_gpu and job.train.precision in ("auto", "bf16")
+    model = load_model(job.model_path, trust_remote_code=job.trust_remote_code)
+    device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
+    accum = job.train.batch_size // (job.train.micro_batch_size * world)
+    warmup = warmup_steps_for(job.steps, job.schedule.warmup_fraction)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=job.schedule.peak_lr,
+        betas=(0.9, 0.95),
+        weight_decay=job.train.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: linear_decay_lr(
+            min(step, job.steps - 1), job.steps, peak_lr=1.0, warmup_steps=warmup
+        ),
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=_deepspeed_config(job, accum, bf16),
+        dist_init_required=False,
+    )
+
+    domain = RowStream(_epochs(ray.train.get_dataset_shard("domain"), job.seed))
+    replay = RowStream(_epochs(ray.train.get_dataset_shard("replay"), job.seed + 1))
+    micro = job.train.micro_batch_size
+    counts = domain_counts(job.steps * accum, micro, job.domain_fraction)
+    losses = []
+    train_started = time.time()
+    for k_domain in counts:
+        rows = np.concatenate([domain.take(int(k_domain)), replay.take(micro - int(k_domain))])
+        batch = torch.as_tensor(rows, device=device).long()  # (micro, seq_len + 1)
+        logits = engine(input_ids=batch[:, :-1]).logits  # (micro, seq_len, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
+        )
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+    train_seconds = time.time() - train_started
+
+    token_bytes = np.load(job.token_bytes_path)
+    metrics = {}
+    for name, path in (("domain", job.domain_eval_dir), ("general", job.general_eval_dir)):
+        windows = read_windows(Path(path), job.eval_windows)[rank::world]
+        nll, nbytes = nll_and_bytes(engine.module, windows, token_bytes, batch_size=micro)
+        nll, nbytes = _all_reduce_sum([nll, float(nbytes)], device)
+        metrics[f"{name}_bpb"] = bits_per_byte(nll, int(nbytes))
+
+    local = [domain.rows_taken, replay.rows_taken]
+    domain_rows, replay_rows = _all_reduce_sum([float(x) for x in local], device)
+    seq_len = job.train.seq_len
+    tail = max(1, len(losses) // 10)
+    metrics.update(
+        {
+            "train_loss": float(np.mean(losses[-tail:])),
+            "train_tokens": int((domain_rows + replay_rows) * seq_len),
+            "domain_tokens": int(domain_rows * seq_len),
+            "replay_tokens": int(replay_rows * seq_len),
+            "domain_epochs": epochs_over(int(domain_rows), job.domain_pool_windows),
+            "steps": job.steps,
+            "train_seconds": train_seconds,
+            "wall_seconds": time.time() - started,
+            "device_seconds": (time.time() - started) * world,
+            "tokens_per_second": (domain_rows + replay_rows) * seq_len / max(train_seconds, 1e-9),
+        }
+    )
+    ray.train.report(metrics)
+
+
+def _deepspeed_config(job: AnnealJob, accum: int, bf16: bool) -> dict:
+    return {
+        "train_batch_size": job.train.batch_size,
+        "train_micro_batch_size_per_gpu": job.train.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": job.train.grad_clip,
+        "zero_optimization": {"stage": job.train.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _epochs(shard, seed: int):
+    def epoch(index: int):
+        for batch in shard.iter_batches(
+            batch_size=ROWS_PER_READ,
+            batch_format="numpy",
+            local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
+            local_shuffle_seed=seed * 100_003 + index,
+        ):
+            yield np.stack(batch["tokens"]) if batch["tokens"].dtype == object else batch["tokens"]
+
+    return epoch
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()

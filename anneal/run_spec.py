@@ -1,0 +1,118 @@
+"""Spec pieces that describe one anneal: model, data, schedule, optimisation, prices.
+
+They are frozen, keyword-only dataclasses validated on construction; `tune.spec`
+composes them into the experiment spec. Where the work runs (workers, CPUs, GPUs) is not
+here: it does not change the result and lives in the resources section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from anneal.config import check
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """The base checkpoint every anneal starts from."""
+
+    path: str
+    """A directory saved with ``save_pretrained``, a hub id, or ``demo:base`` (built)."""
+    trust_remote_code: bool = False
+    """Run model code shipped with the checkpoint; only for checkpoints you trust."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """A set of documents on disk."""
+
+    path: str
+    """Parquet/JSONL file, directory or glob, or ``demo:SPLIT`` for the demo corpus."""
+    text_field: str = "text"
+    """Column (Parquet) or key (JSONL) holding the text."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec:
+    """Held-out sets; neither may overlap any training pool."""
+
+    domain: DataSpec
+    """Held-out domain documents: the fitted metric's bits per byte is measured here."""
+    general: DataSpec
+    """Held-out general documents: forgetting is measured here."""
+    max_tokens: int = 32768
+    """Tokens evaluated per set (the first windows of the packed set)."""
+
+    def __post_init__(self):
+        check(self.max_tokens > 0, "max_tokens", "must be a positive number of tokens")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSpec:
+    """Learning-rate schedule of the anneal."""
+
+    kind: Literal["linear"] = "linear"
+    """``linear``: warmup then linear decay to zero (the Llama 3 anneal)."""
+    peak_lr: float
+    """Learning rate at the end of warmup."""
+    warmup_fraction: float = 0.05
+    """Fraction of optimizer steps spent warming up."""
+
+    def __post_init__(self):
+        check(0 < self.peak_lr < 1, "peak_lr", f"must be in (0, 1), got {self.peak_lr}")
+        check(
+            0 <= self.warmup_fraction < 1,
+            "warmup_fraction",
+            f"must be in [0, 1), got {self.warmup_fraction}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Optimisation settings; the global batch is fixed so results do not depend on how
+    many workers share it."""
+
+    seq_len: int = 128
+    """Context length of training windows (tokens)."""
+    batch_size: int = 32
+    """Global batch (sequences per optimizer step across all workers)."""
+    micro_batch_size: int = 8
+    """Sequences per worker per forward pass; gradient accumulation makes up the rest."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage (0 to 3)."""
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    """Gradient-norm clipping threshold (0 disables)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """``auto``: bf16 on GPUs, fp32 on CPU."""
+
+    def __post_init__(self):
+        check(self.seq_len >= 8, "seq_len", f"must be at least 8 tokens, got {self.seq_len}")
+        check(self.batch_size > 0, "batch_size", "must be a positive number of sequences")
+        check(self.micro_batch_size > 0, "micro_batch_size", "must be positive")
+        check(
+            self.batch_size % self.micro_batch_size == 0,
+            "batch_size",
+            f"must be a multiple of micro_batch_size ({self.micro_batch_size}), "
+            f"got {self.batch_size}",
+        )
+        check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
+        check(self.weight_decay >= 0, "weight_decay", "must be non-negative")
+        check(self.grad_clip >= 0, "grad_clip", "must be non-negative (0 disables)")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens predicted per optimizer step."""
+        return self.batch_size * self.seq_len
+
+
+@dataclass(frozen=True, kw_only=True)
+class PricesSpec:
+    """Prices that turn compute into money, so every cost is reported in both."""
+
+    usd_per_pflop: float
+    """Price of 10^15 FLOPs of training or evaluation compute (USD)."""
+
+    def __post_init__(self):
+        check(self.usd_per_pflop > 0, "usd_per_pflop", "must be positive (USD per PFLOP)")

@@ -1,0 +1,338 @@
+"""Data sources: how curation spend turns into a pool of unique curated documents.
+
+Every source kind presents its candidate documents as one deterministic stream, each
+candidate with the cost of obtaining it and whether curation keeps it. Spending ``c``
+walks the stream until the next candidate would overrun ``c``, so the pool bought by a
+larger spend always contains the pool of a smaller one, in the same order (nested pools):
+cells that differ in spend differ only in what the extra money bought.
+
+A new kind is a subclass of `SourceKind` with a frozen ``Params`` dataclass, registered
+with `register_source_kind`; the spec validates its ``params`` against that class.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from anneal.config import SpecError, check, content_hash, from_mapping, to_plain
+from anneal.documents import read_texts
+from anneal.errors import AnnealscaleError
+from anneal.synthetic_math import generate_math_document
+
+SOURCE_KINDS: dict[str, type[SourceKind]] = {}
+
+
+def register_source_kind(name: str) -> Callable[[type[SourceKind]], type[SourceKind]]:
+    """Class decorator that makes a `SourceKind` available as ``kind: name`` in specs."""
+
+    def wrap(cls: type[SourceKind]) -> type[SourceKind]:
+        cls.kind = name
+        SOURCE_KINDS[name] = cls
+        return cls
+
+    return wrap
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSpec:
+    """One candidate data source as written in the spec."""
+
+    name: str
+    """Unique name used in results and reports."""
+    kind: str
+    """A registered source kind: as_is, classifier_filter, synthetic, or a plugin's."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """Kind-specific settings, validated against the kind's ``Params`` class."""
+    curation_spend: tuple[float, ...] | None = None
+    """Spends (USD) for this source; the grid's spends when absent."""
+
+    def __post_init__(self):
+        check(bool(self.name.strip()), "name", "must not be empty")
+        check(
+            self.kind in SOURCE_KINDS,
+            "kind",
+            f"unknown source kind '{self.kind}'; known kinds: {', '.join(sorted(SOURCE_KINDS))}",
+        )
+        params_cls = SOURCE_KINDS[self.kind].Params
+        raw = self.params if isinstance(self.params, params_cls) else dict(self.params)
+        parsed = from_mapping(params_cls, raw, "params")
+        object.__setattr__(self, "params", parsed)
+        if self.curation_spend is not None:
+            check(len(self.curation_spend) > 0, "curation_spend", "must list at least one spend")
+            check(
+                all(c > 0 for c in self.curation_spend),
+                "curation_spend",
+                "every spend must be positive (USD)",
+            )
+
+    @property
+    def identity(self) -> str:
+        """Hash of what determines the documents bought: kind and params, not the name."""
+        return content_hash({"kind": self.kind, "params": to_plain(self.params)})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One document offered by a source, with what it costs to obtain and judge it."""
+
+    text: str
+    cost_usd: float
+    flops: float
+    kept: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurationContext:
+    """Runtime objects curation needs, passed explicitly."""
+
+    tokenizer: Any
+    """Counts tokens, the unit sources are priced in."""
+    resolve: Callable[[str], str] = lambda path: path
+    """Maps spec paths (such as ``demo:math_train``) to files."""
+    cache_dir: Path = Path(".")
+
+
+class SourceKind(abc.ABC):
+    """A way of acquiring domain documents; see the module docstring for the contract."""
+
+    kind: ClassVar[str]
+    Params: ClassVar[type]
+
+    def __init__(self, params: Any, ctx: CurationContext):
+        self.params = params
+        self.ctx = ctx
+
+    def setup_cost(self) -> tuple[float, float]:
+        """One-off (USD, FLOPs) paid before any candidate, e.g. training a classifier."""
+        return 0.0, 0.0
+
+    @abc.abstractmethod
+    def candidates(self) -> Iterator[Candidate]:
+        """The source's documents in their fixed purchase order."""
+
+    def n_tokens(self, texts: list[str]) -> list[int]:
+        ids = self.ctx.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(x) for x in ids]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AsIsParams:
+    path: str
+    """Documents sold as they are (Parquet/JSONL; ``demo:NAME`` for the demo corpus)."""
+    usd_per_token: float
+    """Price per token bought (USD)."""
+    text_field: str = "text"
+
+    def __post_init__(self):
+        check(self.usd_per_token > 0, "usd_per_token", "must be positive (USD per token)")
+
+
+@register_source_kind("as_is")
+class AsIs(SourceKind):
+    """A licensed corpus priced per token; spend buys a longer prefix of it."""
+
+    Params = AsIsParams
+
+    def candidates(self) -> Iterator[Candidate]:
+        texts = read_texts(self.ctx.resolve(self.params.path), self.params.text_field)
+        for start in range(0, len(texts), 256):
+            chunk = texts[start : start + 256]
+            for text, n in zip(chunk, self.n_tokens(chunk), strict=True):
+                yield Candidate(text, n * self.params.usd_per_token, 0.0, True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierFilterParams:
+    raw_path: str
+    """The raw pool the classifier scores (a web crawl)."""
+    positives_path: str
+    """Seed documents of the domain (positive examples)."""
+    negatives_path: str
+    """Seed documents outside the domain (negative examples)."""
+    usd_per_doc_scored: float
+    """Price of scoring one raw document (USD): fetching, cleaning and classifying it."""
+    threshold: float = 0.5
+    """Keep documents whose domain probability is at least this."""
+    n_features: int = 2**18
+    """Hashed word 1-2 gram features."""
+    text_field: str = "text"
+
+    def __post_init__(self):
+        check(self.usd_per_doc_scored > 0, "usd_per_doc_scored", "must be positive (USD)")
+        check(0.0 < self.threshold < 1.0, "threshold", "must be a probability in (0, 1)")
+
+
+@register_source_kind("classifier_filter")
+class ClassifierFilter(SourceKind):
+    """Score raw documents with a linear quality classifier; spend buys more scoring."""
+
+    Params = ClassifierFilterParams
+
+    def setup_cost(self) -> tuple[float, float]:
+        self._fit()
+        return 0.0, self._train_flops
+
+    def _fit(self):
+        if hasattr(self, "_model"):
+            return
+        from sklearn.feature_extraction.text import HashingVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        p = self.params
+        pos = read_texts(self.ctx.resolve(p.positives_path), p.text_field)
+        neg = read_texts(self.ctx.resolve(p.negatives_path), p.text_field)
+        self._vectorizer = HashingVectorizer(
+            n_features=p.n_features, ngram_range=(1, 2), alternate_sign=False, norm="l2"
+        )
+        x = self._vectorizer.transform(pos + neg)
+        self._model = LogisticRegression(C=4.0, max_iter=1000).fit(
+            x, [1] * len(pos) + [0] * len(neg)
+        )
+        # sparse dot products: 2 FLOPs per non-zero feature per L-BFGS iteration
+        self._train_flops = 2.0 * x.nnz * float(self._model.n_iter_.max())
+
+    def candidates(self) -> Iterator[Candidate]:
+        self._fit()
+        p = self.params
+        texts = read_texts(self.ctx.resolve(p.raw_path), p.text_field)
+        for start in range(0, len(texts), 256):
+            chunk = texts[start : start + 256]
+            x = self._vectorizer.transform(chunk)
+            scores = self._model.predict_proba(x)[:, 1]
+            nnz = x.getnnz(axis=1)
+            for text, score, k in zip(chunk, scores, nnz, strict=True):
+                yield Candidate(
+                    text, p.usd_per_doc_scored, 2.0 * float(k), bool(score >= p.threshold)
+                )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticParams:
+    generator: str = "math_worked_examples"
+    """Programmatic generator name (the offline demo's); LLM generators come later."""
+    usd_per_token: float
+    """Price per generated token (USD)."""
+    seed: int = 0
+
+    def __post_init__(self):
+        check(self.usd_per_token > 0, "usd_per_token", "must be positive (USD per token)")
+        check(
+            self.generator == "math_worked_examples",
+            "generator",
+            f"unknown generator '{self.generator}'; available: math_worked_examples",
+        )
+
+
+@register_source_kind("synthetic")
+class Synthetic(SourceKind):
+    """Generated documents; spend buys generated tokens. Document i depends only on
+    (seed, i), so a larger spend extends the same sequence."""
+
+    Params = SyntheticParams
+
+    def candidates(self) -> Iterator[Candidate]:
+        index = 0
+        while True:
+            chunk = [generate_math_document(self.params.seed, index + i) for i in range(256)]
+            index += 256
+            for text, n in zip(chunk, self.n_tokens(chunk), strict=True):
+                yield Candidate(text, n * self.params.usd_per_token, 0.0, True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CuratedPool:
+    """Documents bought for one (source, spend), with the measured cost ledger."""
+
+    path: Path
+    """Parquet file of the kept documents (column ``text``), in purchase order."""
+    documents: int
+    tokens: int
+    """Tokens of the kept documents by the base tokenizer, EOS separators included."""
+    candidates_processed: int
+    cost_usd: float
+    """Money actually spent (USD, at most the spend)."""
+    flops: float
+    """Modelled compute of curation (FLOPs)."""
+    seconds: float
+    """Measured CPU seconds of curation."""
+
+    def ledger(self) -> dict[str, float]:
+        return {
+            "curation_cost": self.cost_usd,
+            "curation_flops": self.flops,
+            "curation_seconds": self.seconds,
+            "curation_documents": self.documents,
+            "curation_candidates": self.candidates_processed,
+        }
+
+
+def curate(source: SourceSpec, spend: float, ctx: CurationContext) -> CuratedPool:
+    """Buy ``spend`` USD of ``source``; cached under the source identity and spend."""
+    out_dir = Path(ctx.cache_dir) / "pools" / f"{source.kind}-{source.identity}"
+    stem = f"spend-{spend:.6g}"
+    meta_path = out_dir / f"{stem}.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        return CuratedPool(path=out_dir / f"{stem}.parquet", **meta)
+    started = time.process_time()
+    kind = SOURCE_KINDS[source.kind](source.params, ctx)
+    setup_usd, setup_flops = kind.setup_cost()
+    spent, flops, processed = setup_usd, setup_flops, 0
+    kept: list[str] = []
+    for candidate in kind.candidates():
+        if spent + candidate.cost_usd > spend:
+            break
+        spent += candidate.cost_usd
+        flops += candidate.flops
+        processed += 1
+        if candidate.kept:
+            kept.append(candidate.text)
+    if not kept:
+        raise AnnealscaleError(
+            f"source '{source.name}': spend {spend:g} USD keeps no documents "
+            f"({processed} processed); raise the spend or loosen the filter"
+        )
+    tokens = sum(n + 1 for n in kind.n_tokens(kept))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{stem}.parquet.tmp"
+    pq.write_table(pa.table({"text": kept}), tmp)
+    os.replace(tmp, out_dir / f"{stem}.parquet")
+    meta = {
+        "documents": len(kept),
+        "tokens": tokens,
+        "candidates_processed": processed,
+        "cost_usd": spent,
+        "flops": flops,
+        "seconds": time.process_time() - started,
+    }
+    meta_path.write_text(json.dumps(meta))
+    return CuratedPool(path=out_dir / f"{stem}.parquet", **meta)
+
+
+def pool_fingerprint(path: Path) -> str:
+    """Content hash of a pool file, for provenance."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+__all__ = [
+    "SOURCE_KINDS",
+    "Candidate",
+    "CuratedPool",
+    "CurationContext",
+    "SourceKind",
+    "SourceSpec",
+    "SpecError",
+    "curate",
+    "register_source_kind",
+]

@@ -1,0 +1,191 @@
+"""``annealscale``: the command-line entry point.
+
+Bad input ends with one line naming the field or file and what to do, and exit code 2;
+no traceback. ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+log = logging.getLogger("annealscale")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet, args.debug)
+    from analysis.errors import AnalysisError
+    from anneal.errors import AnnealscaleError
+
+    try:
+        return args.func(args)
+    except (AnnealscaleError, AnalysisError) as err:
+        if args.debug:
+            raise
+        print(f"annealscale: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("annealscale: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="annealscale",
+        description="Pick domain data sources by fitting scaling laws to small anneals.",
+    )
+    parser.add_argument("--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the offline demo end to end and write a report")
+    demo.add_argument("--quick", action="store_true", help="2 sources x 2 spends x 2 budgets")
+    demo.add_argument("--out", default="runs/demo", help="output directory")
+    demo.add_argument("--spec", default=str(EXAMPLES / "demo.yaml"), help=argparse.SUPPRESS)
+    demo.set_defaults(func=_cmd_demo)
+
+    base = sub.add_parser("base", help="build (or find cached) the demo corpus and base model")
+    base.set_defaults(func=_cmd_base)
+
+    sweep = sub.add_parser("sweep", help="run the grid of a spec and analyse it")
+    sweep.add_argument("spec", help="experiment spec (YAML)")
+    sweep.add_argument("--out", required=True, help="output directory")
+    sweep.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    sweep.add_argument("--no-analyze", action="store_true", help="skip the report")
+    sweep.set_defaults(func=_cmd_sweep)
+
+    analyze = sub.add_parser("analyze", help="fit laws and write the report for a results table")
+    analyze.add_argument("results", help="results.parquet of a sweep")
+    analyze.add_argument("--out", required=True, help="output directory")
+    analyze.set_defaults(func=_cmd_analyze)
+
+    validate = sub.add_parser("validate", help="check a spec and list its cells; runs nothing")
+    validate.add_argument("spec")
+    validate.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def quick_variant(spec):
+    """The ``--quick`` demo: the first two sources, the smallest and largest spend, the two
+    smallest training budgets."""
+    from tune.spec import GridSpec
+
+    spends = sorted(spec.grid.curation_spend)
+    tokens = sorted(spec.grid.train_tokens)
+    return dataclasses.replace(
+        spec,
+        name=spec.name + "-quick",
+        sources=tuple(dataclasses.replace(s, curation_spend=None) for s in spec.sources[:2]),
+        grid=GridSpec(
+            curation_spend=(spends[0], spends[-1]),
+            train_tokens=tuple(tokens[:2]),
+            seeds=spec.grid.seeds[:1],
+        ),
+    )
+
+
+def _cmd_demo(args) -> int:
+    from anneal.demo import DemoAssets
+    from tune.spec import load_spec
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never touches the network
+    spec = load_spec(args.spec)
+    if args.quick:
+        spec = quick_variant(spec)
+    assets = DemoAssets()
+    started = time.time()
+    assets.base_model()
+    log.info("demo assets ready in %s (%.0f s)", assets.cache_dir, time.time() - started)
+    return _sweep_and_report(spec, Path(args.out), assets.resolve, address=None, analyze=True)
+
+
+def _cmd_base(args) -> int:
+    from anneal.demo import DemoAssets
+
+    assets = DemoAssets()
+    print(f"corpus: {assets.corpus().root}")
+    print(f"base model: {assets.base_model()}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from anneal.demo import DemoAssets
+    from tune.spec import load_spec
+
+    spec = load_spec(args.spec)
+    return _sweep_and_report(
+        spec,
+        Path(args.out),
+        DemoAssets().resolve,
+        address=args.address,
+        analyze=not args.no_analyze,
+    )
+
+
+def _cmd_analyze(args) -> int:
+    from analysis import analyze
+
+    result = analyze(args.results, args.out)
+    print(f"report: {result.report_html}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from tune.cells import expand_grid
+    from tune.spec import load_spec
+
+    spec = load_spec(args.spec)
+    cells = expand_grid(spec)
+    print(f"{args.spec}: valid; {len(spec.sources)} sources, {len(cells)} cells")
+    for cell in cells:
+        print(
+            f"  {cell.identity}  {cell.source:<20} spend={cell.curation_spend:<8g} "
+            f"tokens={cell.train_tokens:<9d} seed={cell.seed}"
+        )
+    return 0
+
+
+def _sweep_and_report(spec, out: Path, resolve, *, address, analyze: bool) -> int:
+    from cluster.local import connect
+    from tune.sweep import run_sweep
+
+    connect(address)
+    outcome = run_sweep(spec, out, resolve=resolve, quiet=logging.getLogger().level > logging.INFO)
+    print(
+        f"sweep: {outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "
+        f"reused from earlier runs, {outcome.seconds:.0f} s; results: {outcome.results_path}"
+    )
+    if analyze:
+        from analysis import analyze as run_analysis
+
+        result = run_analysis(outcome.results_path, out)
+        print(f"report: {result.report_html}")
+    return 1 if outcome.failed else 0
+
+
+def _setup_logging(quiet: bool, debug: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if debug else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for noisy in ("ray", "filelock", "urllib3", "DeepSpeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

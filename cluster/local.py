@@ -1,0 +1,36 @@
+"""Connecting to Ray: an embedded local instance by default, an existing cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
+    """Initialise Ray once; return the cluster's resources.
+
+    Locally, Ray is started in-process on loopback with twice as many logical CPUs as
+    cores: each anneal's driver and Ray Data's streaming tasks mostly wait, and reserving a
+    whole core for them would leave a 2-core laptop able to run one anneal at a time.
+    Token authentication is left to the cluster; the local instance runs without it.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        cores = os.cpu_count() or 1
+        ray.init(
+            num_cpus=num_cpus or 2 * cores,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+    return ray.cluster_resources()

@@ -1,0 +1,1 @@
+"""The sweep: the spec, the cells, the Ray Tune trial, the results store."""

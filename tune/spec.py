@@ -1,0 +1,125 @@
+"""The experiment spec: one YAML file, loaded into frozen dataclasses and validated before
+any compute starts. Errors name the field path and the fix, e.g.
+``sources[1].params.usd_per_token: must be positive (USD per token)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from anneal.config import SpecError, check, from_mapping
+from anneal.run_spec import DataSpec, EvalSpec, ModelSpec, PricesSpec, ScheduleSpec, TrainSpec
+from anneal.sources import SourceSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridSpec:
+    """The cells: every source x curation spend x training tokens x seed."""
+
+    curation_spend: tuple[float, ...]
+    """Curation spends (USD), for sources that do not list their own."""
+    train_tokens: tuple[int, ...]
+    """Training tokens per anneal (tokens), rounded down to whole optimizer steps."""
+    seeds: tuple[int, ...] = (0,)
+    """Replicates of each cell."""
+
+    def __post_init__(self):
+        check(len(self.curation_spend) > 0, "curation_spend", "must list at least one spend")
+        check(all(c > 0 for c in self.curation_spend), "curation_spend", "spends must be positive")
+        check(len(self.train_tokens) > 0, "train_tokens", "must list at least one budget")
+        check(all(d > 0 for d in self.train_tokens), "train_tokens", "budgets must be positive")
+        check(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourcesSpec:
+    """Where each anneal runs; not part of any identity hash."""
+
+    num_workers: int = 1
+    """Ray Train workers per anneal (data parallel)."""
+    cpus_per_worker: int = 1
+    gpus_per_worker: int = 0
+    max_concurrent_trials: int | None = None
+    """Cap on simultaneous anneals; derived from the cluster's resources when absent."""
+
+    def __post_init__(self):
+        check(self.num_workers >= 1, "num_workers", "must be at least 1")
+        check(self.cpus_per_worker >= 1, "cpus_per_worker", "must be at least 1")
+        check(self.gpus_per_worker >= 0, "gpus_per_worker", "must not be negative")
+        check(
+            self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
+            "max_concurrent_trials",
+            "must be at least 1 (or omitted to derive it from the cluster)",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentSpec:
+    """A whole experiment: what to anneal, on which sources, over which grid."""
+
+    name: str
+    base_model: ModelSpec
+    replay: DataSpec
+    """General documents replayed beside the domain data (the pre-training distribution)."""
+    eval: EvalSpec
+    sources: tuple[SourceSpec, ...]
+    grid: GridSpec
+    domain_fraction: float
+    """Fraction r of training tokens drawn from the curated pool; the rest is replay."""
+    schedule: ScheduleSpec
+    prices: PricesSpec
+    train: TrainSpec = field(default_factory=TrainSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    storage_path: str = "runs/storage"
+    """Where curated pools, packed data and Ray Train runs go (shared by all nodes)."""
+
+    def __post_init__(self):
+        check(bool(self.name.strip()), "name", "must not be empty")
+        check(len(self.sources) > 0, "sources", "list at least one source")
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        check(not dupes, "sources", f"source names must be unique; repeated: {', '.join(dupes)}")
+        check(
+            0 < self.domain_fraction <= 1,
+            "domain_fraction",
+            f"must be in (0, 1], got {self.domain_fraction}",
+        )
+        per_step = self.train.tokens_per_step
+        for i, tokens in enumerate(self.grid.train_tokens):
+            check(
+                tokens >= per_step,
+                f"grid.train_tokens[{i}]",
+                f"{tokens} tokens is less than one optimizer step "
+                f"(train.batch_size x train.seq_len = {per_step} tokens)",
+            )
+        shard = self.train.micro_batch_size * self.resources.num_workers
+        check(
+            self.train.batch_size % shard == 0,
+            "train.batch_size",
+            f"must be a multiple of micro_batch_size x resources.num_workers ({shard})",
+        )
+
+    def spends_for(self, source: SourceSpec) -> tuple[float, ...]:
+        return source.curation_spend or self.grid.curation_spend
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate the YAML spec at ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(str(path), "spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise SpecError(str(path), f"not valid YAML{where}") from None
+    return parse_spec(data)
+
+
+def parse_spec(data: object) -> ExperimentSpec:
+    """Validate an already-parsed spec mapping."""
+    return from_mapping(ExperimentSpec, data)

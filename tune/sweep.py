@@ -1,0 +1,214 @@
+"""Running a grid sweep: plan the cells, hand the unfinished ones to Ray Tune, record each
+cell's row as soon as its trial ends, consolidate ``results.parquet``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+
+from anneal.config import content_hash, to_plain
+from tune.cells import expand_grid
+from tune.prepare import SweepPlan, prepare
+from tune.results import ResultsStore
+from tune.spec import ExperimentSpec, ResourcesSpec
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = (
+    "domain_bpb",
+    "general_bpb",
+    "train_loss",
+    "domain_tokens",
+    "replay_tokens",
+    "domain_epochs",
+    "steps",
+    "train_seconds",
+    "wall_seconds",
+    "device_seconds",
+    "tokens_per_second",
+)
+DATA_CPUS = 0.5
+"""Logical CPUs left free per anneal for Ray Data's streaming reads."""
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    results_path: Path
+    finished: int
+    failed: int
+    skipped: int
+    """Cells already finished in this output directory and not run again."""
+    seconds: float
+
+
+def max_concurrent_trials(
+    cluster_cpus: float, cluster_gpus: float, resources: ResourcesSpec, driver_cpus: float
+) -> int:
+    """Simultaneous anneals the cluster can hold without any of them waiting.
+
+    Each anneal needs its workers plus its driver, and Ray Data needs some CPU beside each
+    anneal to stream its shards; GPUs bound the count when workers use them.
+    """
+    per_trial_cpus = resources.num_workers * resources.cpus_per_worker + driver_cpus + DATA_CPUS
+    by_cpu = math.floor(cluster_cpus / per_trial_cpus)
+    if resources.gpus_per_worker:
+        by_gpu = math.floor(cluster_gpus / (resources.num_workers * resources.gpus_per_worker))
+        by_cpu = min(by_cpu, by_gpu)
+    return max(1, by_cpu)
+
+
+def run_sweep(
+    spec: ExperimentSpec,
+    out_dir: str | Path,
+    *,
+    resolve: Callable[[str], str],
+    threads: int | None = None,
+    quiet: bool = False,
+) -> SweepOutcome:
+    """Run every unfinished cell of ``spec`` on the connected Ray cluster."""
+    import ray
+
+    from tune.trial import DRIVER_CPUS, run_cell
+
+    started = time.time()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = Path(spec.storage_path).resolve()
+    store = ResultsStore(out_dir)
+    provenance = _write_provenance(spec, out_dir)
+
+    all_cells = expand_grid(spec)
+    done = store.finished_ids()
+    todo = [c for c in all_cells if c.identity not in done]
+    log.info(
+        "%d cells: %d finished earlier, %d to run",
+        len(all_cells),
+        len(all_cells) - len(todo),
+        len(todo),
+    )
+    if todo:
+        plan = prepare(
+            spec,
+            resolve=resolve,
+            storage=storage,
+            threads=threads or os.cpu_count() or 1,
+            cells=todo,
+        )
+        cluster = ray.cluster_resources()
+        concurrency = spec.resources.max_concurrent_trials or max_concurrent_trials(
+            cluster.get("CPU", 1), cluster.get("GPU", 0), spec.resources, DRIVER_CPUS
+        )
+        plans = {p.cell.identity: p for p in plan.cells}
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                run_cell,
+                plans=plans,
+                storage_path=str(storage / "train"),
+                resources=spec.resources,
+            ),
+            {"cpu": DRIVER_CPUS},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"cell_id": tune.grid_search([p.cell.identity for p in plan.cells])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(
+                name=f"{spec.name}-{content_hash(sorted(plans))}",
+                storage_path=str(storage / "tune"),
+                callbacks=[
+                    _CellRowWriter(
+                        plan,
+                        store,
+                        {k: provenance[k] for k in ("spec_hash", "code_version", "git_commit")},
+                    )
+                ],
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0 if quiet else 1,
+            ),
+        )
+        log.info("running %d anneals, at most %d at a time", len(plans), concurrency)
+        tuner.fit()
+    results_path = store.consolidate()
+    table = store.read()
+    finished = int((table["status"] == "finished").sum()) if not table.empty else 0
+    failed = int((table["status"] == "failed").sum()) if not table.empty else 0
+    return SweepOutcome(
+        results_path=results_path,
+        finished=finished,
+        failed=failed,
+        skipped=len(all_cells) - len(todo),
+        seconds=time.time() - started,
+    )
+
+
+def _write_provenance(spec: ExperimentSpec, out_dir: Path) -> dict:
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    from importlib.metadata import version
+
+    provenance = {
+        "spec": to_plain(spec),
+        "spec_hash": content_hash(spec),
+        "code_version": version("annealscale"),
+        "git_commit": commit or None,
+        "ray_version": version("ray"),
+        "torch_version": version("torch"),
+        "deepspeed_version": version("deepspeed"),
+        "transformers_version": version("transformers"),
+    }
+    (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    return provenance
+
+
+class _CellRowWriter(tune.Callback):
+    """Writes a cell's row the moment its trial ends, so no finished cell is ever lost."""
+
+    def __init__(self, plan: SweepPlan, store: ResultsStore, provenance: dict):
+        self._plans = {p.cell.identity: p for p in plan.cells}
+        self._store = store
+        self._provenance = provenance
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        metrics = trial.last_result or {}
+        status = "finished" if "domain_bpb" in metrics else "failed"
+        error = None if status == "finished" else "trial ended without reporting metrics"
+        self._write(trial, metrics, status, error)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = None
+        if trial.error_file and os.path.exists(trial.error_file):
+            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+            error = lines[-1][:500] if lines else None
+        self._write(trial, {}, "failed", error or "trial failed")
+
+    def _write(self, trial, metrics: dict, status: str, error: str | None):
+        plan = self._plans[trial.config["cell_id"]]
+        row = {**plan.row, **self._provenance}
+        for column in METRIC_COLUMNS:
+            value = metrics.get(column)
+            row[column] = float(value) if value is not None else float("nan")
+        if status == "finished":
+            row["train_tokens"] = int(metrics.get("train_tokens", row["train_tokens"]))
+        row["status"] = status
+        row["error"] = error
+        row["attempts"] = int(trial.num_failures) + 1
+        row["trial_id"] = trial.trial_id
+        self._store.write_row(row)
