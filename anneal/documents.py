@@ -57,6 +57,10 @@ def _read_file(file: Path, text_field: str) -> list[str]:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     raise AnnealscaleError(f"{file}:{lineno}: not valid JSON") from None
+                if not isinstance(record, dict):
+                    raise AnnealscaleError(
+                        f"{file}:{lineno}: expected a JSON object with a '{text_field}' field"
+                    )
                 if text_field not in record:
                     raise AnnealscaleError(
                         f"{file}:{lineno}: record has no field '{text_field}'; "

@@ -21,6 +21,8 @@ from anneal.schedule import linear_decay_lr, warmup_steps_for
 
 ROWS_PER_READ = 64
 SHUFFLE_BUFFER_ROWS = 256
+REPEAT_CACHE_BYTES = 512 * 2**20
+"""Pools up to this size (bytes of token ids) are repeated from memory, not re-read."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,14 +92,18 @@ def anneal_worker(config: dict) -> None:
         dist_init_required=False,
     )
 
+    setup_seconds = time.time() - started
     domain = RowStream(_epochs(ray.train.get_dataset_shard("domain"), job.seed))
     replay = RowStream(_epochs(ray.train.get_dataset_shard("replay"), job.seed + 1))
     micro = job.train.micro_batch_size
     counts = domain_counts(job.steps * accum, micro, job.domain_fraction)
     losses = []
     train_started = time.time()
+    data_seconds = 0.0
     for k_domain in counts:
+        fetch_started = time.time()
         rows = np.concatenate([domain.take(int(k_domain)), replay.take(micro - int(k_domain))])
+        data_seconds += time.time() - fetch_started
         batch = torch.as_tensor(rows, device=device).long()  # (micro, seq_len + 1)
         logits = engine(input_ids=batch[:, :-1]).logits  # (micro, seq_len, V)
         loss = torch.nn.functional.cross_entropy(
@@ -108,6 +114,7 @@ def anneal_worker(config: dict) -> None:
         losses.append(float(loss.detach()))
     train_seconds = time.time() - train_started
 
+    eval_started = time.time()
     token_bytes = np.load(job.token_bytes_path)
     metrics = {}
     for name, path in (("domain", job.domain_eval_dir), ("general", job.general_eval_dir)):
@@ -128,7 +135,10 @@ def anneal_worker(config: dict) -> None:
             "replay_tokens": int(replay_rows * seq_len),
             "domain_epochs": epochs_over(int(domain_rows), job.domain_pool_windows),
             "steps": job.steps,
+            "setup_seconds": setup_seconds,
             "train_seconds": train_seconds,
+            "data_wait_seconds": data_seconds,
+            "eval_seconds": time.time() - eval_started,
             "wall_seconds": time.time() - started,
             "device_seconds": (time.time() - started) * world,
             "tokens_per_second": (domain_rows + replay_rows) * seq_len / max(train_seconds, 1e-9),
@@ -151,15 +161,39 @@ def _deepspeed_config(job: AnnealJob, accum: int, bf16: bool) -> dict:
     }
 
 
-def _epochs(shard, seed: int):
-    def epoch(index: int):
+def _epochs(shard, seed: int, cache_bytes: int = REPEAT_CACHE_BYTES):
+    """Epoch factory for a `RowStream` over a dataset shard.
+
+    The first epoch streams from Ray Data. A pool small enough to keep is kept in memory
+    and later epochs replay it in a fresh seeded order: restarting the streaming read for
+    every repetition cost about 2 s per epoch here, more than the training itself at the
+    demo's scale. Larger pools are streamed again each epoch.
+    """
+    kept: list[np.ndarray] = []
+    state = {"bytes": 0, "complete": False}
+
+    def stream(index: int):
         for batch in shard.iter_batches(
             batch_size=ROWS_PER_READ,
             batch_format="numpy",
+            prefetch_batches=2,
             local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
             local_shuffle_seed=seed * 100_003 + index,
         ):
-            yield np.stack(batch["tokens"]) if batch["tokens"].dtype == object else batch["tokens"]
+            tokens = batch["tokens"]
+            rows = np.stack(tokens) if tokens.dtype == object else tokens  # (n, seq_len + 1)
+            if index == 0 and state["bytes"] <= cache_bytes:
+                kept.append(rows)
+                state["bytes"] += rows.nbytes
+            yield rows
+        state["complete"] = index == 0 and state["bytes"] <= cache_bytes
+
+    def epoch(index: int):
+        if index == 0 or not state["complete"]:
+            return stream(index)
+        pool = np.concatenate(kept)
+        order = np.random.default_rng([seed, index]).permutation(len(pool))
+        return iter(np.array_split(pool[order], max(1, len(pool) // ROWS_PER_READ)))
 
     return epoch
 

@@ -43,6 +43,8 @@ class RowStream:
 
     def take(self, k: int) -> np.ndarray:
         """The next ``k`` rows ``(k, width)``; ``k`` may be zero."""
+        if k == 0:
+            return self._empty_rows()
         while self._buffered < k:
             self._buffer.append(self._next_block())
             self._buffered += len(self._buffer[-1])
@@ -52,6 +54,12 @@ class RowStream:
         self._buffered = len(rest)
         self.rows_taken += k
         return rows
+
+    def _empty_rows(self) -> np.ndarray:
+        if not self._buffer:
+            self._buffer.append(self._next_block())
+            self._buffered = len(self._buffer[0])
+        return self._buffer[0][:0]
 
     def _next_block(self) -> np.ndarray:
         while True:

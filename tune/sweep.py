@@ -30,7 +30,10 @@ METRIC_COLUMNS = (
     "replay_tokens",
     "domain_epochs",
     "steps",
+    "setup_seconds",
     "train_seconds",
+    "data_wait_seconds",
+    "eval_seconds",
     "wall_seconds",
     "device_seconds",
     "tokens_per_second",
@@ -131,7 +134,7 @@ def run_sweep(
                     )
                 ],
                 failure_config=tune.FailureConfig(max_failures=0),
-                verbose=0 if quiet else 1,
+                verbose=0,  # the row writer logs one line per cell instead
             ),
         )
         log.info("running %d anneals, at most %d at a time", len(plans), concurrency)
@@ -179,12 +182,15 @@ def _write_provenance(spec: ExperimentSpec, out_dir: Path) -> dict:
 
 
 class _CellRowWriter(tune.Callback):
-    """Writes a cell's row the moment its trial ends, so no finished cell is ever lost."""
+    """Writes a cell's row the moment its trial ends, so no finished cell is ever lost,
+    and logs one progress line per cell with an ETA."""
 
     def __init__(self, plan: SweepPlan, store: ResultsStore, provenance: dict):
         self._plans = {p.cell.identity: p for p in plan.cells}
         self._store = store
         self._provenance = provenance
+        self._started = time.time()
+        self._done = 0
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         metrics = trial.last_result or {}
@@ -212,3 +218,18 @@ class _CellRowWriter(tune.Callback):
         row["attempts"] = int(trial.num_failures) + 1
         row["trial_id"] = trial.trial_id
         self._store.write_row(row)
+        self._done += 1
+        elapsed = time.time() - self._started
+        eta = elapsed / self._done * (len(self._plans) - self._done)
+        log.info(
+            "cell %d/%d %s: %s spend=%g tokens=%d domain_bpb=%.4f (%.0f s elapsed, ETA %.0f s)",
+            self._done,
+            len(self._plans),
+            status,
+            row["source"],
+            row["curation_spend"],
+            row["train_tokens"],
+            row["domain_bpb"],
+            elapsed,
+            eta,
+        )

@@ -1,0 +1,116 @@
+"""Pure numerical core: the learning-rate schedule, FLOP formulas and bits per byte,
+checked against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from anneal.evaluate import bits_per_byte
+from anneal.flops import (
+    ModelShape,
+    eval_flops,
+    flops_to_usd,
+    forward_flops_per_token,
+    train_flops,
+)
+from anneal.schedule import linear_decay_lr, warmup_steps_for
+
+
+def test_linear_decay_hand_computed():
+    # peak 1e-3, 10 steps, 2 warmup: ramp 0.5, 1.0 then (10 - s) / 8 of the peak
+    lrs = [linear_decay_lr(s, 10, peak_lr=1e-3, warmup_steps=2) for s in range(10)]
+    expected = [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
+    assert lrs == pytest.approx([1e-3 * e for e in expected], rel=1e-12)
+
+
+def test_warmup_ramps_linearly_to_peak():
+    peak, warmup = 3e-4, 5
+    ramp = [linear_decay_lr(s, 100, peak_lr=peak, warmup_steps=warmup) for s in range(warmup)]
+    assert ramp == pytest.approx([peak * (s + 1) / warmup for s in range(warmup)])
+    assert ramp[0] > 0  # the first step already moves the weights
+    assert ramp[-1] == pytest.approx(peak)  # peak reached at the end of warmup
+
+
+@pytest.mark.parametrize(("total", "warmup"), [(1, 0), (2, 1), (7, 0), (50, 5), (1000, 37)])
+def test_schedule_shape(total, warmup):
+    peak = 2e-3
+    lrs = [linear_decay_lr(s, total, peak_lr=peak, warmup_steps=warmup) for s in range(total)]
+    assert all(0 < lr <= peak for lr in lrs)
+    assert max(lrs) == pytest.approx(peak)
+    decay = lrs[warmup:]
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False))  # strictly decreasing
+    assert lrs[-1] == pytest.approx(peak / (total - warmup))  # one step before zero
+    # never negative, and zero once training is over
+    assert linear_decay_lr(total, total, peak_lr=peak, warmup_steps=warmup) == 0.0
+    assert linear_decay_lr(total + 5, total, peak_lr=peak, warmup_steps=warmup) == 0.0
+
+
+def test_zero_warmup_starts_at_peak():
+    assert linear_decay_lr(0, 4, peak_lr=1.0, warmup_steps=0) == 1.0
+    assert [linear_decay_lr(s, 4, peak_lr=1.0, warmup_steps=0) for s in range(4)] == [
+        1.0,
+        0.75,
+        0.5,
+        0.25,
+    ]
+
+
+def test_warmup_as_long_as_the_run_holds_the_peak_after_warmup():
+    lrs = [linear_decay_lr(s, 4, peak_lr=1.0, warmup_steps=4) for s in range(4)]
+    assert lrs == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_non_positive_total_steps_rejected():
+    with pytest.raises(ValueError, match="total_steps must be positive"):
+        linear_decay_lr(0, 0, peak_lr=1e-3, warmup_steps=0)
+
+
+@pytest.mark.parametrize(
+    ("total", "fraction", "expected"),
+    [(100, 0.05, 5), (100, 0.1, 10), (99, 0.1, 9), (10, 0.01, 1), (1, 0.5, 1), (100, 0.0, 0)],
+)
+def test_warmup_steps_for(total, fraction, expected):
+    assert warmup_steps_for(total, fraction) == expected
+
+
+# --- FLOPs and money ---------------------------------------------------------------------
+
+SHAPE = ModelShape(non_embedding_params=1_000_000, n_layer=4, d_model=128)
+
+
+def test_forward_flops_per_token_kaplan():
+    # Kaplan et al. 2020, table 1: 2N + 2 n_layer n_ctx d_model
+    assert forward_flops_per_token(SHAPE, context=256) == 2e6 + 2 * 4 * 256 * 128
+
+
+def test_train_flops_is_six_n_plus_attention_per_token():
+    tokens, context = 10_000, 256
+    per_token = 6 * 1_000_000 + 6 * 4 * 256 * 128
+    assert train_flops(SHAPE, tokens, context) == per_token * tokens
+    assert train_flops(SHAPE, tokens, context) == 3 * eval_flops(SHAPE, tokens, context)
+    assert eval_flops(SHAPE, tokens, context) == (2e6 + 2 * 4 * 256 * 128) * tokens
+
+
+def test_flops_to_usd():
+    assert flops_to_usd(1e15, 500.0) == pytest.approx(500.0)
+    assert flops_to_usd(3e12, 500.0) == pytest.approx(1.5)
+    assert flops_to_usd(0.0, 500.0) == 0.0
+
+
+# --- bits per byte ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_bytes", [1, 7, 12345])
+def test_bits_per_byte_of_one_bit_per_byte(n_bytes):
+    assert bits_per_byte(math.log(2) * n_bytes, n_bytes) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_bits_per_byte_hand_computed():
+    # 8 bytes predicted with a loss of ln(16) nats = 4 bits: half a bit per byte
+    assert bits_per_byte(math.log(16), 8) == pytest.approx(0.5)
+
+
+def test_bits_per_byte_without_bytes_is_nan():
+    assert math.isnan(bits_per_byte(1.0, 0))

@@ -1,0 +1,131 @@
+"""One whole sweep on a real local Ray: curation, Ray Data packing, Ray Tune trials that
+launch Ray Train + DeepSpeed anneals of a real Hugging Face model, results, analysis."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tune.results import REQUIRED_COLUMNS
+from tune.spec import parse_spec
+from tune.sweep import run_sweep
+
+pytestmark = pytest.mark.slow
+
+SPENDS = (0.05, 0.2)
+TOKENS = (4096, 32768)
+
+
+def tiny_spec(storage: str) -> dict:
+    return {
+        "name": "e2e",
+        "base_model": {"path": "demo:base"},
+        "replay": {"path": "demo:general_train"},
+        "eval": {
+            "domain": {"path": "demo:math_eval"},
+            "general": {"path": "demo:general_eval"},
+            "max_tokens": 4096,
+        },
+        "sources": [
+            {
+                "name": "textbook",
+                "kind": "as_is",
+                "params": {"path": "demo:math_train", "usd_per_token": 1e-5},
+            },
+            {"name": "synthetic", "kind": "synthetic", "params": {"usd_per_token": 4e-6}},
+        ],
+        "grid": {"curation_spend": list(SPENDS), "train_tokens": list(TOKENS)},
+        "domain_fraction": 0.5,
+        "schedule": {"peak_lr": 2e-3, "warmup_fraction": 0.1},
+        "train": {"seq_len": 64, "batch_size": 16, "micro_batch_size": 8, "zero_stage": 1},
+        "prices": {"usd_per_pflop": 500.0},
+        "storage_path": storage,
+    }
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_local, tiny_assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    spec = parse_spec(tiny_spec(str(root / "storage")))
+    out = root / "out"
+    outcome = run_sweep(spec, out, resolve=tiny_assets.resolve, quiet=True)
+    return spec, out, outcome
+
+
+def test_every_cell_finishes_with_one_row_and_the_required_columns(sweep):
+    spec, out, outcome = sweep
+    table = pd.read_parquet(out / "results.parquet")
+    assert outcome.finished == 2 * len(SPENDS) * len(TOKENS) and outcome.failed == 0
+    assert len(table) == outcome.finished
+    assert set(REQUIRED_COLUMNS) <= set(table.columns)
+    assert table["cell_id"].is_unique
+    assert (table["status"] == "finished").all()
+    assert set(table["source"]) == {"textbook", "synthetic"}
+
+
+def test_token_accounting_is_exact(sweep):
+    spec, out, _ = sweep
+    table = pd.read_parquet(out / "results.parquet")
+    per_step = spec.train.tokens_per_step
+    assert (table["train_tokens"] % per_step == 0).all()
+    assert (table["train_tokens"] == (table["requested_train_tokens"] // per_step) * per_step).all()
+    assert (table["domain_tokens"] + table["replay_tokens"] == table["train_tokens"]).all()
+    expected_domain = np.floor(spec.domain_fraction * table["train_tokens"] / 64 + 0.5) * 64
+    assert (table["domain_tokens"] == expected_domain).all()
+    repetition = table["domain_tokens"] / table["unique_tokens"]
+    assert np.allclose(table["domain_epochs"], repetition)
+
+
+def test_costs_add_up_and_never_exceed_the_spend(sweep):
+    _, out, _ = sweep
+    table = pd.read_parquet(out / "results.parquet")
+    assert (table["curation_cost"] <= table["curation_spend"] + 1e-12).all()
+    assert (table["curation_cost"] > 0.5 * table["curation_spend"]).all()
+    assert np.allclose(table["total_cost"], table["curation_cost"] + table["train_cost"])
+    small, large = (table[table["train_tokens"] == t]["train_flops"].iloc[0] for t in TOKENS)
+    assert large / small == pytest.approx(TOKENS[1] / TOKENS[0], rel=1e-9)
+
+
+def test_larger_spend_buys_a_larger_pool(sweep):
+    _, out, _ = sweep
+    table = pd.read_parquet(out / "results.parquet")
+    for _, rows in table.groupby("source"):
+        pools = rows.groupby("curation_spend")["unique_tokens"].first()
+        assert pools.loc[SPENDS[1]] > pools.loc[SPENDS[0]]
+
+
+def test_anneals_learn_the_domain(sweep):
+    _, out, _ = sweep
+    table = pd.read_parquet(out / "results.parquet")
+    assert (table["domain_bpb"] < table["base_domain_bpb"]).all()
+    largest = table[table["curation_spend"] == SPENDS[1]]
+    for source, rows in largest.groupby("source"):
+        by_tokens = rows.set_index("train_tokens")["domain_bpb"]
+        assert by_tokens.loc[TOKENS[1]] < by_tokens.loc[TOKENS[0]], source
+
+
+def test_analysis_outputs(sweep):
+    _, out, _ = sweep
+    from analysis import analyze
+
+    result = analyze(out / "results.parquet", out)
+    fits = json.loads(result.fits_json.read_text())
+    assert set(fits["sources"]) == {"textbook", "synthetic"}
+    for fit in fits["sources"].values():
+        assert fit["law"] == "power_law_D"
+        assert set(fit["params"]) == {"E", "B", "beta"}
+        assert fit["quality"]["n_points"] == len(SPENDS) * len(TOKENS)
+    html = result.report_html.read_text()
+    assert html.count("data:image/png;base64,") >= 2
+
+
+def test_rerun_skips_finished_cells_and_keeps_their_rows(sweep, tiny_assets):
+    spec, out, first = sweep
+    before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.parquet")}
+    again = run_sweep(spec, out, resolve=tiny_assets.resolve, quiet=True)
+    assert again.skipped == first.finished and again.finished == first.finished
+    after = {p.name: p.read_bytes() for p in (out / "cells").glob("*.parquet")}
+    assert after == before
