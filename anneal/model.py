@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,18 +56,38 @@ def token_byte_lengths(tokenizer_path: str) -> np.ndarray:
 
     Bits per byte divides the summed loss by the bytes of the text predicted, which makes
     models with different tokenizers comparable. Special tokens (EOS between documents)
-    stand for no text, so their predictions are left out of both sums.
+    stand for no text, so their predictions are left out of both sums. Tokens are
+    measured from their vocabulary strings, not by decoding them one at a time: a token
+    holding part of a multi-byte character decodes to U+FFFD (3 bytes) alone.
     """
     tokenizer = load_tokenizer(tokenizer_path)
-    vocab = len(tokenizer)
     special = set(tokenizer.all_special_ids)
-    lengths = np.zeros(vocab, dtype=np.int64)
-    for token_id in range(vocab):
-        if token_id in special:
-            continue
-        piece = tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token_id)])
-        lengths[token_id] = len(piece.encode("utf-8"))
+    measure = _byte_level_length if _is_byte_level(tokenizer) else _sentencepiece_length
+    lengths = np.zeros(len(tokenizer), dtype=np.int64)
+    for token_id, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if token_id not in special and piece is not None:
+            lengths[token_id] = measure(piece)
     return lengths
+
+
+_SP_BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _is_byte_level(tokenizer) -> bool:
+    """GPT-2-style byte-level BPE: each vocabulary character stands for one byte."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    return decoder is not None and "ByteLevel" in repr(decoder)
+
+
+def _byte_level_length(piece: str) -> int:
+    return len(piece)
+
+
+def _sentencepiece_length(piece: str) -> int:
+    if _SP_BYTE.fullmatch(piece):
+        return 1  # byte-fallback token
+    return len(piece.replace("\u2581", " ").encode("utf-8"))
 
 
 def _is_embedding(module) -> bool:

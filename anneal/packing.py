@@ -71,11 +71,20 @@ def pack_documents(
         return out
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # packed order must not depend on scheduling
-    ds = ray.data.read_parquet(docs_path, columns=[text_field]).map_batches(
-        _pack_batch,
-        batch_size=DOCS_PER_PACKING_BATCH,
-        batch_format="numpy",
-        fn_kwargs={"tokenizer_path": tokenizer_path, "seq_len": seq_len, "text_field": text_field},
+    ctx.enable_progress_bars = False
+    ds = (
+        ray.data.read_parquet(docs_path)
+        .select_columns([text_field])
+        .map_batches(
+            _pack_batch,
+            batch_size=DOCS_PER_PACKING_BATCH,
+            batch_format="numpy",
+            fn_kwargs={
+                "tokenizer_path": tokenizer_path,
+                "seq_len": seq_len,
+                "text_field": text_field,
+            },
+        )
     )
     tmp = out.with_name(out.name + ".tmp")
     ds.write_parquet(str(tmp))

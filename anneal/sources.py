@@ -28,6 +28,8 @@ import pyarrow.parquet as pq
 from anneal.config import SpecError, check, content_hash, from_mapping, to_plain
 from anneal.documents import read_texts
 from anneal.errors import AnnealscaleError
+from anneal.ngram_generator import fit_ngram
+from anneal.ngram_generator import generate as generate_ngram
 from anneal.synthetic_math import generate_math_document
 
 SOURCE_KINDS: dict[str, type[SourceKind]] = {}
@@ -217,20 +219,39 @@ class ClassifierFilter(SourceKind):
                 )
 
 
+GENERATORS = ("math_worked_examples", "ngram_lm")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SyntheticParams:
     generator: str = "math_worked_examples"
-    """Programmatic generator name (the offline demo's); LLM generators come later."""
+    """``math_worked_examples`` (templated problems with worked solutions) or ``ngram_lm``
+    (a word n-gram model fitted on ``seed_path``: the offline stand-in for an LLM)."""
     usd_per_token: float
     """Price per generated token (USD)."""
+    seed_path: str | None = None
+    """Seed documents the ``ngram_lm`` generator imitates."""
+    order: int = 3
+    """N-gram order of ``ngram_lm``."""
+    worked_examples_fraction: float = 0.0
+    """With ``ngram_lm``: share of documents that are templated worked examples instead."""
     seed: int = 0
+    text_field: str = "text"
 
     def __post_init__(self):
         check(self.usd_per_token > 0, "usd_per_token", "must be positive (USD per token)")
         check(
-            self.generator == "math_worked_examples",
+            self.generator in GENERATORS,
             "generator",
-            f"unknown generator '{self.generator}'; available: math_worked_examples",
+            f"unknown generator '{self.generator}'; available: {', '.join(GENERATORS)}",
+        )
+        if self.generator == "ngram_lm":
+            check(self.seed_path is not None, "seed_path", "ngram_lm needs seed documents")
+            check(2 <= self.order <= 6, "order", f"must be 2 to 6, got {self.order}")
+        check(
+            0.0 <= self.worked_examples_fraction <= 1.0,
+            "worked_examples_fraction",
+            "must be a fraction in [0, 1]",
         )
 
 
@@ -242,12 +263,29 @@ class Synthetic(SourceKind):
     Params = SyntheticParams
 
     def candidates(self) -> Iterator[Candidate]:
+        p = self.params
+        document = self._generator()
         index = 0
         while True:
-            chunk = [generate_math_document(self.params.seed, index + i) for i in range(256)]
+            chunk = [document(index + i) for i in range(256)]
             index += 256
             for text, n in zip(chunk, self.n_tokens(chunk), strict=True):
-                yield Candidate(text, n * self.params.usd_per_token, 0.0, True)
+                if text:
+                    yield Candidate(text, n * p.usd_per_token, 0.0, True)
+
+    def _generator(self) -> Callable[[int], str]:
+        p = self.params
+        if p.generator == "math_worked_examples":
+            return lambda i: generate_math_document(p.seed, i)
+        model = fit_ngram(read_texts(self.ctx.resolve(p.seed_path), p.text_field), p.order)
+        worked_every = round(1 / p.worked_examples_fraction) if p.worked_examples_fraction else 0
+
+        def document(i: int) -> str:
+            if worked_every and i % worked_every == 0:
+                return generate_math_document(p.seed, i)
+            return generate_ngram(model, p.seed, i)
+
+        return document
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,7 +318,7 @@ class CuratedPool:
 def curate(source: SourceSpec, spend: float, ctx: CurationContext) -> CuratedPool:
     """Buy ``spend`` USD of ``source``; cached under the source identity and spend."""
     out_dir = Path(ctx.cache_dir) / "pools" / f"{source.kind}-{source.identity}"
-    stem = f"spend-{spend:.6g}"
+    stem = f"spend-{float(spend)!r}"  # exact: nearby spends must not share a pool
     meta_path = out_dir / f"{stem}.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())

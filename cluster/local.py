@@ -33,4 +33,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
             log_to_driver=False,
             _node_ip_address="127.0.0.1",
         )
+    # Ray Data logs its streaming progress at INFO on its own handler; our log lines say
+    # what step is running, so keep Ray's libraries to warnings.
+    for name in ("ray.data", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return ray.cluster_resources()

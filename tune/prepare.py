@@ -8,6 +8,7 @@ over the same sources (or a resumed one) reuses them.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ class CellPlan:
     job: AnnealJob
     domain_dir: str
     replay_dir: str
+    replay_rows: int
+    """Replay windows the anneal consumes; the replay read stops there."""
     row: dict
     """Columns known before training: source, spend, pool and cost ledger."""
 
@@ -158,7 +161,17 @@ def prepare(
             "base_general_bpb": base["general"],
         }
         plans.append(
-            CellPlan(cell=cell, job=job, domain_dir=pool_dir, replay_dir=replay_dir, row=row)
+            CellPlan(
+                cell=cell,
+                job=job,
+                domain_dir=pool_dir,
+                replay_dir=replay_dir,
+                # one batch of slack: workers' shares of a split need not be equal
+                replay_rows=steps * spec.train.batch_size
+                - round_half_up(spec.domain_fraction * steps * spec.train.batch_size)
+                + spec.train.batch_size,
+                row=row,
+            )
         )
     return SweepPlan(
         cells=plans,
@@ -167,6 +180,10 @@ def prepare(
         model_path=model_path,
         non_embedding_params=shape.non_embedding_params,
     )
+
+
+def round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
 
 
 def model_key(model_path: str) -> str:

@@ -35,8 +35,8 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], storage_path: str, res
             resources_per_worker=per_worker,
         ),
         datasets={
-            "domain": ray.data.read_parquet(plan.domain_dir),
-            "replay": ray.data.read_parquet(plan.replay_dir),
+            "domain": ray.data.read_parquet(plan.domain_dir).materialize(),
+            "replay": ray.data.read_parquet(plan.replay_dir).limit(plan.replay_rows).materialize(),
         },
         run_config=RunConfig(
             name=f"cell-{plan.cell.identity}",

@@ -92,6 +92,16 @@ def _synthetic() -> SourceSpec:
     )
 
 
+def _synthetic_ngram(corpus: Corpus) -> SourceSpec:
+    params = {
+        "generator": "ngram_lm",
+        "seed_path": str(corpus.positives),
+        "worked_examples_fraction": 0.25,
+        "usd_per_token": PRICE_PER_TOKEN,
+    }
+    return SourceSpec(name="synth-lm", kind="synthetic", params=params)
+
+
 def _n_tokens(tokenizer, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
@@ -103,13 +113,18 @@ def spends(corpus, tokenizer) -> dict[str, tuple[float, ...]]:
         "as_is": tuple(textbook_cost * f for f in (0.1, 0.35, 0.8)),
         "classifier_filter": CLASSIFIER_SPENDS,
         "synthetic": (2.0, 6.0, 18.0),
+        "synthetic_ngram": (2.0, 6.0, 18.0),
     }
 
 
 def _source(kind: str, corpus: Corpus) -> SourceSpec:
-    return {"as_is": _as_is, "classifier_filter": _classifier, "synthetic": _synthetic}[kind](
-        *([corpus] if kind != "synthetic" else [])
-    )
+    builders = {
+        "as_is": _as_is,
+        "classifier_filter": _classifier,
+        "synthetic": lambda _: _synthetic(),
+        "synthetic_ngram": _synthetic_ngram,
+    }
+    return builders[kind](corpus)
 
 
 def _texts(pool) -> list[str]:
@@ -118,7 +133,7 @@ def _texts(pool) -> list[str]:
     return table.column("text").to_pylist()
 
 
-@pytest.mark.parametrize("kind", ["as_is", "classifier_filter", "synthetic"])
+@pytest.mark.parametrize("kind", ["as_is", "classifier_filter", "synthetic", "synthetic_ngram"])
 def test_larger_spend_extends_the_same_pool(kind, corpus, spends, tokenizer, tmp_path):
     ctx = CurationContext(tokenizer=tokenizer, cache_dir=tmp_path)
     source = _source(kind, corpus)
