@@ -1,0 +1,453 @@
+"""The KubeRay manifests in k8s/ are right before a GPU is booked.
+
+Every manifest and every rendered overlay validates against the KubeRay CRD schemas with
+unknown fields rejected and against the strict Kubernetes schemas (tests/k8s/schemas.py);
+misspelled fields fail; the security, GPU, autoscaling and job-lifecycle properties hold;
+the RayJob's cluster does not drift from the RayCluster; the mounted spec is a valid
+annealscale spec that fits the cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+KUSTOMIZATIONS = sorted(str(p.parent.relative_to(K8S)) for p in K8S.rglob("kustomization.yaml"))
+OVERLAYS = [k for k in KUSTOMIZATIONS if k.startswith("overlays/")]
+RAY_VERSION = "2.60.0"
+PVC_MOUNT = "/mnt/annealscale"
+SPEC_MOUNT = "/etc/annealscale"
+GPU = "nvidia.com/gpu"
+
+
+def _kustomization(directory: Path) -> dict:
+    return yaml.safe_load((directory / "kustomization.yaml").read_text())
+
+
+def _referenced_files() -> dict[Path, str]:
+    """Every file a kustomization names, with its role: resource, patch or generator."""
+    roles = {}
+    for rel in KUSTOMIZATIONS:
+        directory = K8S / rel
+        k = _kustomization(directory)
+        for entry in k.get("resources", []):
+            path = (directory / entry).resolve()
+            if path.is_file():
+                roles[path] = "resource"
+        for entry in k.get("patches", []):
+            if "path" in entry:
+                roles[(directory / entry["path"]).resolve()] = "patch"
+        for gen in k.get("configMapGenerator", []):
+            for item in gen.get("files", []):
+                key, sep, rel = item.partition("=")
+                roles[(directory / (rel if sep else item)).resolve()] = "generator"
+    return roles
+
+
+def _resource_files() -> list[str]:
+    return sorted(
+        str(p.relative_to(K8S)) for p, role in _referenced_files().items() if role == "resource"
+    )
+
+
+def _one(objs: list[dict], kind: str) -> dict:
+    found = [o for o in objs if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def _cluster_specs(objs: list[dict]) -> list[tuple[str, dict]]:
+    return [("RayCluster", _one(objs, "RayCluster")["spec"])] + [
+        ("RayJob", _one(objs, "RayJob")["spec"]["rayClusterSpec"])
+    ]
+
+
+def _pod_specs(objs: list[dict]) -> list[tuple[str, dict]]:
+    """Every pod spec that KubeRay turns into pods, named for messages."""
+    out = []
+    for owner, spec in _cluster_specs(objs):
+        out.append((f"{owner} head", spec["headGroupSpec"]["template"]["spec"]))
+        for group in spec.get("workerGroupSpecs", []):
+            out.append((f"{owner} {group['groupName']}", group["template"]["spec"]))
+    job = _one(objs, "RayJob")["spec"]
+    if "submitterPodTemplate" in job:
+        out.append(("RayJob submitter", job["submitterPodTemplate"]["spec"]))
+    return out
+
+
+# ------------------------------------------------------------------------------ layout
+
+
+def test_layout_has_base_and_both_overlays():
+    assert KUSTOMIZATIONS == ["base", "overlays/dev-cpu", "overlays/gpu-prod"]
+
+
+def test_every_yaml_file_under_k8s_is_used_by_a_kustomization():
+    # A manifest that no kustomization names would be neither applied nor validated.
+    roles = _referenced_files()
+    for path in sorted(K8S.rglob("*.y*ml")):
+        if path.name == "kustomization.yaml":
+            continue
+        assert path.resolve() in roles, f"{path.relative_to(REPO)} is not in any kustomization"
+
+
+# -------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("relpath", _resource_files())
+def test_every_manifest_file_validates(relpath, validator):
+    docs = [d for d in yaml.safe_load_all((K8S / relpath).read_text()) if d]
+    assert docs, f"{relpath} holds no object"
+    for doc in docs:
+        validator.validate(doc)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_rendered_object_validates(kustomization, rendered, validator):
+    objs = rendered[kustomization]
+    assert {o["kind"] for o in objs} == {
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "RayCluster",
+        "RayJob",
+        "ServiceAccount",
+    }
+    for obj in objs:
+        validator.validate(obj)
+
+
+def _set(obj: dict, path: str, old: str, new: str) -> None:
+    """Rename key ``old`` to ``new`` in the mapping at dotted ``path`` (numbers index lists)."""
+    node = obj
+    for part in filter(None, path.split(".")):
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[new] = node.pop(old)
+
+
+MISSPELLINGS = [
+    ("RayCluster", "spec.headGroupSpec", "rayStartParams", "rayStartParms"),
+    ("RayCluster", "spec.workerGroupSpecs.0", "minReplicas", "minReplica"),
+    ("RayCluster", "spec", "enableInTreeAutoscaling", "enableInTreeAutoScaling"),
+    ("RayCluster", "spec.autoscalerOptions", "idleTimeoutSeconds", "idleTimeoutSecond"),
+    ("RayCluster", "spec.workerGroupSpecs.0.template.spec", "tolerations", "toleration"),
+    ("RayJob", "spec", "shutdownAfterJobFinishes", "shutdownAfterJobFinish"),
+    ("RayJob", "spec", "ttlSecondsAfterFinished", "ttlSecondAfterFinished"),
+    ("RayJob", "spec.rayClusterSpec.headGroupSpec", "serviceType", "servicetype"),
+    ("RayJob", "metadata", "labels", "label"),
+    ("PersistentVolumeClaim", "spec", "accessModes", "accesModes"),
+    ("ServiceAccount", "", "automountServiceAccountToken", "automountServiceAccountTokens"),
+    ("ConfigMap", "", "data", "datas"),
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "field", "typo"), MISSPELLINGS)
+def test_misspelled_field_fails_validation(kind, path, field, typo, rendered, validator, schemas):
+    obj = copy.deepcopy(_one(rendered["overlays/gpu-prod"], kind))
+    validator.validate(obj)  # the correct object passes, so the failure below is the typo
+    _set(obj, path, field, typo)
+    with pytest.raises(schemas.ManifestError, match=re.escape(f"'{typo}' was unexpected")):
+        validator.validate(obj)
+
+
+def test_wrong_value_types_fail_validation(rendered, validator, schemas):
+    cluster = copy.deepcopy(_one(rendered["base"], "RayCluster"))
+    cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0  # must be a string
+    with pytest.raises(schemas.ManifestError, match="rayStartParams.num-cpus"):
+        validator.validate(cluster)
+    job = copy.deepcopy(_one(rendered["base"], "RayJob"))
+    job["spec"]["rayClusterSpec"]["authOptions"]["mode"] = "tokens"
+    with pytest.raises(schemas.ManifestError, match="authOptions.mode"):
+        validator.validate(job)
+
+
+def test_fields_behind_unevaluated_cel_rules_are_refused(rendered, validator, schemas):
+    job = copy.deepcopy(_one(rendered["base"], "RayJob"))
+    job["spec"]["deletionStrategy"] = {"onSuccess": {"policy": "DeleteCluster"}}
+    with pytest.raises(schemas.ManifestError, match="CEL rules"):
+        validator.validate(job)
+
+
+def test_strict_rejects_unknown_keys_except_where_kubernetes_preserves_them(schemas):
+    schema = {
+        "type": "object",
+        "properties": {
+            "closed": {"type": "object", "properties": {"a": {"type": "string"}}},
+            "open": {
+                "type": "object",
+                "properties": {"a": {"type": "string"}},
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+            "map": {"type": "object", "additionalProperties": {"type": "string"}},
+            "list": {"type": "array", "items": {"properties": {"b": {"type": "integer"}}}},
+        },
+    }
+    check = schemas.StrictCRDValidator(schemas.strict(schema))
+    assert check.is_valid({"closed": {"a": "x"}, "open": {"z": 1}, "map": {"any": "x"}})
+    assert check.is_valid({"list": [{"b": 1}]})
+    assert not check.is_valid({"closed": {"z": "x"}})
+    assert not check.is_valid({"list": [{"c": 1}]})
+    assert not check.is_valid({"typo": 1})
+    assert "additionalProperties" not in schema  # the input is not modified
+
+
+# ---------------------------------------------------------------------------- security
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_pods_run_as_non_root_without_privileges(kustomization, rendered):
+    for name, pod in _pod_specs(rendered[kustomization]):
+        ctx = pod["securityContext"]
+        assert ctx["runAsNonRoot"] is True, name
+        assert ctx["runAsUser"] > 0, name
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+        assert not any("hostPath" in v for v in pod.get("volumes", [])), name
+        for c in pod["containers"] + pod.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc.get("runAsUser", ctx["runAsUser"]) > 0, (name, c["name"])
+            assert sc["runAsNonRoot"] is True, (name, c["name"])
+            assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+            assert "add" not in sc["capabilities"] and not sc.get("privileged"), c["name"]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_container_has_cpu_and_memory_requests_and_limits(kustomization, rendered):
+    containers = [
+        (name, c)
+        for name, pod in _pod_specs(rendered[kustomization])
+        for c in pod["containers"] + pod.get("initContainers", [])
+    ]
+    # The autoscaler sidecar that KubeRay injects into the head pod is sized here.
+    for owner, spec in _cluster_specs(rendered[kustomization]):
+        assert spec["enableInTreeAutoscaling"] is True
+        containers.append((f"{owner} autoscaler", spec["autoscalerOptions"]))
+        sc = spec["autoscalerOptions"]["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    for name, c in containers:
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), (name, kind)
+        # Ray sizes itself from the limits; requests above them would not schedule.
+        for resource in ("cpu", "memory", GPU):
+            if resource in c["resources"]["requests"]:
+                assert resource in c["resources"]["limits"], (name, resource)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_dashboard_and_head_service_stay_inside_the_cluster(kustomization, rendered):
+    objs = rendered[kustomization]
+    assert not [o for o in objs if o["kind"] in ("Service", "Ingress", "Route")]
+    for owner, spec in _cluster_specs(objs):
+        head = spec["headGroupSpec"]
+        assert head["serviceType"] == "ClusterIP", owner
+        assert head.get("enableIngress") is False, owner
+        assert "headService" not in head, owner  # could set its own type
+        annotations = spec.get("headServiceAnnotations", {})
+        assert not any("load-balancer" in k or "external" in k for k in annotations), owner
+
+
+def _walk(node, path=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{path}.{i}")
+    yield path, node
+
+
+SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL|API_KEY)", re.I)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_no_secret_values_in_manifests(kustomization, rendered):
+    objs = rendered[kustomization]
+    assert not [o for o in objs if o["kind"] == "Secret"], "create Secrets with kubectl"
+    for obj in objs:
+        for path, node in _walk(obj):
+            if path.endswith(".env") and isinstance(node, list):
+                for var in node:
+                    if SECRET_NAME.search(var["name"]):
+                        assert "value" not in var, f"{path}: {var['name']} has a literal value"
+    for owner, spec in _cluster_specs(objs):
+        # Token auth: KubeRay generates the token Secret; none is named or inlined here.
+        assert spec["authOptions"] == {"mode": "token"}, owner
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_s3_credentials_only_by_secret_reference(kustomization, rendered):
+    for name, pod in _pod_specs(rendered[kustomization]):
+        for c in pod["containers"]:
+            for source in c.get("envFrom", []):
+                assert set(source) == {"secretRef"}, (name, source)
+                assert source["secretRef"] == {"name": "annealscale-s3", "optional": True}
+
+
+# ---------------------------------------------------------------------- GPUs, scaling
+
+
+@pytest.mark.parametrize("kustomization", ["base", "overlays/gpu-prod"])
+def test_gpu_group_requests_gpus_on_tainted_gpu_nodes(kustomization, rendered):
+    for owner, spec in _cluster_specs(rendered[kustomization]):
+        head = spec["headGroupSpec"]["template"]["spec"]
+        assert GPU not in head["containers"][0]["resources"]["limits"], "head is CPU-only"
+        assert head["containers"][0]["image"].endswith("-py311-cpu"), owner
+        (group,) = spec["workerGroupSpecs"]
+        pod = group["template"]["spec"]
+        worker = pod["containers"][0]
+        assert int(worker["resources"]["limits"][GPU]) >= 1, owner
+        assert worker["resources"]["requests"][GPU] == worker["resources"]["limits"][GPU]
+        assert worker["image"].endswith("-py311-gpu"), owner
+        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, owner
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], owner
+
+
+def test_dev_cpu_overlay_has_no_gpus_and_small_pods(rendered):
+    objs = rendered["overlays/dev-cpu"]
+    text = yaml.safe_dump(objs)
+    assert GPU not in text and "tolerations" not in text and "-gpu" not in text
+    for name, pod in _pod_specs(objs):
+        for c in pod["containers"]:
+            limits = c["resources"]["limits"]
+            assert float(limits["cpu"]) <= 2, name
+            assert limits["memory"].endswith("Gi") and int(limits["memory"][:-2]) <= 4, name
+    assert _one(objs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_gpu_prod_overlay_is_larger_than_base(rendered):
+    def sizes(objs):
+        spec = _one(objs, "RayCluster")["spec"]
+        group = spec["workerGroupSpecs"][0]
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        return group["maxReplicas"], int(limits["cpu"]), int(limits["memory"][:-2])
+
+    base, prod = sizes(rendered["base"]), sizes(rendered["overlays/gpu-prod"])
+    assert all(p > b for p, b in zip(prod, base, strict=True)), (base, prod)
+    pvc = _one(rendered["overlays/gpu-prod"], "PersistentVolumeClaim")["spec"]
+    assert pvc["accessModes"] == ["ReadWriteMany"]  # pods on several nodes share it
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_autoscaling_with_idle_timeout(kustomization, rendered):
+    for owner, spec in _cluster_specs(rendered[kustomization]):
+        assert spec["enableInTreeAutoscaling"] is True, owner
+        assert spec["autoscalerOptions"]["idleTimeoutSeconds"] > 0, owner
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", owner
+        for group in spec["workerGroupSpecs"]:
+            assert group["maxReplicas"] > group["minReplicas"] >= 0, owner
+    # The standing cluster gives every worker back when idle; the job starts with one.
+    standing = _one(rendered[kustomization], "RayCluster")["spec"]["workerGroupSpecs"]
+    assert all(g["minReplicas"] == 0 for g in standing)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_rayjob_cluster_matches_the_raycluster(kustomization, rendered):
+    # Two copies of one cluster spec; an overlay that patches only one would drift.
+    objs = rendered[kustomization]
+    cluster = copy.deepcopy(_one(objs, "RayCluster")["spec"])
+    job = copy.deepcopy(_one(objs, "RayJob")["spec"]["rayClusterSpec"])
+    for group in cluster["workerGroupSpecs"] + job["workerGroupSpecs"]:
+        del group["replicas"], group["minReplicas"]
+    assert job == cluster
+
+
+# ------------------------------------------------------------------------ the sweep job
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_rayjob_runs_the_mounted_spec_and_cleans_up(kustomization, rendered):
+    objs = rendered[kustomization]
+    job = _one(objs, "RayJob")["spec"]
+    assert job["shutdownAfterJobFinishes"] is True
+    assert job["ttlSecondsAfterFinished"] > 0
+    assert job["backoffLimit"] >= 1  # a retry resumes: finished cells are skipped
+    assert job["activeDeadlineSeconds"] > 0
+    assert job["entrypoint"].split() == [
+        "annealscale",
+        "sweep",
+        f"{SPEC_MOUNT}/spec.yaml",
+        "--out",
+        f"{PVC_MOUNT}/results",
+    ]
+    configmap = _one(objs, "ConfigMap")
+    pvc = _one(objs, "PersistentVolumeClaim")
+    head = job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in head["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in head["containers"][0]["volumeMounts"]}
+    assert volumes[mounts[SPEC_MOUNT]]["configMap"]["name"] == configmap["metadata"]["name"]
+    assert "spec.yaml" in configmap["data"]
+    for name, pod in _pod_specs(objs):
+        if "submitter" in name:
+            continue
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        claim = volumes[mounts[PVC_MOUNT]]["persistentVolumeClaim"]["claimName"]
+        assert claim == pvc["metadata"]["name"], name
+        env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
+        assert env["ANNEALSCALE_CACHE"].startswith(PVC_MOUNT + "/"), name
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_service_accounts(kustomization, rendered):
+    objs = rendered[kustomization]
+    account = _one(objs, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+    for name, pod in _pod_specs(objs):
+        if name.endswith(" head"):
+            # KubeRay creates the head's account with the RBAC its autoscaler needs.
+            assert "serviceAccountName" not in pod, name
+        else:
+            assert pod["serviceAccountName"] == account["metadata"]["name"], name
+            assert pod["automountServiceAccountToken"] is False, name
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_mounted_spec_is_a_valid_sweep_that_fits_the_cluster(kustomization, rendered):
+    from tune.spec import parse_spec
+
+    objs = rendered[kustomization]
+    spec = parse_spec(yaml.safe_load(_one(objs, "ConfigMap")["data"]["spec.yaml"]))
+    assert spec.storage_path.startswith(PVC_MOUNT + "/")
+    (group,) = _one(objs, "RayCluster")["spec"]["workerGroupSpecs"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    gpus_per_pod = int(limits.get(GPU, 0))
+    res = spec.resources
+    assert (res.gpus_per_worker > 0) == (gpus_per_pod > 0)
+    # One trial = a 1-CPU Tune driver + num_workers Train workers, all on worker pods
+    # (the head has num-cpus 0).
+    trials_per_pod = min(
+        (int(limits["cpu"]) - 1) // (res.num_workers * res.cpus_per_worker),
+        gpus_per_pod // (res.num_workers * res.gpus_per_worker) if gpus_per_pod else 10**9,
+    )
+    assert trials_per_pod >= 1
+    assert res.max_concurrent_trials is not None  # the autoscaled cluster starts small
+    assert res.max_concurrent_trials <= trials_per_pod * group["maxReplicas"]
+
+
+# -------------------------------------------------------------------- images, versions
+
+
+def test_ray_version_is_the_same_everywhere(rendered):
+    dockerfile = (K8S / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{RAY_VERSION}-py311-${{FLAVOR}}" in dockerfile
+    assert f'"ray[tune,train,data]=={RAY_VERSION}"' in dockerfile
+    for kustomization, objs in rendered.items():
+        for owner, spec in _cluster_specs(objs):
+            assert spec["rayVersion"] == RAY_VERSION, (kustomization, owner)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_images_are_the_ones_k8s_dockerfile_builds(kustomization, rendered, kustomize):
+    for name, pod in _pod_specs(rendered[kustomization]):
+        for c in pod["containers"]:
+            image, tag, _ = kustomize.split_image(c["image"])
+            assert image.rpartition("/")[2] == "annealscale", (name, c["image"])
+            assert tag in ("0.1.0-py311-cpu", "0.1.0-py311-gpu"), (name, c["image"])
+            assert c["imagePullPolicy"] == "IfNotPresent"
