@@ -9,18 +9,22 @@ minimised over the logarithm of every parameter, so parameters stay positive and
 relative errors count the same at every scale. ``huber_delta = inf`` gives the
 plain squared loss (used to show what the Huber loss buys).
 
-Search: the nonlinear parameters (the exponents) are screened on a dense
-geometric grid; at each grid point the linear parameters come from non-negative
-least squares on relative residuals (variable projection), once with the offset
-``E`` free and once with ``E`` fixed at each of ``offset_fractions * min(y)``.
-The best ``n_refine`` distinct candidates of that grid over (exponent, E) are
-refined jointly by `scipy.optimize.least_squares` (trust-region reflective,
-bounded, analytic Jacobian, strict tolerances) and the lowest loss wins.
+Search (separable laws): the nonlinear parameters (exponents, ``R_star``) are
+screened on a dense geometric grid; at each grid point the linear parameters
+come from non-negative least squares on relative residuals (variable
+projection), once with the offset ``E`` free and once with ``E`` fixed at each
+of ``offset_fractions * min(y)``. User laws are screened from quasi-random
+starts over their bounds. The best ``n_refine`` distinct candidates are refined
+jointly by `scipy.optimize.least_squares` (trust-region reflective, bounded,
+analytic Jacobian, strict tolerances); the lowest loss wins, and the other
+refined starts are compared with it to detect disagreeing optima.
+
+Uncertainty: ``LawFit(n_boot=1000)`` adds a bootstrap over cells
+(`analysis.bootstrap.bootstrap_law`) for parameter and prediction intervals.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,16 +33,24 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import least_squares, nnls
+from scipy.optimize import least_squares
 
+from analysis.bootstrap import Bootstrap, bootstrap_law
 from analysis.errors import AnalysisError, NotFittedError
 from analysis.laws import Law, get_law
+from analysis.solve import huber, log_bounds, screen
 
 FLAG_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
     {
         "underdetermined": "fewer distinct x values than law parameters; the fit is not unique",
+        "too_few_points": "no more distinct x values than parameters plus one: nothing is left "
+        "to check the law against",
         "not_converged": "the best start stopped before meeting the tolerances",
+        "disagreeing_optima": "another start reached the same loss (within 0.1 %) with "
+        "parameters more than 5 % away: the optimum is not well determined",
         "at_bound": "a parameter sits on its bound (flag names the parameter, e.g. beta_at_bound)",
+        "unidentified": "a parameter does not change the fitted values at all (flag names it, "
+        "e.g. R_star_unidentified when no cell repeats its pool)",
         "less_than_one_decade": "the variable spans less than a factor 10 "
         "(flag names the variable, e.g. less_than_one_decade_D)",
     }
@@ -47,17 +59,9 @@ FLAG_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
 
 _AT_BOUND_LOG_TOL = 1e-3  # a parameter within 0.1 % of a bound counts as on it
 _MIN_DISTINCT_X = 2
-
-
-def huber(r: ArrayLike, delta: float) -> np.ndarray:
-    """Huber loss per residual: ``r**2 / 2`` inside ``|r| <= delta``, linear outside.
-
-    ``delta = inf`` gives the squared loss ``r**2 / 2``.
-    """
-    a = np.abs(np.asarray(r, dtype=float))
-    if math.isinf(delta):
-        return 0.5 * a**2
-    return np.where(a <= delta, 0.5 * a**2, delta * (a - 0.5 * delta))
+_OPTIMA_LOSS_RTOL = 1e-3  # starts ending within 0.1 % of the best loss are "as good"
+_OPTIMA_PARAM_TOL = 0.05  # ... and disagree if a parameter differs by more than 5 %
+_UNIDENTIFIED_RTOL = 1e-8  # Jacobian column below this (relative) = parameter has no effect
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +86,16 @@ class FitResult:
     n_starts: int
     """Starts refined by the optimiser (after screening the grid)."""
     huber_delta: float
+    log_residual_scale: float
+    """Root mean square of the log residuals with ``n - p`` degrees of freedom: the
+    relative noise of one cell around the law (NaN without spare points)."""
+    optima: tuple[tuple[float, Mapping[str, float]], ...] = ()
+    """``(loss, params)`` of every refined start, best first."""
+
+    @property
+    def theta(self) -> np.ndarray:
+        """Parameter vector ``(p,)`` in ``law.param_names`` order."""
+        return self.law.theta(self.params)
 
     def predict(self, x: ArrayLike) -> np.ndarray:
         """The metric predicted by the fitted law at ``x``; shape ``(n,)``."""
@@ -102,6 +116,7 @@ class FitResult:
                 "n_distinct_x": self.n_distinct_x,
                 "converged": self.converged,
                 "n_starts": self.n_starts,
+                "log_residual_scale": self.log_residual_scale,
             },
             "x_range": {v: list(r) for v, r in self.x_range.items()},
             "flags": list(self.flags),
@@ -130,12 +145,13 @@ def fit_law(
     y : array_like
         The metric, shape ``(n,)``, positive (bits per byte).
     law : str or Law
-        A name from `analysis.laws.LAWS` or a `Law`.
+        A name from `analysis.laws.LAWS` or a `Law` (e.g. from `analysis.laws.user_law`).
     huber_delta : float
         Huber threshold on log residuals; 1e-3 as in Hoffmann et al. (2022).
         ``math.inf`` gives the squared loss.
     n_grid : int
-        Grid points per nonlinear parameter for the screening.
+        Grid points per nonlinear parameter for the screening (capped so that the
+        whole grid has at most `analysis.solve.MAX_GRID_POINTS` points).
     offset_fractions : sequence of float
         Values of the offset ``E``, as fractions of ``min(y)``, added to the grid.
     n_refine : int
@@ -164,15 +180,25 @@ def fit_law(
     .. [2] Golub and Pereyra 1973, "The differentiation of pseudo-inverses and
        nonlinear least squares problems whose variables separate" (variable
        projection).
+    .. [3] Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt"
+       (why one start, loose tolerances and rounded parameters mislead).
     """
     law = get_law(law)
     xd, yv = _validate(law, x, y)
     _check_settings(huber_delta, n_grid, n_refine, tol)
     log_y = np.log(yv)
-    lo = np.log([law.bounds[p][0] for p in law.param_names])
-    hi = np.log([law.bounds[p][1] for p in law.param_names])
+    lo, hi = log_bounds(law)
 
-    starts = _grid_starts(law, xd, yv, lo, hi, huber_delta, n_grid, offset_fractions, n_refine)
+    cand = screen(
+        law,
+        xd,
+        yv[None, :],
+        np.ones((1, len(yv))),
+        n_grid=n_grid,
+        offset_fractions=offset_fractions,
+        delta=huber_delta,
+    )
+    starts = _distinct_best(cand.u[0], cand.score[0], n_refine)
 
     def residuals(u: np.ndarray) -> np.ndarray:
         return np.log(_positive(law.evaluate(xd, np.exp(u)))) - log_y
@@ -182,34 +208,41 @@ def fit_law(
         pred = _positive(law.evaluate(xd, theta))  # (n,)
         return law.evaluate_grad(xd, theta) * theta[None, :] / pred[:, None]  # (n, p)
 
-    best_u, best_loss, best_ok = starts[0], math.inf, False
+    refined: list[tuple[float, np.ndarray, bool]] = []
     for u0 in starts:
-        res = least_squares(
-            residuals,
-            u0,
-            jac=jacobian,
-            bounds=(lo, hi),
-            method="trf",
-            loss="linear" if math.isinf(huber_delta) else "huber",
-            f_scale=1.0 if math.isinf(huber_delta) else huber_delta,
-            x_scale="jac",
-            ftol=tol,
-            xtol=tol,
-            gtol=tol,
-            max_nfev=max_nfev,
-        )
+        with np.errstate(all="ignore"):
+            res = least_squares(
+                residuals,
+                u0,
+                jac=jacobian,
+                bounds=(lo, hi),
+                method="trf",
+                loss="linear" if math.isinf(huber_delta) else "huber",
+                f_scale=1.0 if math.isinf(huber_delta) else huber_delta,
+                x_scale="jac",
+                ftol=tol,
+                xtol=tol,
+                gtol=tol,
+                max_nfev=max_nfev,
+            )
         loss = float(huber(res.fun, huber_delta).sum())
-        if loss < best_loss:
-            best_u, best_loss, best_ok = res.x, loss, bool(res.status > 0)
+        refined.append((loss if math.isfinite(loss) else math.inf, res.x, bool(res.status > 0)))
+    refined.sort(key=lambda t: t[0])
+    best_loss, best_u, best_ok = refined[0]
 
     theta = np.exp(best_u)
     pred = law.evaluate(xd, theta)
     sse = float(np.sum((pred - yv) ** 2))
     sst = float(np.sum((yv - yv.mean()) ** 2))
     n_distinct = len(np.unique(xd, axis=0))
+    log_res = np.log(_positive(pred)) - log_y
+    dof = len(yv) - law.n_params
     x_range = {
         v: (float(xd[:, j].min()), float(xd[:, j].max())) for j, v in enumerate(law.variables)
     }
+    flags = _flags(law, best_u, lo, hi, best_ok, n_distinct, x_range)
+    flags += _optima_flags(refined)
+    flags += _unidentified_flags(law, xd, best_u, jacobian)
     return FitResult(
         law=law,
         params=MappingProxyType(law.params_dict(theta)),
@@ -220,20 +253,26 @@ def fit_law(
         rmse=math.sqrt(sse / len(yv)),
         r2=1.0 - sse / sst if sst > 0.0 else None,
         x_range=MappingProxyType(x_range),
-        flags=_flags(law, best_u, lo, hi, best_ok, n_distinct, x_range),
+        flags=tuple(_ordered(flags)),
         n_starts=len(starts),
         huber_delta=huber_delta,
+        log_residual_scale=math.sqrt(float(np.sum(log_res**2)) / dof) if dof > 0 else math.nan,
+        optima=tuple(
+            (loss, MappingProxyType(law.params_dict(np.exp(u)))) for loss, u, _ in refined
+        ),
     )
 
 
 @dataclass(kw_only=True)
 class LawFit:
-    """Estimator over `fit_law`, following the scikit-learn contract.
+    """Estimator over `fit_law` (and `bootstrap_law`), following the scikit-learn contract.
 
     ``__init__`` stores the settings unchanged; ``fit(x, y)`` validates, sets
     ``params_``, ``loss_``, ``converged_``, ``n_points_``, ``rmse_``, ``r2_``,
-    ``flags_`` and ``result_`` and returns ``self``; ``predict(x)`` is pure.
-    Settings are those of `fit_law`.
+    ``flags_`` and ``result_`` (and ``bootstrap_`` when ``n_boot > 0``) and
+    returns ``self``; ``predict(x)`` and ``predict_interval(x)`` are pure.
+    Settings are those of `fit_law`, plus ``n_boot`` bootstrap resamples over
+    cells, the interval ``level`` and the resampling ``random_state``.
     """
 
     law: str | Law = "power_law_D"
@@ -243,10 +282,14 @@ class LawFit:
     n_refine: int = 8
     tol: float = 1e-12
     max_nfev: int | None = None
+    n_boot: int = 0
+    level: float = 0.9
+    random_state: int = 0
     result_: FitResult | None = field(default=None, init=False, repr=False, compare=False)
+    bootstrap_: Bootstrap | None = field(default=None, init=False, repr=False, compare=False)
 
     def fit(self, x: ArrayLike, y: ArrayLike) -> LawFit:
-        self.result_ = fit_law(
+        result = fit_law(
             x,
             y,
             law=self.law,
@@ -257,10 +300,31 @@ class LawFit:
             tol=self.tol,
             max_nfev=self.max_nfev,
         )
+        boot = None
+        if self.n_boot > 0:
+            boot = bootstrap_law(
+                x,
+                y,
+                law=result.law,
+                n_boot=self.n_boot,
+                huber_delta=self.huber_delta,
+                seed=self.random_state,
+                start=result.theta,
+            )
+        self.result_, self.bootstrap_ = result, boot
         return self
 
     def predict(self, x: ArrayLike) -> np.ndarray:
         return self._fitted().predict(x)
+
+    def predict_interval(
+        self, x: ArrayLike, level: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(lower, upper)`` bootstrap interval of the fitted curve at ``x``, each ``(n,)``."""
+        self._fitted()
+        if self.bootstrap_ is None:
+            raise NotFittedError("predict_interval needs LawFit(n_boot > 0)")
+        return self.bootstrap_.interval(x, self.level if level is None else level)
 
     def _fitted(self) -> FitResult:
         if self.result_ is None:
@@ -270,6 +334,14 @@ class LawFit:
     @property
     def params_(self) -> Mapping[str, float]:
         return self._fitted().params
+
+    @property
+    def param_intervals_(self) -> Mapping[str, tuple[float, float]]:
+        """Bootstrap percentile interval of each parameter at ``level``."""
+        self._fitted()
+        if self.bootstrap_ is None:
+            raise NotFittedError("param_intervals_ needs LawFit(n_boot > 0)")
+        return self.bootstrap_.param_intervals(self.level)
 
     @property
     def loss_(self) -> float:
@@ -330,45 +402,13 @@ def _positive(v: np.ndarray) -> np.ndarray:
     return np.maximum(v, np.finfo(float).tiny)
 
 
-def _grid_starts(
-    law: Law,
-    xd: np.ndarray,
-    y: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    huber_delta: float,
-    n_grid: int,
-    offset_fractions: Sequence[float],
-    n_refine: int,
-) -> list[np.ndarray]:
-    """Best ``n_refine`` distinct log-parameter vectors of the (exponent, E) grid."""
-    m = len(law.linear_params)
-    off = law.linear_params.index(law.offset_param)
-    others = [j for j in range(m) if j != off]
-    w = 1.0 / y  # relative residuals, to mimic the log-space objective
-    log_y = np.log(y)
-    axes = [np.geomspace(law.bounds[p][0], law.bounds[p][1], n_grid) for p in law.nonlinear_params]
-    scored: list[tuple[float, np.ndarray]] = []
-    for nonlin in itertools.product(*axes):
-        nl = np.array(nonlin)
-        a = law.basis(xd, nl)  # (n, m)
-        candidates = [nnls(a * w[:, None], y * w)[0]]
-        for frac in offset_fractions:
-            lin = np.zeros(m)
-            lin[off] = frac * y.min()
-            lin[others] = nnls(a[:, others] * w[:, None], (y - lin[off]) * w)[0]
-            candidates.append(lin)
-        for lin in candidates:
-            theta = np.concatenate([lin, nl])
-            u = np.clip(np.log(_positive(theta)), lo, hi)
-            r = np.log(_positive(law.evaluate(xd, np.exp(u)))) - log_y
-            scored.append((float(huber(r, huber_delta).sum()), u))
-    scored.sort(key=lambda s: s[0])
+def _distinct_best(u: np.ndarray, score: np.ndarray, n: int) -> list[np.ndarray]:
+    """The ``n`` lowest-scoring candidates at least 0.05 apart in every log-parameter."""
     picked: list[np.ndarray] = []
-    for _, u in scored:
-        if all(np.max(np.abs(u - v)) > 0.05 for v in picked):
-            picked.append(u)
-        if len(picked) == n_refine:
+    for i in np.argsort(score, kind="stable"):
+        if all(np.max(np.abs(u[i] - v)) > 0.05 for v in picked):
+            picked.append(u[i])
+        if len(picked) == n:
             break
     return picked
 
@@ -381,10 +421,12 @@ def _flags(
     converged: bool,
     n_distinct: int,
     x_range: Mapping[str, tuple[float, float]],
-) -> tuple[str, ...]:
+) -> list[str]:
     flags = []
     if n_distinct < law.n_params:
         flags.append("underdetermined")
+    elif n_distinct <= law.n_params + 1:
+        flags.append("too_few_points")
     for j, p in enumerate(law.param_names):
         if u[j] - lo[j] < _AT_BOUND_LOG_TOL or hi[j] - u[j] < _AT_BOUND_LOG_TOL:
             flags.append(f"{p}_at_bound")
@@ -393,4 +435,32 @@ def _flags(
     for v, (x_min, x_max) in x_range.items():
         if x_max < 10.0 * x_min:
             flags.append(f"less_than_one_decade_{v}")
-    return tuple(flags)
+    return flags
+
+
+def _optima_flags(refined: list[tuple[float, np.ndarray, bool]]) -> list[str]:
+    best_loss, best_u, _ = refined[0]
+    limit = best_loss * (1.0 + _OPTIMA_LOSS_RTOL) + 1e-15
+    for loss, u, _ in refined[1:]:
+        if loss <= limit and np.max(np.abs(u - best_u)) > _OPTIMA_PARAM_TOL:
+            return ["disagreeing_optima"]
+    return []
+
+
+def _unidentified_flags(law: Law, xd: np.ndarray, u: np.ndarray, jacobian: Any) -> list[str]:
+    jac = jacobian(u)  # (n, p): d log L / d log theta
+    norms = np.sqrt(np.sum(jac**2, axis=0))
+    scale = max(float(norms.max()), np.finfo(float).tiny)
+    return [
+        f"{p}_unidentified"
+        for p, nrm in zip(law.param_names, norms, strict=True)
+        if p not in law.linear_params and nrm <= _UNIDENTIFIED_RTOL * scale
+    ]
+
+
+def _ordered(flags: list[str]) -> list[str]:
+    seen: list[str] = []
+    for f in flags:
+        if f not in seen:
+            seen.append(f)
+    return seen

@@ -12,8 +12,11 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from analysis.budget import Frontier
+from analysis.compare import TargetDecision, format_tokens
 from analysis.fit import FitResult
 from analysis.sources import SourceFits
+from analysis.validate import Validation
 
 _PANEL_W, _PANEL_H = 4.2, 3.4  # inches
 _DPI = 110
@@ -26,79 +29,190 @@ def save_png(fig: Figure, path: Path) -> Path:
     return path
 
 
-def domain_vs_tokens(
-    finished: pd.DataFrame, fits: Mapping[str, SourceFits], base_bpb: float | None
+def curves(
+    finished: pd.DataFrame,
+    fits: Mapping[str, SourceFits],
+    decision: TargetDecision,
+    base_bpb: float | None,
+    level: float,
 ) -> Figure:
-    """Domain bpb against training tokens, a panel per source, a colour per spend, with fits."""
+    """Domain bpb against training tokens, a panel per source, with the law and its band."""
     sources = sorted(finished["source"].unique())
     fig, axes = _panels(len(sources))
-    d_grid = _token_grid(finished["train_tokens"])
+    targets_d = [p.train_tokens for p in decision.predictions.values()]
+    d_lo = float(finished["train_tokens"].min()) / 1.25
+    d_hi = max([float(finished["train_tokens"].max()), *targets_d]) * 1.25
+    d_grid = np.geomspace(d_lo, d_hi, 160)
+    q = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
     for ax, source in zip(axes, sources, strict=True):
         rows = finished[finished["source"] == source]
         spends = sorted(rows["curation_spend"].unique())
         colours = _spend_colours(len(spends))
         sf = fits.get(source)
+        fitted = sf is not None and sf.pooled.result is not None
         for colour, spend in zip(colours, spends, strict=True):
             sel = rows[rows["curation_spend"] == spend]
+            label = f"spend ${spend:,.4g}"
             ax.scatter(sel["train_tokens"], sel["domain_bpb"], s=18, color=colour, zorder=3)
-            fit = _spend_fit(sf, spend)
-            label = f"spend ${spend:,.0f}"
-            if fit is not None:
-                ax.plot(d_grid, fit.predict(d_grid), color=colour, lw=1.4, label=label)
+            if fitted and sf is not None and sf.uses_spend():
+                ax.plot(d_grid, sf.predict(d_grid, spend), color=colour, lw=1.3, label=label)
             else:
-                ax.plot([], [], color=colour, marker="o", ls="none", label=f"{label} (no fit)")
-        if sf is not None and sf.pooled.result is not None:
-            ax.plot(
-                d_grid,
-                sf.pooled.predict(d_grid),
-                color="black",
-                ls="--",
-                lw=1.2,
-                label="all spends",
+                fit = _spend_fit(sf, spend)
+                if fit is not None:
+                    ax.plot(d_grid, fit.predict(d_grid), color=colour, lw=0.9, ls=":", label=label)
+                else:
+                    ax.plot([], [], color=colour, marker="o", ls="none", label=label)
+        pred = decision.predictions.get(source)
+        if fitted and sf is not None and pred is not None:
+            c = pred.curation_spend
+            ax.plot(d_grid, sf.predict(d_grid, c), color="black", lw=1.4, label=f"{sf.law.name}")
+            if sf.pooled.bootstrap is not None:
+                lo, hi = np.quantile(sf.draws(d_grid, c), q, axis=0)
+                ax.fill_between(
+                    d_grid, lo, hi, color="black", alpha=0.15, lw=0, label=f"{level:.0%} band"
+                )
+            ax.errorbar(
+                [pred.train_tokens],
+                [pred.predicted],
+                yerr=[
+                    [max(pred.predicted - pred.lower, 0.0)],
+                    [max(pred.upper - pred.predicted, 0.0)],
+                ],
+                fmt="D",
+                color="crimson",
+                ms=5,
+                capsize=3,
+                zorder=4,
+                label="at target",
             )
+            ax.axvline(pred.train_tokens, color="crimson", ls=":", lw=1.0)
         _baseline(ax, base_bpb)
         ax.set(xscale="log", title=source, xlabel="training tokens D", ylabel="domain bpb")
-        ax.legend(fontsize=7)
-    fig.suptitle("Domain bits per byte vs training tokens")
+        ax.legend(fontsize=6)
+    fig.suptitle(f"Domain bits per byte vs training tokens (target: {decision.target.label})")
     return fig
 
 
-def cost_efficiency(cells: pd.DataFrame, base_bpb: float | None) -> Figure:
-    """Domain bpb against total cost, every source on one axes, best cell per source starred."""
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+def cost_frontier(
+    front: Frontier, cells: pd.DataFrame, base_bpb: float | None, cost_targets: Sequence[float]
+) -> Figure:
+    """Predicted metric against total cost per source (best split), with cells and Pareto set."""
+    fig = Figure(figsize=(7.2, 4.8), layout="constrained")
     ax = fig.add_subplot()
-    sources = sorted(cells["source"].unique())
     colours = colormaps["tab10"]
-    for i, source in enumerate(sources):
-        sel = cells[cells["source"] == source]
+    for i, (source, curve) in enumerate(sorted(front.curves.items())):
         colour = colours(i % 10)
-        ax.scatter(sel["total_cost"], sel["domain_bpb"], s=22, color=colour, label=source)
-        best = sel.loc[sel["domain_bpb"].idxmin()]
-        ax.scatter(
-            [best["total_cost"]],
-            [best["domain_bpb"]],
-            s=220,
-            marker="*",
+        ok = np.isfinite(curve["predicted"])
+        ax.plot(front.costs[ok], curve["predicted"][ok], color=colour, lw=1.6, label=source)
+        band = ok & np.isfinite(curve["lower"]) & np.isfinite(curve["upper"])
+        ax.fill_between(
+            front.costs[band],
+            curve["lower"][band],
+            curve["upper"][band],
             color=colour,
-            edgecolors="black",
-            linewidths=0.8,
-            zorder=4,
+            alpha=0.15,
+            lw=0,
         )
-        ax.annotate(
-            f"best {source}",
-            (best["total_cost"], best["domain_bpb"]),
-            textcoords="offset points",
-            xytext=(6, 6),
-            fontsize=8,
-        )
+        sel = cells[cells["source"] == source]
+        ax.scatter(sel["total_cost"], sel["domain_bpb"], s=16, color=colour, zorder=3)
+    par = front.observed_pareto
+    ax.scatter(
+        par["total_cost"],
+        par["domain_bpb"],
+        s=90,
+        facecolors="none",
+        edgecolors="black",
+        linewidths=1.0,
+        zorder=4,
+        label="Pareto-optimal cells",
+    )
+    for c in cost_targets:
+        ax.axvline(c, color="crimson", ls=":", lw=1.0, label=f"target ${c:,.4g}")
     _baseline(ax, base_bpb)
     ax.set(
         xscale="log",
-        xlabel="total cost per cell (USD)",
-        ylabel="domain bpb (mean over seeds)",
-        title="Cost efficiency: domain bpb vs total cost (star: best cell per source)",
+        xlabel="total cost (USD)",
+        ylabel="domain bpb",
+        title="Cost-efficiency frontier (each source at its best split of the budget)",
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def crossovers(td: TargetDecision) -> Figure:
+    """Pairwise differences of predicted curves along the target's axis, with crossovers."""
+    grid = td.curves["grid"]
+    pts = td.curves["predicted"]
+    bands = td.curves["draws_interval"]
+    names = sorted(pts)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    fig, axes = _panels(max(len(pairs), 1), sharey=False)
+    axis_label = "training tokens D" if td.target.axis == "train_tokens" else "total cost (USD)"
+    target_x = (
+        td.target.total_cost
+        if td.target.total_cost is not None
+        else max(p.train_tokens for p in td.predictions.values())
+    )
+    for ax, (a, b) in zip(axes, pairs, strict=False):
+        diff = pts[a] - pts[b]
+        ax.plot(grid, diff, color="black", lw=1.4, label=f"{a} - {b}")
+        # the band of a difference is not the difference of bands; approximate by both widths
+        lo = bands[a][0] - bands[b][1]
+        hi = bands[a][1] - bands[b][0]
+        ax.fill_between(grid, lo, hi, color="grey", alpha=0.2, lw=0, label="bands combined")
+        ax.axhline(0.0, color="grey", lw=0.8)
+        for c in td.crossovers:
+            if {c.before, c.after} == {a, b}:
+                ax.axvspan(c.lower, c.upper, color="tab:orange", alpha=0.25)
+                ax.axvline(c.at, color="tab:orange", lw=1.2, ls="-" if c.point_estimate else "--")
+                ax.annotate(
+                    f"{c.after} overtakes\nat {_fmt(td.target.axis, c.at)}",
+                    (c.at, 0.0),
+                    textcoords="offset points",
+                    xytext=(4, 8),
+                    fontsize=7,
+                )
+        ax.axvline(target_x, color="crimson", ls=":", lw=1.0, label="target")
+        ax.set(
+            xscale="log", xlabel=axis_label, ylabel="difference in domain bpb", title=f"{a} vs {b}"
+        )
+        ax.legend(fontsize=6)
+    if not pairs:
+        axes[0].text(0.5, 0.5, "one source: nothing to compare", ha="center", va="center")
+    fig.suptitle("Where the ranking flips: pairwise differences of predicted domain bpb")
+    return fig
+
+
+def held_out(validation: Validation) -> Figure:
+    """Predicted against observed domain bpb at the held-out cells, per candidate law."""
+    laws = [v for v in validation.laws if v.cells]
+    fig, axes = _panels(len(laws), sharey=False)
+    for ax, v in zip(axes, laws, strict=True):
+        obs = np.array([c.observed for c in v.cells])
+        pred = np.array([c.predicted for c in v.cells])
+        lo = np.array([c.obs_lower for c in v.cells])
+        hi = np.array([c.obs_upper for c in v.cells])
+        # a percentile interval need not contain the point estimate: clip, do not fail
+        yerr = [np.maximum(pred - lo, 0.0), np.maximum(hi - pred, 0.0)]
+        ax.errorbar(obs, pred, yerr=yerr, fmt="o", ms=4, capsize=3)
+        for c in v.cells:
+            ax.annotate(
+                c.source,
+                (c.observed, c.predicted),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        span = [min(obs.min(), lo.min()), max(obs.max(), hi.max())]
+        ax.plot(span, span, color="grey", lw=0.8, ls="--")
+        chosen = " (chosen)" if v.law.name == validation.selected.name else ""
+        ax.set(
+            xlabel="observed domain bpb (held out)",
+            ylabel="predicted",
+            title=f"{v.law.name}{chosen}: error {v.mean_abs_error:.2%}, {v.coverage:.0%} inside",
+        )
+        ax.title.set_fontsize(8)
+    fig.suptitle("Held-out check: fitted without the largest training budget")
     return fig
 
 
@@ -119,7 +233,7 @@ def forgetting(finished: pd.DataFrame, cells: pd.DataFrame, base_bpb: float | No
                 line["general_bpb"],
                 color=colour,
                 lw=1.2,
-                label=f"spend ${spend:,.0f}",
+                label=f"spend ${spend:,.4g}",
             )
         _baseline(ax, base_bpb)
         ax.set(xscale="log", title=source, xlabel="training tokens D", ylabel="general bpb")
@@ -128,19 +242,16 @@ def forgetting(finished: pd.DataFrame, cells: pd.DataFrame, base_bpb: float | No
     return fig
 
 
-def _panels(n: int) -> tuple[Figure, Sequence[Axes]]:
+def _panels(n: int, *, sharey: bool = True) -> tuple[Figure, Sequence[Axes]]:
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(_PANEL_W * ncols, _PANEL_H * nrows + 0.4), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    if ncols == 1:  # a lone panel still gets a readable width
+        fig.set_size_inches(6.4, _PANEL_H * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig, axes[:n]
-
-
-def _token_grid(tokens: pd.Series) -> np.ndarray:
-    lo, hi = float(tokens.min()), float(tokens.max())
-    return np.geomspace(lo / 1.25, hi * 1.25, 200)
 
 
 def _spend_colours(n: int) -> list[tuple[float, float, float, float]]:
@@ -160,3 +271,7 @@ def _spend_fit(sf: SourceFits | None, spend: float) -> FitResult | None:
 def _baseline(ax: Axes, value: float | None) -> None:
     if value is not None:
         ax.axhline(value, color="grey", ls="--", lw=1.0, label=f"base model ({value:.3f})")
+
+
+def _fmt(axis: str, v: float) -> str:
+    return format_tokens(v) if axis == "train_tokens" else f"${v:,.4g}"

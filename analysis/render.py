@@ -1,4 +1,10 @@
-"""Render the self-contained HTML report: inline CSS, PNGs as base64 data URIs, no scripts."""
+"""Render the self-contained HTML report: inline CSS, PNGs as base64 data URIs, no scripts.
+
+The report leads with the recommendation and its probability, then the decision at
+each target (predictions with intervals, probabilities, crossovers, the
+micro-annealing check, the budget split), the plots, the held-out validation, the
+fits with their diagnostics, what was skipped, and every cell.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +16,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.compare import Decision, format_tokens
+from analysis.budget import CostModel
+from analysis.compare import Decision, TargetDecision, format_tokens
 from analysis.fit import FLAG_DESCRIPTIONS
 from analysis.sources import GroupFit, SourceFits
 from analysis.table import ResultsTable
+from analysis.validate import Validation
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1100px; color: #222; line-height: 1.45; padding: 0 1em; }
+       max-width: 1150px; color: #222; line-height: 1.45; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1.05em; margin-top: 1.4em; }
 .headline { background: #f3f7fb; border-left: 4px solid #2a6fb0; padding: 0.6em 1em; }
-.headline p { margin: 0.4em 0; }
+.headline p { margin: 0.4em 0; } .headline p.rec { font-size: 1.15em; font-weight: 600; }
 .flip { color: #a3461b; font-weight: 600; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f4f4f4; } td.text { text-align: left; }
-tr.failed td { color: #999; } tr.pooled td { font-weight: 600; }
+tr.failed td { color: #999; } tr.pooled td { font-weight: 600; } tr.best td { background: #eef7ee; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .note { color: #666; font-size: 0.85em; }
 """
@@ -36,10 +45,15 @@ def render_report(
     table: ResultsTable,
     fits: Mapping[str, SourceFits],
     decision: Decision,
+    validation: Validation,
+    costs: CostModel | None,
+    notes: Sequence[str],
     plots: Sequence[tuple[str, Path]],
-    law_formula: str,
+    level: float,
+    n_boot: int,
 ) -> str:
     """The report as one HTML string; ``plots`` are ``(caption, png path)`` pairs."""
+    law = validation.selected
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -47,15 +61,31 @@ def render_report(
         f"<style>{_CSS}</style></head><body>",
         "<h1>annealscale: which source to buy, at what budget</h1>",
         _headline(decision),
-        "<h2>Rankings by predicted domain bpb</h2>",
-        _rankings(decision),
+        f'<p class="note">Law <code>{escape(law.name)}</code>: {escape(validation.reason)}. '
+        f"Intervals are {level:.0%} bootstrap percentile intervals over {n_boot} resamples of "
+        "the cells; probabilities pair the sources' resamples.</p>",
+        *(_target_section(td, costs) for td in decision.targets),
         "<h2>Plots</h2>",
         *(_figure(caption, path) for caption, path in plots),
+        "<h2>Held-out validation</h2>",
+        _validation(validation),
         "<h2>Fits</h2>",
-        f"<p>Law: <code>{escape(law_formula)}</code>. Huber loss on log domain bpb. Rows in bold "
-        "pool every curation spend of the source; the law has no spend term.</p>",
-        _fits_table(fits, decision.largest_train_tokens),
+        f"<p>Law: <code>{escape(law.formula)}</code>. Huber loss on log domain bpb, parameters "
+        "in log space. Bold rows: the chosen law over every spend of the source, with "
+        f"{level:.0%} bootstrap intervals; other rows: <code>power_law_D</code> per spend.</p>",
+        _fits_table(fits, level),
         _flag_legend(),
+    ]
+    if notes:
+        items = "".join(f"<li>{escape(n)}</li>" for n in notes)
+        parts += ["<h2>Notes</h2>", f'<ul class="note">{items}</ul>']
+    if costs is not None:
+        parts.append(
+            f'<p class="note">Cost model: {escape(costs.basis)}; '
+            f"${costs.usd_per_train_token:.4g} per training token, "
+            f"${costs.train_fixed_usd:,.4g} fixed per anneal.</p>"
+        )
+    parts += [
         "<h2>Cells</h2>",
         f"<p>{len(table.rows)} row(s); {len(table.finished)} finished and fitted, "
         f"{table.n_excluded} excluded (failed or without a finite domain bpb; greyed).</p>",
@@ -67,33 +97,172 @@ def render_report(
 
 def _headline(decision: Decision) -> str:
     items = []
-    for msg in decision.messages:
-        cls = ' class="flip"' if msg.startswith("Micro-annealing would pick") else ""
+    for i, msg in enumerate(decision.messages):
+        cls = ""
+        if i == 0:
+            cls = ' class="rec"'
+        elif msg.startswith(("Micro-annealing would pick", "Crossover")):
+            cls = ' class="flip"'
         items.append(f"<p{cls}>{escape(msg)}</p>")
     return f'<div class="headline">{"".join(items)}</div>'
 
 
-def _rankings(decision: Decision) -> str:
-    rows = []
-    n = max(len(decision.ranking_at_smallest), len(decision.ranking_at_largest))
-    for i in range(n):
-        small = decision.ranking_at_smallest[i] if i < len(decision.ranking_at_smallest) else None
-        large = decision.ranking_at_largest[i] if i < len(decision.ranking_at_largest) else None
+def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
+    parts = [f"<h2>Decision at {escape(td.target.label)}</h2>"]
+    head = [
+        "rank",
+        "source",
+        "curation spend",
+        "training tokens",
+        *(["total cost"] if costs is not None else []),
+        "predicted bpb",
+        f"{td.level:.0%} interval",
+        "P(best)",
+        "extrapolated",
+    ]
+    rows, classes = [], []
+    for i, s in enumerate(td.ranking):
+        p = td.predictions[s]
         rows.append(
             [
                 _right(str(i + 1)),
-                *_pair(small),
-                *_pair(large),
+                _text(s),
+                _right(f"${p.curation_spend:,.4g}"),
+                _right(format_tokens(p.train_tokens)),
+                *(
+                    [_right(f"${p.total_cost:,.4g}")]
+                    if costs is not None and p.total_cost is not None
+                    else []
+                ),
+                _num(p.predicted, 4),
+                _right(f"{p.lower:.4f} - {p.upper:.4f}"),
+                _right(f"{td.p_best.get(s, 0.0):.1%}"),
+                _text("yes" if p.extrapolated else "no"),
             ]
         )
-    head = [
-        "rank",
-        f"source at {format_tokens(decision.smallest_train_tokens)} tokens",
-        "predicted bpb",
-        f"source at {format_tokens(decision.largest_train_tokens)} tokens",
-        "predicted bpb",
+        classes.append("best" if s == td.recommended else "")
+    parts.append(_table(head, rows, classes))
+    for s, why in td.unranked.items():
+        parts.append(f'<p class="note">{escape(s)}: not ranked ({escape(why)}).</p>')
+    if td.crossovers:
+        items = "".join(f"<li>{escape(c.describe())}</li>" for c in td.crossovers)
+        parts.append(f"<h3>Crossovers</h3><ul>{items}</ul>")
+    else:
+        parts.append("<h3>Crossovers</h3><p>None found in the searched range.</p>")
+    m = td.micro_annealing
+    if m is not None and m.cells:
+        mrows = []
+        for s in m.ranking:
+            c = m.cells[s]
+            mrows.append(
+                [
+                    _text(s),
+                    _right(f"${c['curation_spend']:,.4g}"),
+                    _right(format_tokens(c["train_tokens"])),
+                    _num(c["domain_bpb"], 4),
+                ]
+            )
+        verdict = (
+            '<p class="flip">The micro-annealing ranking is wrong at the target.</p>'
+            if m.ranking_differs
+            else "<p>The micro-annealing ranking holds at the target.</p>"
+        )
+        parts += [
+            "<h3>Micro-annealing check (cheapest sampled cell per source, observed)</h3>",
+            _table(["source", "curation spend", "training tokens", "observed bpb"], mrows),
+            verdict,
+        ]
+    if td.allocation is not None:
+        arows = []
+        for s, sp in sorted(td.allocation.splits.items(), key=lambda kv: kv[1].predicted):
+            arows.append(
+                [
+                    _text(s),
+                    _right(f"${sp.curation_spend:,.4g}"),
+                    _right(format_tokens(sp.train_tokens)),
+                    _right(f"{sp.curation_cost / sp.total_cost:.0%}"),
+                    _num(sp.predicted, 4),
+                    _text("yes" if sp.extrapolated else "no"),
+                ]
+            )
+        parts += [
+            f"<h3>Budget split of ${td.allocation.total_cost:,.4g}</h3>",
+            _table(
+                [
+                    "source",
+                    "curation spend",
+                    "training tokens",
+                    "on curation",
+                    "predicted bpb",
+                    "extrapolated",
+                ],
+                arows,
+                [
+                    "best" if s == td.allocation.chosen else ""
+                    for s, _ in sorted(td.allocation.splits.items(), key=lambda kv: kv[1].predicted)
+                ],
+            ),
+            f'<p class="note">{escape(td.allocation.note)}.</p>',
+        ]
+    for n in td.notes:
+        parts.append(f'<p class="note">{escape(n)}.</p>')
+    return "\n".join(parts)
+
+
+def _validation(validation: Validation) -> str:
+    head = ["law", "parameters", "sources checked", "mean |error|", "inside interval", "chosen"]
+    rows = []
+    for v in validation.laws:
+        rows.append(
+            [
+                _text(v.law.name),
+                _right(str(v.law.n_params)),
+                _right(str(len(v.sources))),
+                _right(f"{v.mean_abs_error:.2%}" if v.cells else ""),
+                _right(f"{sum(c.inside for c in v.cells)}/{len(v.cells)}" if v.cells else ""),
+                _text("yes" if v.law.name == validation.selected.name else ""),
+            ]
+        )
+    parts = [
+        f"<p>Held out: {escape(validation.held_out)}. Each law is fitted on the rest and "
+        f"predicts the held-out cells; the interval is the {validation.level:.0%} interval for "
+        "an observation (curve and noise).</p>",
+        _table(head, rows),
     ]
-    return _table(head, rows)
+    chosen = validation.of(validation.selected)
+    if chosen is not None and chosen.cells:
+        crow = [
+            [
+                _text(c.source),
+                _right(f"${c.curation_spend:,.4g}"),
+                _right(format_tokens(c.train_tokens)),
+                _num(c.observed, 4),
+                _num(c.predicted, 4),
+                _right(f"{c.obs_lower:.4f} - {c.obs_upper:.4f}"),
+                _right(f"{c.error:+.2%}"),
+                _text("yes" if c.inside else "no"),
+            ]
+            for c in chosen.cells
+        ]
+        parts.append(
+            _table(
+                [
+                    "source",
+                    "spend",
+                    "tokens",
+                    "observed",
+                    "predicted",
+                    "interval",
+                    "error",
+                    "inside",
+                ],
+                crow,
+            )
+        )
+    skipped = {s: why for v in validation.laws for s, why in v.skipped.items()}
+    for s, why in skipped.items():
+        parts.append(f'<p class="note">{escape(s)}: not validated ({escape(why)}).</p>')
+    return "\n".join(parts)
 
 
 def _figure(caption: str, path: Path) -> str:
@@ -104,44 +273,53 @@ def _figure(caption: str, path: Path) -> str:
     )
 
 
-def _fits_table(fits: Mapping[str, SourceFits], d_max: float) -> str:
+def _fits_table(fits: Mapping[str, SourceFits], level: float) -> str:
     params: list[str] = []
     for sf in fits.values():
         for g in (sf.pooled, *sf.per_spend):
             if g.result is not None:
                 params += [p for p in g.result.law.param_names if p not in params]
-    head = [
-        "source",
-        "curation spend",
-        "n",
-        *params,
-        "RMSE",
-        "R²",
-        f"bpb at {format_tokens(d_max)}",
-        "flags",
-    ]
+    head = ["source", "law", "curation spend", "n", *params, "RMSE", "R²", "flags"]
     rows, classes = [], []
     for source, sf in fits.items():
         for g in (sf.pooled, *sf.per_spend):
-            rows.append(_fit_row(source, g, params, d_max))
+            rows.append(_fit_row(source, g, params, level))
             classes.append("pooled" if g.curation_spend is None else "")
     return _table(head, rows, classes)
 
 
-def _fit_row(source: str, g: GroupFit, params: list[str], d_max: float) -> list[str]:
-    spend = "all" if g.curation_spend is None else f"${g.curation_spend:,.2f}"
+def _fit_row(source: str, g: GroupFit, params: list[str], level: float) -> list[str]:
+    spend = "all" if g.curation_spend is None else f"${g.curation_spend:,.4g}"
     res = g.result
     if res is None:
-        blanks = [_right("")] * (len(params) + 3)
-        return [_text(source), _text(spend), _right(str(g.n_points)), *blanks, _text(g.error or "")]
+        blanks = [_right("")] * (len(params) + 2)
+        return [
+            _text(source),
+            _text(""),
+            _text(spend),
+            _right(str(g.n_points)),
+            *blanks,
+            _text(g.error or ""),
+        ]
+    intervals = g.bootstrap.param_intervals(level) if g.bootstrap is not None else {}
+    cells = []
+    for p in params:
+        v = res.params.get(p)
+        if v is None:
+            cells.append("<td></td>")
+        elif p in intervals:
+            lo, hi = intervals[p]
+            cells.append(f"<td>{v:.4g}<br><span class=note>[{lo:.3g}, {hi:.3g}]</span></td>")
+        else:
+            cells.append(f"<td>{v:.4g}</td>")
     return [
         _text(source),
+        _text(res.law.name),
         _text(spend),
         _right(str(res.n_points)),
-        *(_num(res.params.get(p, math.nan), 4) for p in params),
+        *cells,
         _num(res.rmse, 4),
         _num(res.r2, 4),
-        _num(float(res.predict([d_max])[0]), 4),
         _text(", ".join(res.flags) or "none"),
     ]
 
@@ -155,32 +333,37 @@ def _flag_legend() -> str:
 
 def _cells_table(rows: pd.DataFrame) -> str:
     cols = [
-        "source",
-        "curation_spend",
-        "unique_tokens",
-        "train_tokens",
-        "seed",
-        "status",
-        "domain_bpb",
-        "general_bpb",
-        "total_cost",
+        c
+        for c in (
+            "source",
+            "curation_spend",
+            "unique_tokens",
+            "train_tokens",
+            "seed",
+            "status",
+            "domain_bpb",
+            "general_bpb",
+            "total_cost",
+        )
+        if c in rows.columns
     ]
     ordered = rows.sort_values(["source", "curation_spend", "train_tokens", "seed"], kind="stable")
     body, classes = [], []
     for _, r in ordered.iterrows():
-        body.append(
-            [
-                _text(r["source"]),
-                _right(f"${r['curation_spend']:,.2f}"),
-                _right(format_tokens(r["unique_tokens"])),
-                _right(format_tokens(r["train_tokens"])),
-                _num(r["seed"], 0),
-                _text(r["status"]),
-                _num(r["domain_bpb"], 4),
-                _num(r["general_bpb"], 4),
-                _right(f"${r['total_cost']:,.2f}" if math.isfinite(r["total_cost"]) else ""),
-            ]
-        )
+        line = []
+        for c in cols:
+            v = r[c]
+            if c in ("source", "status"):
+                line.append(_text(v))
+            elif c in ("curation_spend", "total_cost"):
+                line.append(_right(f"${v:,.4g}" if math.isfinite(v) else ""))
+            elif c in ("unique_tokens", "train_tokens"):
+                line.append(_right(format_tokens(v)))
+            elif c == "seed":
+                line.append(_num(v, 0))
+            else:
+                line.append(_num(v, 4))
+        body.append(line)
         finished = r["status"] == "finished" and math.isfinite(r["domain_bpb"])
         classes.append("" if finished else "failed")
     return _table(cols, body, classes)
@@ -194,12 +377,6 @@ def _table(head: Iterable[str], rows: Iterable[list[str]], classes: Sequence[str
         attr = f' class="{cls}"' if cls else ""
         trs.append(f"<tr{attr}>{''.join(row)}</tr>")
     return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(trs)}</tbody></table>"
-
-
-def _pair(entry: tuple[str, float] | None) -> list[str]:
-    if entry is None:
-        return [_right(""), _right("")]
-    return [_text(entry[0]), _num(entry[1], 4)]
 
 
 def _right(value: str) -> str:

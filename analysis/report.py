@@ -1,11 +1,12 @@
-"""`analyze`: fit every source, decide, and write fits.json, PNG plots and report.html."""
+"""`analyze`: validate the candidate laws, fit every source with its bootstrap, decide at
+the targets, and write fits.json, PNG plots and report.html."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -15,20 +16,30 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots as plotting
-from analysis.compare import Decision, decide
-from analysis.laws import Law, get_law
+from analysis.budget import CostModel, Frontier, cost_model, frontier
+from analysis.compare import Decision, Target, decide, decide_target
+from analysis.errors import AnalysisError
+from analysis.laws import DEFAULT_CANDIDATES, Law, get_law
 from analysis.render import render_report
-from analysis.sources import POOLED_NOTE, SourceFits, fit_sources
+from analysis.sources import POOL_NOTE, POOLED_NOTE, SourceFits, fit_sources
 from analysis.table import ResultsTable, cell_means, load_results
+from analysis.validate import Validation, candidate_laws, validate_laws
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 METRIC = "domain_bpb"
 PLOT_CAPTIONS: Mapping[str, str] = MappingProxyType(
     {
-        "domain_vs_tokens": "Domain bpb vs training tokens, per source; lines are fitted laws "
-        "(per spend, and dashed over all spends).",
-        "cost_efficiency": "Domain bpb vs total cost of each cell (seeds averaged); star marks "
-        "the best cell of each source.",
+        "curves": "Domain bpb vs training tokens per source: cells (colour: curation spend), the "
+        "chosen law at each sampled spend, and the bootstrap interval band of the curve used at "
+        "the target (dotted line).",
+        "frontier": "Cost-efficiency frontier: predicted domain bpb vs total cost, each source at "
+        "its best split of the budget (bands: bootstrap interval); dots are cells, circled ones "
+        "are Pareto-optimal.",
+        "crossovers": "Crossovers: difference of predicted domain bpb between each pair of sources "
+        "along the target's budget axis (below zero: the first source leads); shaded spans are "
+        "the crossover intervals.",
+        "held_out": "Held-out check: each law fitted without the largest training budget, "
+        "predicting it (bars: observation intervals); points on the diagonal are exact.",
         "forgetting": "General bpb vs training tokens (forgetting), per source.",
     }
 )
@@ -41,31 +52,61 @@ class AnalysisResult:
     fits_json: Path
     report_html: Path
     plots: Mapping[str, Path]
-    """PNG path per plot name: ``domain_vs_tokens``, ``cost_efficiency``, ``forgetting``."""
+    """PNG path per plot name (see `PLOT_CAPTIONS`); a plot whose inputs are absent is left out."""
     fits: Mapping[str, SourceFits]
-    """Per-source fits (all spends pooled, and per spend), by source name."""
+    """Per-source fits of the chosen law (with bootstrap) and per spend, by source name."""
+    validation: Validation
     decision: Decision
+    notes: tuple[str, ...]
+    """Features skipped or assumptions made, and why."""
+
+    @property
+    def law(self) -> Law:
+        return self.validation.selected
 
 
 def analyze(
     results: pd.DataFrame | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
-    law: str | Law = "power_law_D",
+    target_tokens: float | None = None,
+    target_spend: float | None = None,
+    target_cost: float | None = None,
+    law: str | Law = "auto",
+    candidates: Sequence[str | Law] = DEFAULT_CANDIDATES,
+    n_boot: int = 1000,
+    level: float = 0.9,
+    seed: int = 0,
     huber_delta: float = 1e-3,
     tolerance_pct: float = 1.0,
 ) -> AnalysisResult:
-    """Fit ``law`` to domain bpb per source and per spend and write the report.
+    """Fit, validate and compare the sources of a results table; write the report.
 
     Parameters
     ----------
     results : DataFrame or path
         The results table (one row per cell and seed) or a Parquet file holding it.
-        Only rows with status "finished" and a finite domain bpb are fitted.
+        Required columns: ``source, curation_spend, train_tokens, domain_bpb``.
     out_dir : path
         Created if needed; receives ``fits.json``, ``report.html`` and ``plots/*.png``.
+    target_tokens, target_spend : float, optional
+        One target: the training tokens (and/or curation spend, USD) of the final
+        anneal.
+    target_cost : float, optional
+        Another target: a total budget (USD) split across sources, curation spend
+        and training tokens.
     law : str or Law
-        A one-variable law in training tokens; ``"power_law_D"`` by default.
+        ``"auto"`` chooses among ``candidates`` by held-out error; a name or a `Law`
+        uses that law (it is still validated).
+    candidates : sequence of str or Law
+        Laws compared when ``law="auto"``, simplest first; those the table cannot
+        fit are skipped with a note.
+    n_boot : int
+        Bootstrap resamples per fit (at least 1000 for reported intervals).
+    level : float
+        Central probability of every interval.
+    seed : int
+        Seed of the resampling.
     huber_delta : float
         Huber threshold on log residuals (see `analysis.fit.fit_law`).
     tolerance_pct : float
@@ -75,31 +116,94 @@ def analyze(
     Raises
     ------
     AnalysisError
-        On an empty table, missing columns or no finished cells.
+        On an empty table, a missing required column, no finished cells or
+        invalid settings.
     """
-    law = get_law(law)
+    if not 0.0 < level < 1.0:
+        raise AnalysisError(f"level must lie in (0, 1); got {level}")
+    if n_boot < 1:
+        raise AnalysisError(f"n_boot must be >= 1; got {n_boot}")
     table = load_results(results)
+    notes = list(table.notes)
+    requested = _targets(target_tokens, target_spend, target_cost)
+
+    if isinstance(law, str) and law == "auto":
+        laws, law_notes = candidate_laws(table, candidates)
+        notes += law_notes
+        if not laws:
+            raise AnalysisError("none of the candidate laws can be fitted to this table")
+    else:
+        chosen = get_law(law)
+        missing = [c for c in chosen.columns if not table.has(c)]
+        if missing:
+            raise AnalysisError(f"law {chosen.name!r} needs column(s) {', '.join(missing)}")
+        laws = [chosen]
+    fit_options = {"huber_delta": huber_delta}
+    validation = validate_laws(
+        table, laws, metric=METRIC, n_boot=n_boot, level=level, seed=seed, fit_options=fit_options
+    )
+    selected = validation.selected
+    fits = fit_sources(
+        table.finished, law=selected, metric=METRIC, n_boot=n_boot, seed=seed, **fit_options
+    )
+
+    costs, cost_note = cost_model(table)
+    if cost_note:
+        notes.append(cost_note)
+    cells = cell_means(table.finished)
+    if costs is not None and "total_cost" not in cells.columns:
+        cells["total_cost"] = [
+            float(costs.total_cost(s, c, d))
+            for s, c, d in zip(
+                cells["source"], cells["curation_spend"], cells["train_tokens"], strict=True
+            )
+        ]
+    targets: list[Target] = []
+    for t in requested:
+        if t.total_cost is not None and costs is None:
+            notes.append(f"target {t.label} skipped: no cost columns")
+        else:
+            targets.append(t)
+    if not targets:
+        d_max = float(table.finished["train_tokens"].max())
+        targets.append(Target(train_tokens=d_max))
+        notes.append(
+            "no target given: deciding at the largest sampled training-token count; pass "
+            "--target-tokens (or --target-spend, --target-cost) for the budget you will spend"
+        )
+
+    front = None
+    if costs is not None:
+        front = frontier(
+            fits,
+            costs,
+            cells,
+            level=level,
+            extra_costs=tuple(t.total_cost for t in targets if t.total_cost is not None),
+        )
+    decisions = [
+        decide_target(t, fits, cells, costs=costs, frontier=front, level=level) for t in targets
+    ]
+    decision = decide(decisions, cells, tolerance_pct=tolerance_pct)
+
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-
-    fits = fit_sources(table.finished, law=law, metric=METRIC, huber_delta=huber_delta)
-    cells = cell_means(table.finished)
-    decision = decide(fits, cells, tolerance_pct=tolerance_pct)
-
-    base_domain = table.baselines["base_domain_bpb"]
-    figures = {
-        "domain_vs_tokens": plotting.domain_vs_tokens(table.finished, fits, base_domain),
-        "cost_efficiency": plotting.cost_efficiency(cells, base_domain),
-        "forgetting": plotting.forgetting(
-            table.finished, cells, table.baselines["base_general_bpb"]
-        ),
-    }
+    figures = _figures(table, fits, decision, validation, front, cells, level)
     plot_paths = {
         name: plotting.save_png(fig, out / "plots" / f"{name}.png") for name, fig in figures.items()
     }
 
     fits_json = out / "fits.json"
-    payload = fits_payload(table, fits, decision, law=law, huber_delta=huber_delta)
+    payload = fits_payload(
+        table,
+        fits,
+        decision,
+        validation=validation,
+        costs=costs,
+        front=front,
+        notes=notes,
+        settings={"huber_delta": huber_delta, "n_boot": n_boot, "level": level, "seed": seed},
+    )
     fits_json.write_text(dumps_json(payload) + "\n", encoding="utf-8")
 
     report_html = out / "report.html"
@@ -107,8 +211,12 @@ def analyze(
         table=table,
         fits=fits,
         decision=decision,
+        validation=validation,
+        costs=costs,
+        notes=notes,
         plots=[(PLOT_CAPTIONS[name], path) for name, path in plot_paths.items()],
-        law_formula=law.formula,
+        level=level,
+        n_boot=n_boot,
     )
     report_html.write_text(html, encoding="utf-8")
 
@@ -117,8 +225,48 @@ def analyze(
         report_html=report_html,
         plots=MappingProxyType(plot_paths),
         fits=MappingProxyType(fits),
+        validation=validation,
         decision=decision,
+        notes=tuple(notes),
     )
+
+
+def _targets(tokens: float | None, spend: float | None, cost: float | None) -> list[Target]:
+    out = []
+    if tokens is not None or spend is not None:
+        out.append(Target(train_tokens=tokens, curation_spend=spend))
+    if cost is not None:
+        out.append(Target(total_cost=cost))
+    return out
+
+
+def _figures(
+    table: ResultsTable,
+    fits: Mapping[str, SourceFits],
+    decision: Decision,
+    validation: Validation,
+    front: Frontier | None,
+    cells: pd.DataFrame,
+    level: float,
+) -> dict[str, Any]:
+    base = table.baselines["base_domain_bpb"]
+    primary = decision.primary
+    figures: dict[str, Any] = {
+        "curves": plotting.curves(table.finished, fits, primary, base, level),
+    }
+    if front is not None:
+        cost_targets = [t.target.total_cost for t in decision.targets if t.target.total_cost]
+        figures["frontier"] = plotting.cost_frontier(front, cells, base, cost_targets)
+    xtd = next((t for t in decision.targets if t.curves), None)
+    if xtd is not None:
+        figures["crossovers"] = plotting.crossovers(xtd)
+    if any(v.cells for v in validation.laws):
+        figures["held_out"] = plotting.held_out(validation)
+    if table.has("general_bpb"):
+        figures["forgetting"] = plotting.forgetting(
+            table.finished, cells, table.baselines["base_general_bpb"]
+        )
+    return figures
 
 
 def fits_payload(
@@ -126,37 +274,57 @@ def fits_payload(
     fits: Mapping[str, SourceFits],
     decision: Decision,
     *,
-    law: Law,
-    huber_delta: float,
+    validation: Validation,
+    costs: CostModel | None,
+    front: Frontier | None,
+    notes: Sequence[str],
+    settings: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The content of fits.json: law, settings, input counts, per-source fits, decision."""
-    at = {law.variables[0]: decision.largest_train_tokens}
+    """The content of fits.json."""
+    law = validation.selected
+    level = float(settings["level"])
+    primary = decision.primary
     sources = {}
     for name, sf in fits.items():
-        pooled = sf.pooled.to_dict(at)
-        sources[name] = {
+        entry: dict[str, Any] = {
             "law": law.name,
             "formula": law.formula,
             "pooled_over_spends": True,
-            "note": POOLED_NOTE,
-            **pooled,
+            "note": POOL_NOTE if sf.uses_spend() else POOLED_NOTE,
+            **sf.pooled.to_dict(level=level),
+            "pool": sf.pool.to_dict(),
             "per_spend": [
-                {"curation_spend": g.curation_spend, **g.to_dict(at)} for g in sf.per_spend
+                {"curation_spend": g.curation_spend, **g.to_dict(level=level)} for g in sf.per_spend
             ],
         }
+        pred = primary.predictions.get(name)
+        entry["prediction"] = (
+            None
+            if pred is None
+            else {
+                "target": primary.target.label,
+                "train_tokens": pred.train_tokens,
+                "curation_spend": pred.curation_spend,
+                METRIC: pred.predicted,
+                "interval": [pred.lower, pred.upper],
+                "extrapolated": pred.extrapolated,
+            }
+        )
+        if sf.pooled.bootstrap is not None:
+            entry["param_intervals"] = entry["bootstrap"]["param_intervals"]
+        sources[name] = entry
     return {
         "schema_version": SCHEMA_VERSION,
         "metric": METRIC,
-        "law": {
-            "name": law.name,
-            "formula": law.formula,
-            "params": list(law.param_names),
-            "variables": dict(zip(law.variables, law.columns, strict=True)),
-            "references": list(law.references),
-        },
+        "law": {**law.describe(), "selected_by": validation.reason},
+        "candidates": [v.law.name for v in validation.laws],
         "fit_settings": {
             "objective": "Huber loss on log(metric), parameters fitted in log space",
-            "huber_delta": None if math.isinf(huber_delta) else huber_delta,
+            "huber_delta": None if math.isinf(settings["huber_delta"]) else settings["huber_delta"],
+            "bootstrap": "resampling cells (rows) with replacement, percentile intervals",
+            "n_boot": settings["n_boot"],
+            "level": level,
+            "seed": settings["seed"],
         },
         "input": {
             "path": table.source_path,
@@ -164,8 +332,13 @@ def fits_payload(
             "n_finished": len(table.finished),
             "n_excluded": table.n_excluded,
         },
+        "notes": list(notes),
         "baselines": dict(table.baselines),
         "sources": sources,
+        "validation": validation.to_dict(),
+        "targets": [td.to_dict() for td in decision.targets],
+        "cost_model": None if costs is None else costs.to_dict(),
+        "frontier": None if front is None else front.to_dict(),
         "decision": decision.to_dict(),
     }
 

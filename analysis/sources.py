@@ -1,22 +1,152 @@
-"""Fit a law per source (all spends together) and per (source, curation spend)."""
+"""Per-source models: the fitted law with its bootstrap, and the pool it is evaluated on.
+
+A source's law is fitted to all its finished cells (every curation spend
+together); a law with a pool term sees the spend through ``U(c)``, a law in
+training tokens alone treats differences between spends as scatter. Each source
+is also fitted with ``power_law_D`` per curation spend, without a bootstrap, to
+show how the spend moves the curve.
+
+To predict at a budget the law's variables are set from the budget: training
+tokens ``D``, curation spend ``c``, the pool ``U(c)`` (interpolated between the
+sampled spends in log-log, extrapolated with the fitted elasticity), the domain
+tokens ``r * D`` (``r`` the source's domain fraction) and the model size (the
+largest sampled).
+"""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
+from analysis.bootstrap import Bootstrap, bootstrap_law
 from analysis.errors import AnalysisError
 from analysis.fit import FitResult, fit_law
-from analysis.laws import Law, get_law
+from analysis.laws import POWER_LAW_D, Law, get_law
 
 POOLED_NOTE = (
     "fitted on all finished cells of the source, every curation spend together; "
     "the law has no spend term, so differences between spends count as scatter"
 )
+POOL_NOTE = (
+    "fitted on all finished cells of the source, every curation spend together; "
+    "the spend enters through the pool U(c)"
+)
+BUDGET_COLUMNS = (
+    "train_tokens",
+    "curation_spend",
+    "unique_tokens",
+    "domain_tokens",
+    "model_params",
+)
+"""Law columns that a budget (training tokens and curation spend) determines."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolModel:
+    """What a curation spend buys for one source, and the other inputs of its law."""
+
+    spends: tuple[float, ...]
+    """Sampled curation spends (USD), ascending."""
+    unique_tokens: tuple[float, ...] | None
+    """Mean pool size at each sampled spend (tokens); None without the column."""
+    elasticity: float | None
+    """``gamma`` of ``U ~ c**gamma`` fitted in log-log; None with fewer than two positive
+    spends (the pool is then held at its sampled size)."""
+    domain_fraction: float | None
+    """``r``: median of domain tokens over training tokens; None without the column."""
+    model_params: float | None
+    """The largest sampled model size (parameters); None without the column."""
+    train_tokens: tuple[float, float]
+    """Sampled ``(min, max)`` training tokens."""
+
+    def unique_tokens_at(self, spend: ArrayLike) -> np.ndarray:
+        """``U(c)`` (tokens): log-log interpolation, extrapolated with the elasticity."""
+        if self.unique_tokens is None:
+            raise AnalysisError("no 'unique_tokens' column: U(c) is unknown")
+        c = np.asarray(spend, dtype=float)
+        pos = [(s, u) for s, u in zip(self.spends, self.unique_tokens, strict=True) if s > 0]
+        if self.elasticity is None or len(pos) < 2:
+            return np.full(c.shape, float(np.max(self.unique_tokens)))
+        log_c = np.log([s for s, _ in pos])
+        log_u = np.log([u for _, u in pos])
+        lc = np.log(np.maximum(c, 1e-300))
+        inside = np.interp(lc, log_c, log_u)
+        below = log_u[0] + self.elasticity * (lc - log_c[0])
+        above = log_u[-1] + self.elasticity * (lc - log_c[-1])
+        return np.exp(np.where(lc < log_c[0], below, np.where(lc > log_c[-1], above, inside)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spends": list(self.spends),
+            "unique_tokens": None if self.unique_tokens is None else list(self.unique_tokens),
+            "elasticity": self.elasticity,
+            "domain_fraction": self.domain_fraction,
+            "model_params": self.model_params,
+            "train_tokens": list(self.train_tokens),
+        }
+
+
+def pool_model(rows: pd.DataFrame) -> PoolModel:
+    """The `PoolModel` of one source's finished rows."""
+    spends = tuple(float(s) for s in sorted(rows["curation_spend"].unique()))
+    unique = None
+    elasticity = None
+    if "unique_tokens" in rows.columns:
+        per_spend = rows.groupby("curation_spend")["unique_tokens"].mean()
+        unique = tuple(float(per_spend.loc[s]) for s in spends)
+        pos = [(s, u) for s, u in zip(spends, unique, strict=True) if s > 0]
+        if len(pos) >= 2:
+            lc, lu = np.log([s for s, _ in pos]), np.log([u for _, u in pos])
+            elasticity = float(np.polyfit(lc, lu, 1)[0])
+    fraction = None
+    if "domain_tokens" in rows.columns:
+        fraction = float(np.median(rows["domain_tokens"] / rows["train_tokens"]))
+    n_params = float(rows["model_params"].max()) if "model_params" in rows.columns else None
+    d = rows["train_tokens"]
+    return PoolModel(
+        spends=spends,
+        unique_tokens=unique,
+        elasticity=elasticity,
+        domain_fraction=fraction,
+        model_params=n_params,
+        train_tokens=(float(d.min()), float(d.max())),
+    )
+
+
+def law_inputs(law: Law, pool: PoolModel, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
+    """The law's design ``(n, k)`` at budgets ``(train_tokens, spend)`` (broadcast together)."""
+    d, c = np.broadcast_arrays(
+        np.atleast_1d(np.asarray(train_tokens, dtype=float)),
+        np.atleast_1d(np.asarray(spend, dtype=float)),
+    )
+    cols = []
+    for col in law.columns:
+        if col == "train_tokens":
+            cols.append(d)
+        elif col == "curation_spend":
+            cols.append(c)
+        elif col == "unique_tokens":
+            cols.append(pool.unique_tokens_at(c))
+        elif col == "domain_tokens":
+            if pool.domain_fraction is None:
+                raise AnalysisError("no 'domain_tokens' column: the domain fraction is unknown")
+            cols.append(pool.domain_fraction * d)
+        elif col == "model_params":
+            if pool.model_params is None:
+                raise AnalysisError("no 'model_params' column: the model size is unknown")
+            cols.append(np.full(d.shape, pool.model_params))
+        else:
+            raise AnalysisError(
+                f"law {law.name!r} uses column {col!r}, which a budget does not determine; "
+                f"laws used for decisions may use {', '.join(BUDGET_COLUMNS)}"
+            )
+    return np.stack(cols, axis=-1)  # (n, k)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,43 +162,89 @@ class GroupFit:
     result: FitResult | None
     error: str | None
     """Why the group could not be fitted (e.g. a single training-token value)."""
+    bootstrap: Bootstrap | None = None
 
     def predict(self, x: Any) -> np.ndarray | None:
         return None if self.result is None else self.result.predict(x)
 
-    def to_dict(self, at: Mapping[str, float]) -> dict[str, Any]:
-        """JSON-ready summary, with the prediction at the variables in ``at``."""
+    def to_dict(self, at: Mapping[str, float] | None = None, level: float = 0.9) -> dict[str, Any]:
+        """JSON-ready summary, with the prediction at the law columns in ``at`` if given."""
         out: dict[str, Any] = {"n_points": self.n_points, "error": self.error}
         if self.result is None:
             out.update(params=None, quality=None, x_range=None, flags=[], prediction=None)
             return out
         fit = self.result.to_dict()
         law = self.result.law
-        x = np.array([[at[v] for v in law.variables]])
         out.update(
             params=fit["params"],
             quality=fit["quality"],
             x_range=fit["x_range"],
             flags=fit["flags"],
-            prediction={
-                **{c: at[v] for v, c in zip(law.variables, law.columns, strict=True)},
+            bootstrap=None if self.bootstrap is None else self.bootstrap.to_dict(level),
+        )
+        if at is not None and all(c in at for c in law.columns):
+            x = np.array([[at[c] for c in law.columns]])
+            out["prediction"] = {
+                **{c: at[c] for c in law.columns},
                 self.metric: float(self.result.predict(x)[0]),
                 "extrapolated": any(
-                    at[v] > self.result.x_range[v][1] or at[v] < self.result.x_range[v][0]
-                    for v in law.variables
+                    at[c] > self.result.x_range[v][1] or at[c] < self.result.x_range[v][0]
+                    for v, c in zip(law.variables, law.columns, strict=True)
                 ),
-            },
-        )
+            }
         return out
 
 
 @dataclass(frozen=True, kw_only=True)
 class SourceFits:
-    """The fits of one source."""
+    """The fits of one source and what its law is evaluated on."""
 
     source: str
     pooled: GroupFit
+    """The law over all the source's cells (every spend), with its bootstrap."""
     per_spend: tuple[GroupFit, ...]
+    """``power_law_D`` per curation spend (no bootstrap)."""
+    pool: PoolModel
+
+    @property
+    def law(self) -> Law | None:
+        return None if self.pooled.result is None else self.pooled.result.law
+
+    def design(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
+        law = self.law
+        if law is None:
+            raise AnalysisError(f"source {self.source!r} has no fit: {self.pooled.error}")
+        return law_inputs(law, self.pool, train_tokens, spend)
+
+    def predict(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
+        """Point prediction at budgets ``(train_tokens, spend)``, shape ``(n,)``."""
+        res = self.pooled.result
+        if res is None:
+            raise AnalysisError(f"source {self.source!r} has no fit: {self.pooled.error}")
+        return res.law.evaluate(self.design(train_tokens, spend), res.theta)
+
+    def draws(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
+        """Bootstrap predictions ``(B, n)`` at budgets ``(train_tokens, spend)``."""
+        boot = self.pooled.bootstrap
+        if boot is None:
+            raise AnalysisError(f"source {self.source!r} has no bootstrap")
+        return boot.law.evaluate(self.design(train_tokens, spend), boot.params)
+
+    def extrapolated(self, train_tokens: float, spend: float) -> bool:
+        d_lo, d_hi = self.pool.train_tokens
+        return not (
+            d_lo <= train_tokens <= d_hi and self.pool.spends[0] <= spend <= self.pool.spends[-1]
+        )
+
+    def uses_spend(self) -> bool:
+        """Whether the law's prediction depends on the curation spend."""
+        law = self.law
+        return law is not None and bool({"curation_spend", "unique_tokens"} & set(law.columns))
+
+
+def source_seed(seed: int, source: str) -> int:
+    """A resampling seed per source: independent streams, stable across runs and row orders."""
+    return (seed * 1_000_003 + zlib.crc32(source.encode())) % (2**32)
 
 
 def fit_sources(
@@ -76,38 +252,74 @@ def fit_sources(
     *,
     law: str | Law = "power_law_D",
     metric: str = "domain_bpb",
+    n_boot: int = 0,
+    seed: int = 0,
+    per_spend: bool = True,
     **fit_options: Any,
 ) -> dict[str, SourceFits]:
-    """Fit ``law`` to ``metric`` per source and per (source, curation spend).
+    """Fit ``law`` to ``metric`` per source (with ``n_boot`` bootstrap resamples) and
+    ``power_law_D`` per (source, curation spend).
 
-    A group that cannot be fitted (fewer than two distinct variable values) is kept
-    with its reason in ``error`` so the report can show it.
+    A group that cannot be fitted (e.g. fewer than two distinct variable values) is
+    kept with its reason in ``error`` so the report can show it.
     """
     law = get_law(law)
     out: dict[str, SourceFits] = {}
     for source, rows in finished.groupby("source", sort=True):
-        per_spend = tuple(
-            _fit_group(law, metric, str(source), float(spend), group, fit_options)
-            for spend, group in rows.groupby("curation_spend", sort=True)
+        name = str(source)
+        spend_fits: tuple[GroupFit, ...] = ()
+        if per_spend:
+            spend_fits = tuple(
+                fit_group(POWER_LAW_D, metric, name, float(spend), group, fit_options)
+                for spend, group in rows.groupby("curation_spend", sort=True)
+            )
+        pooled = fit_group(
+            law, metric, name, None, rows, fit_options, n_boot=n_boot, seed=source_seed(seed, name)
         )
-        pooled = _fit_group(law, metric, str(source), None, rows, fit_options)
-        out[str(source)] = SourceFits(source=str(source), pooled=pooled, per_spend=per_spend)
+        out[name] = SourceFits(
+            source=name, pooled=pooled, per_spend=spend_fits, pool=pool_model(rows)
+        )
     return out
 
 
-def _fit_group(
+def fit_group(
     law: Law,
     metric: str,
     source: str,
     spend: float | None,
     rows: pd.DataFrame,
     fit_options: Mapping[str, Any],
+    *,
+    n_boot: int = 0,
+    seed: int = 0,
 ) -> GroupFit:
+    """Fit one group of rows, with a bootstrap when ``n_boot > 0``; failures become ``error``."""
+    missing = [c for c in law.columns if c not in rows.columns]
+    if missing:
+        return GroupFit(
+            source=source,
+            curation_spend=spend,
+            metric=metric,
+            n_points=len(rows),
+            result=None,
+            error=f"law {law.name!r} needs column(s) {', '.join(missing)}",
+        )
     x = rows[list(law.columns)].to_numpy(dtype=float)  # (n, k)
     y = rows[metric].to_numpy(dtype=float)  # (n,)
+    boot = None
     try:
         result: FitResult | None = fit_law(x, y, law=law, **fit_options)
         error = None
+        if n_boot > 0 and result is not None:
+            boot = bootstrap_law(
+                x,
+                y,
+                law=law,
+                n_boot=n_boot,
+                seed=seed,
+                start=result.theta,
+                huber_delta=fit_options.get("huber_delta", 1e-3),
+            )
     except AnalysisError as exc:
         result, error = None, str(exc)
     return GroupFit(
@@ -117,4 +329,5 @@ def _fit_group(
         n_points=len(y),
         result=result,
         error=error,
+        bootstrap=boot,
     )

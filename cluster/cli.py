@@ -66,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="fit laws and write the report for a results table")
     analyze.add_argument("results", help="results.parquet of a sweep")
     analyze.add_argument("--out", required=True, help="output directory")
+    analyze.add_argument(
+        "--target-tokens", type=float, help="training tokens of the final anneal (the target)"
+    )
+    analyze.add_argument(
+        "--target-spend", type=float, help="curation spend per source at the target (USD)"
+    )
+    analyze.add_argument(
+        "--target-cost",
+        type=float,
+        help="total budget to split across sources, curation and training (USD)",
+    )
     analyze.set_defaults(func=_cmd_analyze)
 
     validate = sub.add_parser("validate", help="check a spec and list its cells; runs nothing")
@@ -134,7 +145,14 @@ def _cmd_sweep(args) -> int:
 def _cmd_analyze(args) -> int:
     from analysis import analyze
 
-    result = analyze(args.results, args.out)
+    result = analyze(
+        args.results,
+        args.out,
+        target_tokens=args.target_tokens,
+        target_spend=args.target_spend,
+        target_cost=args.target_cost,
+    )
+    print(result.decision.messages[0])
     print(f"report: {result.report_html}")
     return 0
 

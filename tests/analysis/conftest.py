@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.laws import power_law_d
+from analysis.laws import effective_data_law, power_law_d
 
 # Two sources whose curves cross: A leads at small D, B at large D.
 # At 1e6 tokens A = 1.30, B = 1.60; at 1e8 tokens A = 1.119, B = 0.88.
@@ -71,3 +71,63 @@ def results() -> pd.DataFrame:
 def make_results_fixture() -> Callable[..., pd.DataFrame]:
     """`make_results` itself, for tests that vary the table (no imports from conftest)."""
     return make_results
+
+
+def simulate_table(
+    sources: dict[str, dict],
+    *,
+    spends: tuple[float, ...] = (100.0, 400.0),
+    train_tokens: tuple[float, ...] = TRAIN_TOKENS,
+    seeds: int = 2,
+    noise: float = 0.005,
+    rng_seed: int = 0,
+    domain_fraction: float = 0.5,
+    usd_per_train_token: float = USD_PER_TOKEN,
+    train_fixed_usd: float = 2.0,
+) -> pd.DataFrame:
+    """A full results table from known curves.
+
+    ``sources[name]`` holds ``params`` and optionally ``law`` (``"power_law_D"``, the
+    default, or ``"effective_data"``) and ``tokens_per_usd`` (pool tokens bought per USD
+    of curation, 1e5 by default). Noise is multiplicative, log-normal with sd ``noise``.
+    """
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for name, spec in sources.items():
+        law = spec.get("law", "power_law_D")
+        for spend in spends:
+            pool = spec.get("tokens_per_usd", 1e5) * spend
+            for d in train_tokens:
+                dom = domain_fraction * d
+                if law == "power_law_D":
+                    truth = float(power_law_d(d, **spec["params"]))
+                else:
+                    truth = float(effective_data_law(dom, pool, **spec["params"]))
+                for seed in range(seeds):
+                    train_cost = train_fixed_usd + usd_per_train_token * d
+                    rows.append(
+                        {
+                            "source": name,
+                            "curation_spend": spend,
+                            "unique_tokens": pool,
+                            "train_tokens": d,
+                            "domain_tokens": dom,
+                            "repetition": dom / pool,
+                            "seed": seed,
+                            "status": "finished",
+                            "domain_bpb": truth * float(np.exp(noise * rng.standard_normal())),
+                            "general_bpb": 1.0 + 0.01 * np.log10(d),
+                            "curation_cost": spend,
+                            "train_flops": 6e8 * d,
+                            "train_cost": train_cost,
+                            "total_cost": spend + train_cost,
+                            "base_domain_bpb": BASE_DOMAIN_BPB,
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(name="simulate_table", scope="session")
+def simulate_table_fixture() -> Callable[..., pd.DataFrame]:
+    """`simulate_table` itself."""
+    return simulate_table

@@ -7,7 +7,7 @@ import pytest
 
 from analysis.errors import AnalysisError
 from analysis.fit import LawFit, fit_law, huber
-from analysis.laws import power_law_d
+from analysis.laws import LAWS, effective_data_law, power_law_d, user_law
 
 TRUE = {"E": 0.8, "B": 1.0, "beta": 0.5}
 D6 = np.geomspace(1e6, 1e8, 6)  # 6 values over 2 decades
@@ -167,3 +167,94 @@ def test_invalid_points_raise(x, y, match):
 def test_invalid_settings_raise():
     with pytest.raises(AnalysisError, match="huber_delta"):
         fit_law(D6, power_law_d(D6, **TRUE), huber_delta=0.0)
+
+
+def test_too_few_points_flag():
+    d = np.geomspace(1e6, 1e8, 4)  # 4 distinct values for 3 parameters: one spare
+    assert "too_few_points" in fit_law(d, power_law_d(d, **TRUE)).flags
+    assert "too_few_points" not in fit_law(D6, power_law_d(D6, **TRUE)).flags
+
+
+def test_disagreeing_optima_are_flagged_when_the_data_cannot_decide():
+    d = np.array([1e6, 1e6, 1e8, 1e8])  # two points, three parameters: a ridge of optima
+    res = fit_law(d, power_law_d(d, **TRUE))
+    assert "disagreeing_optima" in res.flags
+    assert len(res.optima) == res.n_starts
+    assert "disagreeing_optima" not in fit_law(*noisy(0)).flags
+
+
+def _curation_cells(rng, noise=0.005, spends=(10.0, 40.0, 160.0), seeds=2):
+    """Cells of a source whose pool of 1e5 tokens per USD is repeated up to 50 times."""
+    c, d = np.meshgrid(np.repeat(spends, seeds), np.geomspace(1e6, 1e8, 5), indexing="ij")
+    c, d = c.ravel(), d.ravel()
+    x = np.column_stack([0.5 * d, 1e5 * c])  # (domain tokens, unique tokens)
+    y = effective_data_law(x[:, 0], x[:, 1], **EFF_TRUE)
+    return x, y * np.exp(noise * rng.standard_normal(len(y)))
+
+
+EFF_TRUE = {"E": 0.8, "B": 1.0, "beta": 0.4, "R_star": 5.0}
+
+
+def test_effective_data_law_recovers_parameters_under_repetition():
+    x, y = _curation_cells(np.random.default_rng(0), noise=0.0)
+    exact = fit_law(x, y, law="effective_data")
+    for name, value in EFF_TRUE.items():
+        assert exact.params[name] == pytest.approx(value, rel=1e-6)
+    x, y = _curation_cells(np.random.default_rng(1))
+    res = fit_law(x, y, law="effective_data")
+    assert res.params["beta"] == pytest.approx(0.4, rel=0.05)
+    assert res.params["R_star"] == pytest.approx(5.0, rel=0.15)
+    assert res.params["E"] == pytest.approx(0.8, rel=0.03)
+    assert res.flags == ()
+
+
+def test_repetition_half_life_is_unidentified_without_repetition():
+    d = np.geomspace(1e6, 1e8, 6)
+    x = np.column_stack([d, np.full(6, 1e12)])  # the pool is never exhausted
+    res = fit_law(x, power_law_d(d, **TRUE), law="effective_data")
+    assert "R_star_unidentified" in res.flags
+    np.testing.assert_allclose(res.predict(x), power_law_d(d, **TRUE), rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["two_variable", "data_constrained"])
+def test_model_size_laws_recover_parameters(name):
+    truth = {"E": 0.8, "A": 0.5, "B": 1.0, "alpha": 0.3, "beta": 0.4, "R_star": 5.0}
+    n, d = np.meshgrid(np.geomspace(1e6, 1e9, 4), np.geomspace(1e6, 1e9, 5), indexing="ij")
+    n, d = n.ravel(), d.ravel()
+    law = LAWS[name]
+    cols = {"model_params": n, "train_tokens": d, "domain_tokens": 0.5 * d, "unique_tokens": 1e7}
+    x = np.column_stack([np.broadcast_to(cols[c], n.shape) for c in law.columns])
+    params = {p: truth[p] for p in law.param_names}
+    res = fit_law(x, law.predict(x, params), law=law)
+    for p, v in params.items():
+        assert res.params[p] == pytest.approx(v, rel=1e-4), p
+
+
+def test_user_law_fits_like_the_built_in():
+    d, y = noisy(5)
+    law = user_law(
+        power_law_d,
+        name="mine",
+        variables=("D",),
+        columns=("train_tokens",),
+        bounds=dict(LAWS["power_law_D"].bounds),
+    )
+    mine, built_in = fit_law(d, y, law=law), fit_law(d, y)
+    for p in TRUE:
+        assert mine.params[p] == pytest.approx(built_in.params[p], rel=1e-4)
+    assert mine.loss == pytest.approx(built_in.loss, rel=1e-6)
+
+
+def test_estimator_with_bootstrap_gives_intervals_that_contain_the_truth():
+    d, y = noisy(6)
+    est = LawFit(n_boot=300, random_state=3).fit(d, y)
+    intervals = est.param_intervals_
+    for p, v in TRUE.items():
+        lo, hi = intervals[p]
+        assert lo <= est.params_[p] <= hi
+        assert lo < v < hi
+    lo, hi = est.predict_interval([1e9])
+    assert lo[0] < est.predict([1e9])[0] < hi[0]
+    assert est.bootstrap_.n_boot == 300
+    with pytest.raises(AnalysisError, match="n_boot > 0"):
+        LawFit().fit(d, y).predict_interval([1e9])

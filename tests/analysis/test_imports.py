@@ -27,6 +27,7 @@ ALLOWED = {
     "pathlib",
     "types",
     "typing",
+    "zlib",
 }
 
 

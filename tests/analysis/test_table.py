@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis.errors import AnalysisError
-from analysis.table import cell_means, load_results
+from analysis.table import CELL_KEY, cell_means, load_results
 
 
 def test_only_finished_rows_with_finite_bpb_are_kept(results):
@@ -33,9 +34,40 @@ def test_reads_a_parquet_path(results, tmp_path):
 
 def test_missing_columns_are_named(results):
     with pytest.raises(
-        AnalysisError, match="missing required column\\(s\\) 'train_tokens', 'seed'"
+        AnalysisError, match="missing required column\\(s\\) 'train_tokens', 'domain_bpb'"
     ):
-        load_results(results.drop(columns=["seed", "train_tokens"]))
+        load_results(results.drop(columns=["seed", "train_tokens", "domain_bpb"]))
+
+
+def test_four_columns_are_enough(results):
+    minimal = results[["source", "curation_spend", "train_tokens", "domain_bpb"]]
+    table = load_results(minimal)
+    assert len(table.finished) == 41  # no status column: only the two NaN rows are excluded
+    assert table.has("train_tokens") and not table.has("total_cost")
+    assert any("no 'status' column" in n for n in table.notes)
+    assert any("no 'seed' column" in n for n in table.notes)
+    cells = cell_means(table.finished)
+    assert set(cells.columns) == {*CELL_KEY, "domain_bpb", "n_seeds"}
+
+
+def test_derived_columns(results):
+    full = results.assign(repetition=results["train_tokens"] / results["unique_tokens"])
+    table = load_results(full.drop(columns=["total_cost"]))
+    np.testing.assert_allclose(table.finished["domain_tokens"], table.finished["train_tokens"])
+    np.testing.assert_allclose(
+        table.finished["total_cost"],
+        table.finished["curation_cost"] + table.finished["train_cost"],
+    )
+    assert any("domain_tokens derived" in n for n in table.notes)
+
+
+@pytest.mark.parametrize("minimal", [False, True])
+def test_finished_rows_are_in_a_canonical_order(results, minimal):
+    if minimal:  # seeds are then numbered by the loader, which must not see the row order
+        results = results[["source", "curation_spend", "train_tokens", "domain_bpb"]]
+    a = load_results(results).finished
+    b = load_results(results.sample(frac=1.0, random_state=3)).finished
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_empty_table_raises(results):
