@@ -54,9 +54,9 @@ class BaseModelConfig:
 
 def build_base_model(general_docs: str, cache_dir: Path, config: BaseModelConfig) -> Path:
     """Train tokenizer and model on ``general_docs`` unless cached; return the model dir."""
-    from anneal.packing import _file_identity
+    from anneal.documents import files_identity
 
-    key = content_hash({"config": asdict(config), "docs": _file_identity(general_docs)})
+    key = content_hash({"config": asdict(config), "docs": files_identity(general_docs)})
     out = Path(cache_dir) / f"base-{key}"
     if (out / "annealscale_base.json").exists():
         return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -70,6 +72,20 @@ def _read_file(file: Path, text_field: str) -> list[str]:
     return [v for v in values if isinstance(v, str) and v.strip()]
 
 
+def files_identity(path: str) -> str:
+    """Identity of the files behind ``path`` (a file, directory, glob, or a model
+    directory): full paths, sizes and modification times. Changes when any file is
+    replaced, so caches and cell identities keyed on it never serve stale data."""
+    from anneal.config import content_hash
+
+    p = Path(path)
+    if p.is_dir() and ((p / "config.json").exists() or (p / "tokenizer_config.json").exists()):
+        files = sorted(f for f in p.iterdir() if f.is_file())  # a model or tokenizer directory
+    else:
+        files = document_files(path)
+    return content_hash([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+
+
 def _check_parquet_column(file: Path, text_field: str) -> None:
     try:
         schema = pq.read_schema(file)
@@ -85,20 +101,17 @@ def _check_parquet_column(file: Path, text_field: str) -> None:
 def as_parquet(path: str, text_field: str, cache_dir: Path) -> str:
     """``path`` itself when it is Parquet with a ``text`` column, else a cached Parquet copy
     with the texts under ``text`` (the column every later step reads)."""
-    from anneal.config import content_hash
-
     files = document_files(path)
     if all(f.suffix == ".parquet" for f in files) and text_field == "text":
         for f in files:
             _check_parquet_column(f, text_field)
         return path
-    stamp = content_hash([[str(f), f.stat().st_size, int(f.stat().st_mtime)] for f in files])
-    out = Path(cache_dir) / "documents" / f"{stamp}-{text_field}.parquet"
+    out = Path(cache_dir) / "documents" / f"{files_identity(path)}-{text_field}.parquet"
     if not out.exists():
         import pyarrow as pa
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
         pq.write_table(pa.table({"text": read_texts(path, text_field)}), tmp)
-        tmp.rename(out)
+        os.replace(tmp, out)
     return str(out)

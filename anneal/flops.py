@@ -16,14 +16,26 @@ class ModelShape:
     """What the FLOP formulas need to know about a model."""
 
     non_embedding_params: int
-    """Parameters excluding token and position embeddings (count)."""
+    """Parameters excluding the token embedding and the output projection (count)."""
     n_layer: int
     d_model: int
+    vocab_size: int = 0
+    """Output vocabulary (tokens); the de-embedding matmul costs ``2 d_model V`` per token."""
 
 
 def forward_flops_per_token(shape: ModelShape, context: int) -> float:
-    """Forward FLOPs per token at context length ``context`` (tokens)."""
-    return 2.0 * shape.non_embedding_params + 2.0 * shape.n_layer * context * shape.d_model
+    """Forward FLOPs per token at context length ``context`` (tokens).
+
+    Kaplan et al.'s ``2 N + 2 n_layer n_ctx d_model`` plus the de-embedding
+    ``2 d_model V`` that their table 1 lists separately: it is counted whether or not the
+    output projection shares its weights with the input embedding, so tied and untied
+    models of the same shape cost the same.
+    """
+    return (
+        2.0 * shape.non_embedding_params
+        + 2.0 * shape.n_layer * context * shape.d_model
+        + 2.0 * shape.d_model * shape.vocab_size
+    )
 
 
 def train_flops(shape: ModelShape, tokens: int, context: int) -> float:

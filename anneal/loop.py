@@ -118,7 +118,9 @@ def anneal_worker(config: dict) -> None:
     token_bytes = np.load(job.token_bytes_path)
     metrics = {}
     for name, path in (("domain", job.domain_eval_dir), ("general", job.general_eval_dir)):
-        windows = read_windows(Path(path), job.eval_windows)[rank::world]
+        windows = read_windows(Path(path), job.eval_windows)
+        # equal shares: under ZeRO-3 every forward is collective, so ranks must run alike
+        windows = windows[: len(windows) - len(windows) % world][rank::world]
         nll, nbytes = nll_and_bytes(engine.module, windows, token_bytes, batch_size=micro)
         nll, nbytes = _all_reduce_sum([nll, float(nbytes)], device)
         metrics[f"{name}_bpb"] = bits_per_byte(nll, int(nbytes))

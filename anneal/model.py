@@ -40,14 +40,29 @@ def load_model(path: str, *, trust_remote_code: bool = False, dtype=None):
     return _from_pretrained(AutoModelForCausalLM, path, trust_remote_code, **kwargs)
 
 
+def load_model_config(path: str, trust_remote_code: bool = False):
+    """The model's configuration alone (no weights), for checks before any compute."""
+    from transformers import AutoConfig
+
+    return _from_pretrained(AutoConfig, path, trust_remote_code)
+
+
 def model_shape(model) -> ModelShape:
     """Non-embedding parameter count and the sizes the FLOP formulas use."""
     embedding_ids = {id(p) for m in model.modules() if _is_embedding(m) for p in m.parameters()}
+    output = model.get_output_embeddings()
+    if output is not None:
+        embedding_ids |= {id(p) for p in output.parameters()}
     non_embedding = sum(p.numel() for p in model.parameters() if id(p) not in embedding_ids)
     config = model.config
     n_layer = getattr(config, "num_hidden_layers", None) or config.n_layer
     d_model = getattr(config, "hidden_size", None) or config.n_embd
-    return ModelShape(non_embedding_params=int(non_embedding), n_layer=n_layer, d_model=d_model)
+    return ModelShape(
+        non_embedding_params=int(non_embedding),
+        n_layer=n_layer,
+        d_model=d_model,
+        vocab_size=int(config.vocab_size),
+    )
 
 
 @functools.lru_cache(maxsize=8)

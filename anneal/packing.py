@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +48,17 @@ def pack_texts(texts: list[str], tokenizer_path: str, seq_len: int) -> np.ndarra
 
 
 def _pack_batch(batch: dict, *, tokenizer_path: str, seq_len: int, text_field: str) -> dict:
-    windows = pack_texts([str(t) for t in batch[text_field]], tokenizer_path, seq_len)
+    texts = [t for t in batch[text_field] if isinstance(t, str) and t.strip()]
+    windows = pack_texts(texts, tokenizer_path, seq_len)
     return {"tokens": windows}
 
 
 def packed_dir_for(docs_path: str, tokenizer_path: str, seq_len: int, cache_dir: Path) -> Path:
     """Cache location of a packed copy of ``docs_path`` for this tokenizer and length."""
-    source_id = _file_identity(docs_path)
-    return Path(cache_dir) / "packed" / content_hash([source_id, tokenizer_path, seq_len])
+    from anneal.documents import files_identity
+
+    key = [files_identity(docs_path), files_identity(tokenizer_path), seq_len]
+    return Path(cache_dir) / "packed" / content_hash(key)
 
 
 def pack_documents(
@@ -86,33 +92,46 @@ def pack_documents(
             },
         )
     )
-    tmp = out.with_name(out.name + ".tmp")
-    ds.write_parquet(str(tmp))
-    if not any(tmp.glob("*.parquet")):
-        raise AnnealscaleError(
-            f"{docs_path}: packing produced no windows of {seq_len + 1} tokens; "
-            "the documents are too few or too short"
-        )
-    tmp.rename(out)
-    (out / "_SUCCESS").touch()
+    # A private temporary directory, renamed into place only when complete and marked:
+    # an interrupted or concurrent packing never leaves a partial result under `out`.
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        ds.write_parquet(str(tmp))
+        if not any(tmp.glob("*.parquet")):
+            raise AnnealscaleError(
+                f"{docs_path}: packing produced no windows of {seq_len + 1} tokens; "
+                "the documents are too few or too short"
+            )
+        (tmp / "_SUCCESS").touch()
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / "_SUCCESS").exists():  # someone else's finished copy is as good
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def read_windows(packed_dir: Path, max_windows: int | None = None) -> np.ndarray:
-    """Load packed windows into memory ``(n, seq_len + 1)``; for evaluation sets."""
+    """Packed windows in memory ``(n, seq_len + 1)``, for evaluation sets.
+
+    With ``max_windows``, the windows are spread evenly over the whole set rather than
+    taken from its start: packed sets keep document order, so a prefix would be a few
+    modules only.
+    """
     import pyarrow.parquet as pq
 
     parts = []
-    total = 0
     for file in sorted(Path(packed_dir).glob("*.parquet")):
         column = pq.read_table(file, columns=["tokens"]).column("tokens")
-        arr = np.stack([np.asarray(v, dtype=np.int32) for v in column.to_pylist()])
-        parts.append(arr)
-        total += len(arr)
-        if max_windows is not None and total >= max_windows:
-            break
-    windows = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.int32)
-    return windows[:max_windows] if max_windows is not None else windows
+        parts.append(np.stack([np.asarray(v, dtype=np.int32) for v in column.to_pylist()]))
+    if not parts:
+        raise AnnealscaleError(f"{packed_dir}: holds no packed windows")
+    windows = np.concatenate(parts)
+    if max_windows is None or max_windows >= len(windows):
+        return windows
+    return windows[np.linspace(0, len(windows) - 1, max_windows).round().astype(np.int64)]
 
 
 def count_windows(packed_dir: Path) -> int:
@@ -120,9 +139,3 @@ def count_windows(packed_dir: Path) -> int:
     import pyarrow.parquet as pq
 
     return sum(pq.ParquetFile(f).metadata.num_rows for f in Path(packed_dir).glob("*.parquet"))
-
-
-def _file_identity(path: str) -> str:
-    p = Path(path)
-    files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
-    return content_hash([[f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in files])

@@ -10,14 +10,15 @@ def linear_decay_lr(step: int, total_steps: int, *, peak_lr: float, warmup_steps
 
     The Llama 3 annealing recipe (Dubey et al. 2024, section 3.4.3): the last stage of
     pre-training decays the learning rate linearly to zero on the upsampled domain mix.
-    ``step`` is the 0-based index of the optimizer step about to be taken, so the last
-    step (``total_steps - 1``) uses a small positive rate and the schedule reaches zero
-    exactly where training ends.
+    ``step`` is the 0-based index of the optimizer step about to be taken. Warmup climbs
+    over ``warmup_steps`` steps to the peak, which the first decay step (``warmup_steps``)
+    uses once; the last step (``total_steps - 1``) uses a small positive rate and the
+    schedule reaches zero exactly where training ends.
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
     if step < warmup_steps:
-        return peak_lr * (step + 1) / warmup_steps
+        return peak_lr * (step + 1) / (warmup_steps + 1)
     remaining = total_steps - warmup_steps
     if remaining <= 0:
         return peak_lr

@@ -13,10 +13,10 @@ with `register_source_kind`; the spec validates its ``params`` against that clas
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anneal.config import SpecError, check, content_hash, from_mapping, to_plain
+from anneal.config import check, content_hash, from_mapping, to_plain
 from anneal.documents import read_texts
 from anneal.errors import AnnealscaleError
 from anneal.ngram_generator import fit_ngram
@@ -315,9 +315,13 @@ class CuratedPool:
         }
 
 
-def curate(source: SourceSpec, spend: float, ctx: CurationContext) -> CuratedPool:
-    """Buy ``spend`` USD of ``source``; cached under the source identity and spend."""
-    out_dir = Path(ctx.cache_dir) / "pools" / f"{source.kind}-{source.identity}"
+def curate(
+    source: SourceSpec, spend: float, ctx: CurationContext, *, inputs: str = ""
+) -> CuratedPool:
+    """Buy ``spend`` USD of ``source``; cached under the source identity, the identity of
+    its input files (``inputs``) and the spend."""
+    key = content_hash([source.identity, inputs])
+    out_dir = Path(ctx.cache_dir) / "pools" / f"{source.kind}-{key}"
     stem = f"spend-{float(spend)!r}"  # exact: nearby spends must not share a pool
     meta_path = out_dir / f"{stem}.json"
     if meta_path.exists():
@@ -343,7 +347,8 @@ def curate(source: SourceSpec, spend: float, ctx: CurationContext) -> CuratedPoo
         )
     tokens = sum(n + 1 for n in kind.n_tokens(kept))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{stem}.parquet.tmp"
+    unique = uuid.uuid4().hex
+    tmp = out_dir / f".{stem}.{unique}.parquet.tmp"
     pq.write_table(pa.table({"text": kept}), tmp)
     os.replace(tmp, out_dir / f"{stem}.parquet")
     meta = {
@@ -354,13 +359,10 @@ def curate(source: SourceSpec, spend: float, ctx: CurationContext) -> CuratedPoo
         "flops": flops,
         "seconds": time.process_time() - started,
     }
-    meta_path.write_text(json.dumps(meta))
+    tmp_meta = out_dir / f".{stem}.{unique}.json.tmp"
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, meta_path)  # the marker appears only after the pool is complete
     return CuratedPool(path=out_dir / f"{stem}.parquet", **meta)
-
-
-def pool_fingerprint(path: Path) -> str:
-    """Content hash of a pool file, for provenance."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 __all__ = [
@@ -370,7 +372,6 @@ __all__ = [
     "CurationContext",
     "SourceKind",
     "SourceSpec",
-    "SpecError",
     "curate",
     "register_source_kind",
 ]

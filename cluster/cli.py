@@ -166,7 +166,7 @@ def _cmd_validate(args) -> int:
     print(f"{args.spec}: valid; {len(spec.sources)} sources, {len(cells)} cells")
     for cell in cells:
         print(
-            f"  {cell.identity}  {cell.source:<20} spend={cell.curation_spend:<8g} "
+            f"  {cell.source:<20} spend={cell.curation_spend:<8g} "
             f"tokens={cell.train_tokens:<9d} seed={cell.seed}"
         )
     return 0
@@ -177,7 +177,7 @@ def _sweep_and_report(spec, out: Path, resolve, *, address, analyze: bool) -> in
     from tune.sweep import run_sweep
 
     connect(address)
-    outcome = run_sweep(spec, out, resolve=resolve, quiet=logging.getLogger().level > logging.INFO)
+    outcome = run_sweep(spec, out, resolve=resolve)
     print(
         f"sweep: {outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "
         f"reused from earlier runs, {outcome.seconds:.0f} s; results: {outcome.results_path}"

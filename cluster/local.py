@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from anneal.errors import AnnealscaleError
+
 log = logging.getLogger(__name__)
 
 
@@ -22,7 +24,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, TimeoutError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise AnnealscaleError(
+                f"--address {address}: cannot connect to a Ray cluster ({first}); check the "
+                "address and that the cluster is up, or unset RAY_ADDRESS to run locally"
+            ) from None
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         cores = os.cpu_count() or 1

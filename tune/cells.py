@@ -1,14 +1,18 @@
 """Cells: the (source, curation spend, training tokens, seed) points of a sweep.
 
-A cell's identity is a short hash of everything that changes its result: the source's
-definition (not its display name), the spend, the tokens, the seed, and the experiment
-settings shared by all cells (base model, replay and eval data, mixture, schedule,
-optimisation). Resources, storage and the experiment name are deliberately left out, so
-moving a sweep to another cluster never reruns a finished cell.
+A cell's identity is a short hash of what determines its measured metrics: the source's
+definition (not its display name), the spend, the training tokens as whole optimizer
+steps, the seed, the experiment settings shared by all cells (mixture, schedule,
+optimisation, eval size) and the identity of the *resolved* inputs (base model and data
+files, see `tune.prepare.inputs_identity`), so rebuilt demo assets or a replaced
+checkpoint never reuse stale results. Resources, storage, the experiment name and prices
+are left out: moving a sweep to another cluster or repricing compute never reruns a
+finished cell (costs are recomputed from the stored FLOPs).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from anneal.config import content_hash
@@ -39,20 +43,30 @@ def shared_identity(spec: ExperimentSpec) -> str:
             "domain_fraction": spec.domain_fraction,
             "schedule": spec.schedule,
             "train": spec.train,
-            "prices": spec.prices,
         }
     )
 
 
-def expand_grid(spec: ExperimentSpec) -> list[Cell]:
-    """All cells of the spec in a stable order: source, spend, tokens, seed."""
-    shared = shared_identity(spec)
+def expand_grid(
+    spec: ExperimentSpec, inputs: str = "", source_inputs: Mapping[str, str] | None = None
+) -> list[Cell]:
+    """All cells of the spec in a stable order: source, spend, tokens, seed.
+
+    ``inputs`` and ``source_inputs`` (by source name) are identities of the resolved input
+    files (`tune.prepare.inputs_identity`); without them, as in ``annealscale validate``,
+    identities reflect the spec alone.
+    """
+    source_inputs = source_inputs or {}
+    shared = content_hash([shared_identity(spec), inputs])
+    per_step = spec.train.tokens_per_step
     cells = []
     for source in spec.sources:
         for spend in spec.spends_for(source):
             for tokens in spec.grid.train_tokens:
                 for seed in spec.grid.seeds:
-                    identity = content_hash([shared, source.identity, spend, tokens, seed])
+                    steps = tokens // per_step
+                    source_id = [source.identity, source_inputs.get(source.name, "")]
+                    identity = content_hash([shared, source_id, spend, steps, seed])
                     cells.append(
                         Cell(
                             source=source.name,

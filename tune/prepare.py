@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from anneal.config import content_hash
-from anneal.documents import as_parquet
+from anneal.config import content_hash, to_plain
+from anneal.documents import as_parquet, files_identity
+from anneal.errors import AnnealscaleError
 from anneal.evaluate import bits_per_byte, nll_and_bytes
 from anneal.flops import eval_flops, flops_to_usd, train_flops
 from anneal.loop import AnnealJob
-from anneal.model import load_model, load_tokenizer, model_shape, token_byte_lengths
+from anneal.model import (
+    load_model,
+    load_model_config,
+    load_tokenizer,
+    model_shape,
+    token_byte_lengths,
+)
 from anneal.packing import count_windows, pack_documents, read_windows
 from anneal.sources import CurationContext, curate
-from tune.cells import Cell, expand_grid
+from tune.cells import Cell
 from tune.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -46,10 +54,43 @@ class CellPlan:
 @dataclass(frozen=True, kw_only=True)
 class SweepPlan:
     cells: list[CellPlan]
-    base_domain_bpb: float
-    base_general_bpb: float
-    model_path: str
-    non_embedding_params: int
+
+
+@dataclass(frozen=True)
+class InputsIdentity:
+    """Identities of the files a spec's paths resolve to (see `tune.cells`)."""
+
+    shared: str
+    """Base model, replay and evaluation files."""
+    per_source: dict[str, str]
+    """Each source's input files, by source name."""
+
+
+def inputs_identity(spec: ExperimentSpec, resolve: Callable[[str], str]) -> InputsIdentity:
+    """Resolve every path of ``spec`` (building demo assets if needed) and identify the files."""
+
+    def identify(path: str) -> str:
+        resolved = resolve(path)
+        local = Path(resolved).expanduser()
+        return files_identity(resolved) if local.exists() or "*" in resolved else resolved
+
+    shared = content_hash(
+        [
+            identify(spec.base_model.path),
+            identify(spec.replay.path),
+            identify(spec.eval.domain.path),
+            identify(spec.eval.general.path),
+        ]
+    )
+    per_source = {}
+    for source in spec.sources:
+        paths = {
+            name: identify(value)
+            for name, value in sorted(to_plain(source.params).items())
+            if isinstance(value, str) and (name == "path" or name.endswith("_path"))
+        }
+        per_source[source.name] = content_hash(paths)
+    return InputsIdentity(shared=shared, per_source=per_source)
 
 
 def prepare(
@@ -58,20 +99,33 @@ def prepare(
     resolve: Callable[[str], str],
     storage: Path,
     threads: int,
-    cells: list[Cell] | None = None,
+    cells: list[Cell],
+    inputs: InputsIdentity,
 ) -> SweepPlan:
-    """Curate, pack and plan every cell of ``spec`` (or just ``cells``)."""
-    cells = expand_grid(spec) if cells is None else cells
+    """Curate, pack and plan ``cells`` of ``spec``."""
     storage = Path(storage)
     cache = storage / "cache"
     model_path = resolve(spec.base_model.path)
     tokenizer = load_tokenizer(model_path, trust_remote_code=spec.base_model.trust_remote_code)
     seq_len = spec.train.seq_len
 
+    positions = getattr(
+        load_model_config(model_path, spec.base_model.trust_remote_code),
+        "max_position_embeddings",
+        None,
+    )
+    if positions is not None and seq_len > positions:
+        raise AnnealscaleError(
+            f"train.seq_len: {seq_len} tokens exceeds the base model's context of {positions}; "
+            "lower train.seq_len"
+        )
     token_bytes = token_byte_lengths(model_path)
     token_bytes_path = cache / f"token-bytes-{content_hash(token_bytes.tolist())}.npy"
-    token_bytes_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(token_bytes_path, token_bytes)
+    if not token_bytes_path.exists():
+        token_bytes_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = token_bytes_path.with_name(f".{token_bytes_path.stem}.{os.getpid()}.npy")
+        np.save(tmp, token_bytes)
+        os.replace(tmp, token_bytes_path)
 
     def packed(path: str, text_field: str) -> str:
         docs = as_parquet(resolve(path), text_field, cache)
@@ -110,7 +164,12 @@ def prepare(
         key = (cell.source, cell.curation_spend)
         if key not in pools:
             log.info("curating %s at %g USD", cell.source, cell.curation_spend)
-            pool = curate(sources[cell.source], cell.curation_spend, ctx)
+            pool = curate(
+                sources[cell.source],
+                cell.curation_spend,
+                ctx,
+                inputs=inputs.per_source[cell.source],
+            )
             pool_dir = pack_documents(
                 str(pool.path), tokenizer_path=model_path, seq_len=seq_len, cache_dir=cache
             )
@@ -153,6 +212,7 @@ def prepare(
             "pool_documents": pool.documents,
             **{k: float(v) for k, v in pool.ledger().items()},
             "repetition": spec.domain_fraction * tokens / max(pool_windows * seq_len, 1),
+            "model_params": shape.non_embedding_params,
             "train_flops": t_flops,
             "eval_flops": e_flops,
             "train_cost": train_cost,
@@ -173,13 +233,7 @@ def prepare(
                 row=row,
             )
         )
-    return SweepPlan(
-        cells=plans,
-        base_domain_bpb=base["domain"],
-        base_general_bpb=base["general"],
-        model_path=model_path,
-        non_embedding_params=shape.non_embedding_params,
-    )
+    return SweepPlan(cells=plans)
 
 
 def round_half_up(x: float) -> int:

@@ -7,6 +7,7 @@ crash never leaves a half-written result, and a cell whose identity already has 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from anneal.flops import flops_to_usd
+
+log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = (
     "source",
@@ -58,13 +63,35 @@ class ResultsStore:
             return pd.DataFrame()
         return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
 
-    def consolidate(self) -> Path:
-        """Write ``results.parquet`` with every cell's row, sorted for reading."""
+    def consolidate(
+        self, identities: set[str], *, usd_per_pflop: float
+    ) -> tuple[Path, pd.DataFrame]:
+        """Write ``results.parquet`` with the rows of ``identities`` (this spec's cells),
+        sorted for reading, with compute costs priced at ``usd_per_pflop``.
+
+        Rows of other specs that share the output directory stay in ``cells/`` untouched
+        but are left out of the table; prices are not part of a cell's identity, so costs
+        are recomputed here from the stored FLOPs.
+        """
         table = self.read()
         if not table.empty:
+            others = int((~table["cell_id"].isin(identities)).sum())
+            if others:
+                log.warning(
+                    "%s: %d row(s) of cells not in this spec are kept in cells/ but left out "
+                    "of results.parquet",
+                    self.out_dir,
+                    others,
+                )
+            table = table[table["cell_id"].isin(identities)]
+            compute = table["train_flops"] + table["eval_flops"]
+            table = table.assign(
+                train_cost=flops_to_usd(compute, usd_per_pflop),
+                total_cost=table["curation_cost"] + flops_to_usd(compute, usd_per_pflop),
+            )
             table = table.sort_values(["source", "curation_spend", "train_tokens", "seed"])
         path = self.out_dir / "results.parquet"
-        tmp = path.with_name(".results.parquet.tmp")
+        tmp = path.with_name(f".results.parquet.{os.getpid()}.tmp")
         table.to_parquet(tmp, index=False)
         os.replace(tmp, path)
-        return path
+        return path, table

@@ -5,6 +5,7 @@ any compute starts. Errors name the field path and the fix, e.g.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +29,22 @@ class GridSpec:
 
     def __post_init__(self):
         check(len(self.curation_spend) > 0, "curation_spend", "must list at least one spend")
-        check(all(c > 0 for c in self.curation_spend), "curation_spend", "spends must be positive")
+        check(
+            all(0 < c < math.inf for c in self.curation_spend),
+            "curation_spend",
+            "spends must be positive and finite (USD)",
+        )
+        check(
+            len(set(self.curation_spend)) == len(self.curation_spend),
+            "curation_spend",
+            "must not repeat",
+        )
         check(len(self.train_tokens) > 0, "train_tokens", "must list at least one budget")
         check(all(d > 0 for d in self.train_tokens), "train_tokens", "budgets must be positive")
+        check(
+            len(set(self.train_tokens)) == len(self.train_tokens), "train_tokens", "must not repeat"
+        )
+        check(len(self.seeds) > 0, "seeds", "must list at least one seed")
         check(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat")
 
 
@@ -88,6 +102,7 @@ class ExperimentSpec:
             f"must be in (0, 1], got {self.domain_fraction}",
         )
         per_step = self.train.tokens_per_step
+        steps_seen: dict[int, int] = {}
         for i, tokens in enumerate(self.grid.train_tokens):
             check(
                 tokens >= per_step,
@@ -95,6 +110,22 @@ class ExperimentSpec:
                 f"{tokens} tokens is less than one optimizer step "
                 f"(train.batch_size x train.seq_len = {per_step} tokens)",
             )
+            steps = tokens // per_step
+            check(
+                steps not in steps_seen,
+                f"grid.train_tokens[{i}]",
+                f"{tokens} tokens is the same number of optimizer steps ({steps}) as "
+                f"{self.grid.train_tokens[steps_seen.get(steps, 0)]}; budgets are whole steps of "
+                f"{per_step} tokens",
+            )
+            steps_seen[steps] = i
+        for i, source in enumerate(self.sources):
+            if source.curation_spend is not None:
+                check(
+                    len(set(source.curation_spend)) == len(source.curation_spend),
+                    f"sources[{i}].curation_spend",
+                    "must not repeat",
+                )
         shard = self.train.micro_batch_size * self.resources.num_workers
         check(
             self.train.batch_size % shard == 0,
@@ -109,8 +140,11 @@ class ExperimentSpec:
 def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and validate the YAML spec at ``path``."""
     path = Path(path)
-    if not path.exists():
-        raise SpecError(str(path), "spec file not found")
+    if not path.is_file():
+        problem = (
+            "is a directory; give the spec's YAML file" if path.is_dir() else "spec file not found"
+        )
+        raise SpecError(str(path), problem)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

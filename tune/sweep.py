@@ -16,7 +16,7 @@ from ray import tune
 
 from anneal.config import content_hash, to_plain
 from tune.cells import expand_grid
-from tune.prepare import SweepPlan, prepare
+from tune.prepare import SweepPlan, inputs_identity, prepare
 from tune.results import ResultsStore
 from tune.spec import ExperimentSpec, ResourcesSpec
 
@@ -74,7 +74,6 @@ def run_sweep(
     *,
     resolve: Callable[[str], str],
     threads: int | None = None,
-    quiet: bool = False,
 ) -> SweepOutcome:
     """Run every unfinished cell of ``spec`` on the connected Ray cluster."""
     import ray
@@ -88,7 +87,8 @@ def run_sweep(
     store = ResultsStore(out_dir)
     provenance = _write_provenance(spec, out_dir)
 
-    all_cells = expand_grid(spec)
+    inputs = inputs_identity(spec, resolve)
+    all_cells = expand_grid(spec, inputs.shared, inputs.per_source)
     done = store.finished_ids()
     todo = [c for c in all_cells if c.identity not in done]
     log.info(
@@ -104,6 +104,7 @@ def run_sweep(
             storage=storage,
             threads=threads or os.cpu_count() or 1,
             cells=todo,
+            inputs=inputs,
         )
         cluster = ray.cluster_resources()
         concurrency = spec.resources.max_concurrent_trials or max_concurrent_trials(
@@ -139,8 +140,9 @@ def run_sweep(
         )
         log.info("running %d anneals, at most %d at a time", len(plans), concurrency)
         tuner.fit()
-    results_path = store.consolidate()
-    table = store.read()
+    results_path, table = store.consolidate(
+        {c.identity for c in all_cells}, usd_per_pflop=spec.prices.usd_per_pflop
+    )
     finished = int((table["status"] == "finished").sum()) if not table.empty else 0
     failed = int((table["status"] == "failed").sum()) if not table.empty else 0
     return SweepOutcome(
@@ -153,18 +155,9 @@ def run_sweep(
 
 
 def _write_provenance(spec: ExperimentSpec, out_dir: Path) -> dict:
-    import subprocess
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    commit = _git(["rev-parse", "HEAD"])
+    if commit and _git(["status", "--porcelain", "--untracked-files=no"]):
+        commit += "-dirty"
     from importlib.metadata import version
 
     provenance = {
@@ -179,6 +172,19 @@ def _write_provenance(spec: ExperimentSpec, out_dir: Path) -> dict:
     }
     (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
     return provenance
+
+
+def _git(args: list[str]) -> str:
+    """Output of a git command in the source tree, or "" outside a checkout."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 class _CellRowWriter(tune.Callback):

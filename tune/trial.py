@@ -1,8 +1,8 @@
 """One cell as a Ray Tune trial: a driver function that launches a Ray Train run.
 
 Ray Train V2 pattern: Tune reserves only this driver; the `TorchTrainer` reserves its own
-workers. The Train run is named after the cell's identity so a restarted trial finds its
-run again. Worker metrics reach Tune through `TuneReportCallback`.
+workers. The Train run is named after the cell's identity (checkpoint resumption builds on
+that). Worker metrics reach Tune through `TuneReportCallback`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], storage_path: str, res
     from anneal.loop import anneal_worker
 
     plan = plans[config["cell_id"]]
+    # Deterministic data: the replay `limit` and the shard order must not depend on which
+    # read task finishes first. Train's data config copies this context.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     per_worker = {"CPU": resources.cpus_per_worker}
     if resources.gpus_per_worker:
         per_worker["GPU"] = resources.gpus_per_worker

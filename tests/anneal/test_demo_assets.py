@@ -107,3 +107,28 @@ def test_bits_per_byte_matches_the_model_loss(tiny_assets):
     assert bits_per_byte(nll, nbytes) == pytest.approx(
         float(losses[keep].sum()) / np.log(2) / nbytes, rel=1e-5
     )
+
+
+def test_tied_and_untied_models_of_one_shape_cost_the_same():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from anneal.flops import train_flops
+
+    def shape(tied: bool):
+        config = LlamaConfig(
+            vocab_size=300,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            tie_word_embeddings=tied,
+        )
+        return model_shape(LlamaForCausalLM(config))
+
+    tied, untied = shape(True), shape(False)
+    assert tied == untied
+    per_layer = 4 * 32 * 32 + 3 * 32 * 64 + 2 * 32  # attention, MLP, two RMSNorm weights
+    assert tied.non_embedding_params == 2 * per_layer + 32  # plus the final norm
+    assert train_flops(tied, 1, 16) == 3 * (
+        2 * tied.non_embedding_params + 2 * 2 * 16 * 32 + 2 * 32 * 300
+    )

@@ -19,18 +19,20 @@ from anneal.schedule import linear_decay_lr, warmup_steps_for
 
 
 def test_linear_decay_hand_computed():
-    # peak 1e-3, 10 steps, 2 warmup: ramp 0.5, 1.0 then (10 - s) / 8 of the peak
+    # peak 1e-3, 10 steps, 2 warmup: ramp 1/3, 2/3, then (10 - s) / 8 of the peak, which
+    # step 2 (the first decay step) uses once
     lrs = [linear_decay_lr(s, 10, peak_lr=1e-3, warmup_steps=2) for s in range(10)]
-    expected = [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
+    expected = [1 / 3, 2 / 3, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
     assert lrs == pytest.approx([1e-3 * e for e in expected], rel=1e-12)
 
 
 def test_warmup_ramps_linearly_to_peak():
     peak, warmup = 3e-4, 5
     ramp = [linear_decay_lr(s, 100, peak_lr=peak, warmup_steps=warmup) for s in range(warmup)]
-    assert ramp == pytest.approx([peak * (s + 1) / warmup for s in range(warmup)])
+    assert ramp == pytest.approx([peak * (s + 1) / (warmup + 1) for s in range(warmup)])
     assert ramp[0] > 0  # the first step already moves the weights
-    assert ramp[-1] == pytest.approx(peak)  # peak reached at the end of warmup
+    assert ramp[-1] < peak  # the peak is used once, by the first decay step
+    assert linear_decay_lr(warmup, 100, peak_lr=peak, warmup_steps=warmup) == pytest.approx(peak)
 
 
 @pytest.mark.parametrize(("total", "warmup"), [(1, 0), (2, 1), (7, 0), (50, 5), (1000, 37)])
@@ -41,6 +43,7 @@ def test_schedule_shape(total, warmup):
     assert max(lrs) == pytest.approx(peak)
     decay = lrs[warmup:]
     assert all(a > b for a, b in zip(decay, decay[1:], strict=False))  # strictly decreasing
+    assert lrs.count(max(lrs)) == 1  # the peak is held for exactly one step
     assert lrs[-1] == pytest.approx(peak / (total - warmup))  # one step before zero
     # never negative, and zero once training is over
     assert linear_decay_lr(total, total, peak_lr=peak, warmup_steps=warmup) == 0.0
@@ -57,9 +60,9 @@ def test_zero_warmup_starts_at_peak():
     ]
 
 
-def test_warmup_as_long_as_the_run_holds_the_peak_after_warmup():
+def test_warmup_as_long_as_the_run_only_climbs():
     lrs = [linear_decay_lr(s, 4, peak_lr=1.0, warmup_steps=4) for s in range(4)]
-    assert lrs == [0.25, 0.5, 0.75, 1.0]
+    assert lrs == pytest.approx([0.2, 0.4, 0.6, 0.8])
 
 
 def test_non_positive_total_steps_rejected():

@@ -51,7 +51,7 @@ def sweep(ray_local, tiny_assets, tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     spec = parse_spec(tiny_spec(str(root / "storage")))
     out = root / "out"
-    outcome = run_sweep(spec, out, resolve=tiny_assets.resolve, quiet=True)
+    outcome = run_sweep(spec, out, resolve=tiny_assets.resolve)
     return spec, out, outcome
 
 
@@ -61,6 +61,7 @@ def test_every_cell_finishes_with_one_row_and_the_required_columns(sweep):
     assert outcome.finished == 2 * len(SPENDS) * len(TOKENS) and outcome.failed == 0
     assert len(table) == outcome.finished
     assert set(REQUIRED_COLUMNS) <= set(table.columns)
+    assert (table["model_params"] > 0).all() and table["model_params"].nunique() == 1
     assert table["cell_id"].is_unique
     assert (table["status"] == "finished").all()
     assert set(table["source"]) == {"textbook", "synthetic"}
@@ -125,7 +126,7 @@ def test_analysis_outputs(sweep):
 def test_rerun_skips_finished_cells_and_keeps_their_rows(sweep, tiny_assets):
     spec, out, first = sweep
     before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.parquet")}
-    again = run_sweep(spec, out, resolve=tiny_assets.resolve, quiet=True)
+    again = run_sweep(spec, out, resolve=tiny_assets.resolve)
     assert again.skipped == first.finished and again.finished == first.finished
     after = {p.name: p.read_bytes() for p in (out / "cells").glob("*.parquet")}
     assert after == before

@@ -195,3 +195,35 @@ def test_seed_changes_identity(spec):
 )
 def test_shared_settings_change_every_identity(spec, change):
     assert set(_ids(change(spec))).isdisjoint(_ids(spec))
+
+
+def test_prices_do_not_change_identity(spec):
+    """Costs are recomputed from stored FLOPs, so repricing compute reruns nothing."""
+    repriced = dataclasses.replace(
+        spec, prices=dataclasses.replace(spec.prices, usd_per_pflop=3 * spec.prices.usd_per_pflop)
+    )
+    assert _ids(repriced) == _ids(spec)
+
+
+def test_budgets_of_the_same_whole_steps_are_the_same_anneal(spec):
+    per_step = spec.train.tokens_per_step
+    tokens = list(spec.grid.train_tokens)
+    tokens[0] += per_step - 1  # still the same number of optimizer steps
+    same = dataclasses.replace(
+        spec, grid=dataclasses.replace(spec.grid, train_tokens=tuple(tokens))
+    )
+    assert _ids(same) == _ids(spec)
+
+
+def test_resolved_inputs_change_the_identities_they_feed(spec):
+    """A rebuilt base model or replaced data file must never reuse stale results."""
+    assert set(_ids_with(spec, shared="model-v2")).isdisjoint(_ids(spec))
+    name = spec.sources[0].name
+    moved = {c.identity for c in expand_grid(spec, "", {name: "new-files"}) if c.source == name}
+    kept = {c.identity for c in expand_grid(spec, "", {name: "new-files"}) if c.source != name}
+    assert moved.isdisjoint(_ids(spec))
+    assert kept <= set(_ids(spec))
+
+
+def _ids_with(spec, *, shared: str) -> list[str]:
+    return [c.identity for c in expand_grid(spec, shared)]

@@ -364,3 +364,35 @@ def test_empty_spec_file_is_an_error_not_a_crash(tmp_path):
     path.write_text("# nothing yet\n")
     with pytest.raises(SpecError, match="expected a mapping of fields"):
         load_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "fragment"),
+    [
+        (lambda d: d["grid"].update(curation_spend=[0.2, 0.2]), "grid.curation_spend", "repeat"),
+        (
+            lambda d: d["grid"].update(curation_spend=[float("inf")]),
+            "grid.curation_spend",
+            "finite",
+        ),
+        (lambda d: d["grid"].update(seeds=[]), "grid.seeds", "at least one seed"),
+        (
+            lambda d: d["grid"].update(train_tokens=[24576, 24577]),
+            "grid.train_tokens[1]",
+            "same number of optimizer steps",
+        ),
+    ],
+    ids=["repeated-spend", "infinite-spend", "no-seeds", "same-steps"],
+)
+def test_grid_values_must_make_distinct_finite_cells(demo_data, mutate, path, fragment):
+    data = copy.deepcopy(demo_data)
+    mutate(data)
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert info.value.path == path
+    assert fragment in str(info.value)
+
+
+def test_spec_path_that_is_a_directory_names_it(tmp_path):
+    with pytest.raises(SpecError, match="is a directory"):
+        load_spec(tmp_path)
