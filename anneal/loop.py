@@ -30,22 +30,29 @@ class AnnealJob:
     """Everything one anneal needs, with every path resolved."""
 
     model_path: str
+    """Resolved base checkpoint directory or hub id."""
     trust_remote_code: bool
     train: TrainSpec
     schedule: ScheduleSpec
     steps: int
     """Optimizer steps; training tokens are ``steps * train.tokens_per_step``."""
     domain_fraction: float
+    """Fraction of training sequences drawn from the curated pool."""
     domain_pool_windows: int
     """Windows in the curated pool, for the repetition count."""
     domain_eval_dir: str
+    """Packed held-out domain windows (Parquet directory)."""
     general_eval_dir: str
+    """Packed held-out general windows (Parquet directory)."""
     eval_windows: int
+    """Windows evaluated per set, spread over the whole set."""
     token_bytes_path: str
     """``.npy`` of UTF-8 bytes per token id (bits-per-byte denominator)."""
     seed: int
+    """Replicate seed: orders the shuffled data streams."""
     num_workers: int
     threads_per_worker: int
+    """PyTorch intra-op threads per CPU worker."""
 
 
 def anneal_worker(config: dict) -> None:

@@ -82,6 +82,7 @@ class TrainSpec:
     zero_stage: int = 1
     """DeepSpeed ZeRO stage (0 to 3)."""
     weight_decay: float = 0.1
+    """AdamW decoupled weight decay (per step, multiplied by the learning rate)."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold (0 disables)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -24,6 +24,7 @@ class Cell:
     source: str
     """Source name (display)."""
     source_identity: str
+    """Hash of the source's kind and parameters (`anneal.sources.SourceSpec.identity`)."""
     curation_spend: float
     """USD."""
     train_tokens: int

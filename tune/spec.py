@@ -55,7 +55,9 @@ class ResourcesSpec:
     num_workers: int = 1
     """Ray Train workers per anneal (data parallel)."""
     cpus_per_worker: int = 1
+    """CPUs reserved per worker; also its PyTorch thread count on CPU."""
     gpus_per_worker: int = 0
+    """GPUs per worker; 0 trains on CPU (gloo, fp32)."""
     max_concurrent_trials: int | None = None
     """Cap on simultaneous anneals; derived from the cluster's resources when absent."""
 

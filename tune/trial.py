@@ -16,7 +16,7 @@ DRIVER_CPUS = 0.25
 def run_cell(config: dict, *, plans: dict[str, CellPlan], storage_path: str, resources) -> None:
     """Tune function trainable: anneal the cell named by ``config["cell_id"]``."""
     import ray.data
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -37,6 +37,9 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], storage_path: str, res
             use_gpu=resources.gpus_per_worker > 0,
             resources_per_worker=per_worker,
         ),
+        # One worker reads its datasets whole; splitting would only add a coordinator
+        # actor per dataset (a process start each, seconds on a small machine).
+        dataset_config=DataConfig(datasets_to_split="all" if resources.num_workers > 1 else []),
         datasets={
             "domain": ray.data.read_parquet(plan.domain_dir).materialize(),
             "replay": ray.data.read_parquet(plan.replay_dir).limit(plan.replay_rows).materialize(),
