@@ -37,7 +37,9 @@ def _load(name: str) -> dict:
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_validates_against_rays_schema(name, ray_schema):
-    jsonschema.validate(_load(name), ray_schema)
+    validator = jsonschema.validators.validator_for(ray_schema)(ray_schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(_load(name))]
+    assert errors == []
 
 
 @pytest.mark.parametrize("name", CONFIGS)
