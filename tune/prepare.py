@@ -8,7 +8,6 @@ over the same sources (or a resumed one) reuses them.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from anneal.errors import AnnealscaleError
 from anneal.evaluate import bits_per_byte, nll_and_bytes
 from anneal.flops import eval_flops, flops_to_usd, train_flops
 from anneal.loop import AnnealJob
+from anneal.mixture import domain_counts
 from anneal.model import (
     load_model,
     load_model_config,
@@ -228,16 +228,12 @@ def prepare(
                 replay_dir=replay_dir,
                 # one batch of slack: workers' shares of a split need not be equal
                 replay_rows=steps * spec.train.batch_size
-                - round_half_up(spec.domain_fraction * steps * spec.train.batch_size)
+                - int(domain_counts(1, steps * spec.train.batch_size, spec.domain_fraction).sum())
                 + spec.train.batch_size,
                 row=row,
             )
         )
     return SweepPlan(cells=plans)
-
-
-def round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
 
 
 def model_key(model_path: str) -> str:
