@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a spec and list its cells; runs nothing")
     validate.add_argument("spec")
     validate.set_defaults(func=_cmd_validate)
+
+    from cluster.jobs import add_job_commands
+    from cluster.launch import add_cluster_commands
+
+    add_job_commands(sub)
+    add_cluster_commands(sub)
     return parser
 
 
@@ -174,9 +180,11 @@ def _cmd_validate(args) -> int:
 
 def _sweep_and_report(spec, out: Path, resolve, *, address, analyze: bool) -> int:
     from cluster.local import connect
+    from cluster.storage_check import check_shared_storage
     from tune.sweep import run_sweep
 
     connect(address)
+    check_shared_storage(spec.storage_path)
     outcome = run_sweep(spec, out, resolve=resolve)
     print(
         f"sweep: {outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "
