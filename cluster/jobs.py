@@ -118,8 +118,15 @@ def jobs_address(address: str | None, environ: Mapping[str, str]) -> str:
 def jobs_api(address: str, token: AuthToken | None) -> Iterator:
     """A `JobSubmissionClient` whose errors reach the user as one line, token never shown."""
     from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
 
+    try:
+        import aiohttp  # noqa: F401 - the Jobs client's log streaming; only in ray[default]
+        from ray.job_submission import JobSubmissionClient
+    except ImportError:
+        raise AnnealscaleError(
+            "the Ray Jobs client is not installed; pip install 'annealscale[cluster]' "
+            "(ray[default])"
+        ) from None
     try:
         client = JobSubmissionClient(address, headers=token.headers() if token else None)
         yield client
