@@ -10,6 +10,7 @@ storage and cleans up after itself.
 
 from __future__ import annotations
 
+import socket
 import uuid
 
 import pytest
@@ -75,7 +76,17 @@ def test_on_a_multi_node_cluster(tmp_path):
 
     was_running = ray.is_initialized()
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dashboard_port = s.getsockname()[1]  # not 8265: another Ray here may hold it
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": False,
+            "dashboard_port": dashboard_port,
+        },
+    )
     try:
         cluster.add_node(num_cpus=1)
         cluster.add_node(num_cpus=1)
