@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import shlex
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anneal.errors import AnnealscaleError
+
+log = logging.getLogger(__name__)
 
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
@@ -191,9 +194,17 @@ def plan_submission(
     sweep twice finds the first job instead of starting a second one writing the same table.
     """
     from anneal.config import content_hash
+    from cluster.storage_check import is_local_path
     from tune.spec import load_spec
 
     spec = load_spec(spec_path)
+    if is_local_path(spec.storage_path) and not os.path.isabs(spec.storage_path):
+        log.warning(
+            "storage_path %s is relative: on the cluster it lands in the job's temporary "
+            "copy of the working directory (pools and checkpoints are lost with it); use an "
+            "absolute path on shared storage",
+            spec.storage_path,
+        )
     working_dir = Path(working_dir).resolve()
     if not working_dir.is_dir():
         raise AnnealscaleError(f"--working-dir {working_dir}: not a directory")

@@ -111,9 +111,11 @@ def test_submission_runs_the_sweep_on_the_uploaded_spec(project):
     )
 
 
-def test_pip_is_optional_so_offline_clusters_need_no_index(project):
+def test_pip_is_optional_so_offline_clusters_need_no_index(project, caplog):
     sub = plan_submission(project / "specs" / "demo.yaml", out="/r", working_dir=project)
     assert "pip" not in sub.runtime_env and "env_vars" not in sub.runtime_env
+    # demo.yaml keeps storage_path relative, which a job would lose with its temporary copy
+    assert "storage_path runs/storage is relative" in caplog.text
 
 
 def test_default_submission_id_is_a_hash_of_spec_and_out(project):
