@@ -132,7 +132,7 @@ def token_head():
     finally:
         try:
             os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=30)
+            head.wait(timeout=10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
         for pid in [head.pid, *_pids_holding(token)]:
