@@ -217,14 +217,17 @@ def _read_parquet(file: DataFile, text_field: str) -> list:
 
 
 def _read_csv(file: DataFile, text_field: str) -> list:
+    import csv as pycsv
+
     from pyarrow import csv
 
     with file.fs.open_input_stream(file.path) as handle:
         data = handle.read()
+    if not data.strip():
+        return []
     try:
-        header = csv.read_csv(
-            io.BytesIO(data), read_options=csv.ReadOptions(skip_rows_after_names=1 << 62)
-        ).column_names
+        first_line = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+        header = next(pycsv.reader([first_line]), [])
         if text_field not in header:
             raise AnnealscaleError(_no_column(file.display, text_field, header))
         table = csv.read_csv(
@@ -236,8 +239,6 @@ def _read_csv(file: DataFile, text_field: str) -> list:
     except AnnealscaleError:
         raise
     except pa.ArrowInvalid as err:
-        if "Empty CSV file" in str(err):
-            return []
         raise AnnealscaleError(f"{file.display}: not a readable CSV file ({err})") from None
     return table.column(text_field).to_pylist()
 
