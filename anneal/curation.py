@@ -136,6 +136,11 @@ def curate(
             judged = _judge_round(kind, steps, setup, offered, start, source, ctx)
             judged = _sequential(steps, judged, rows)
             stream.append(start, judged)
+            if price is None and float(_column(judged, "cost_usd").sum()) <= 0:
+                raise AnnealscaleError(
+                    f"source '{source.name}': candidates {start} to {start + offered_rows} "
+                    "cost nothing, so no spend can bound the pool; give the source a price"
+                )
             run["docs"] += judged.num_rows
             run["tokens"] += int(_column(judged, "tokens").sum())
             run["seconds"] += float(_column(judged, "seconds").sum())
@@ -267,9 +272,15 @@ def judge_batch(
         raise AnnealscaleError(
             f"source kind '{kind.kind}': judge returned {len(texts)} texts for {n} candidates"
         )
+    cost = np.asarray(out["cost_usd"], dtype=np.float64).copy()
+    if cost.shape != (n,) or not np.all(np.isfinite(cost) & (cost >= 0)):
+        raise AnnealscaleError(
+            f"source kind '{kind.kind}': judge must return one finite, non-negative cost_usd "
+            "per candidate"
+        )
     columns: dict[str, Any] = {
         "text": texts,
-        "cost_usd": np.asarray(out["cost_usd"], dtype=np.float64).copy(),
+        "cost_usd": cost,
         "flops": np.asarray(out.get("flops", np.zeros(n)), dtype=np.float64).copy(),
         "kept": np.asarray(out.get("kept", np.ones(n, dtype=bool)), dtype=bool)
         & np.array([bool(t.strip()) for t in texts], dtype=bool),

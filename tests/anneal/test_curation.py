@@ -217,6 +217,37 @@ def test_hf_classifier_top_fraction_nests_and_matches_direct_scoring(
     assert 0.3 < len(expected) / 160 < 0.7
 
 
+@pytest.mark.gpu
+@needs_ray
+def test_hf_classifier_on_a_gpu_actor_scores_as_on_cpu(crawl, tiny_hf, tokenizer, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+
+    def source(gpus: float) -> SourceSpec:
+        return SourceSpec(
+            name="hf-web",
+            kind="classifier_filter",
+            params={
+                "raw_path": str(crawl["path"]),
+                "model_path": tiny_hf["classifier"],
+                "usd_per_doc_scored": PRICE_PER_DOC,
+                "threshold": 0.5,
+                "max_length": 64,
+            },
+            resources={"actors": 1, "gpus_per_actor": gpus, "batch_size": 16},
+        )
+
+    spend = 64 * PRICE_PER_DOC
+    cpu = curate(source(0), spend, CurationContext(tokenizer=tokenizer, cache_dir=tmp_path / "c"))
+    gpu = curate(source(1), spend, CurationContext(tokenizer=tokenizer, cache_dir=tmp_path / "g"))
+    # fp32 kernels differ between devices: a score at the threshold may flip
+    assert len(set(_texts(gpu)) ^ set(_texts(cpu))) <= 2
+    assert gpu.candidates_processed == cpu.candidates_processed == 64
+    assert gpu.seconds > 0
+
+
 def _generator(tiny_hf, batch_size: int) -> SourceSpec:
     return SourceSpec(
         name="llm",

@@ -34,6 +34,9 @@ class EvenLength(SourceKind):
 
     Params = EvenLengthParams
 
+    def price_per_candidate(self):  # known before judging: exactly the spend's worth is judged
+        return self.params.usd_per_doc
+
     def offers(self, start, stop):
         return {"text": self.read_input(self.params.path)[start:stop]}
 
