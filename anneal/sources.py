@@ -1,38 +1,51 @@
 """Data sources: how curation spend turns into a pool of unique curated documents.
 
-Every source kind presents its candidate documents as one deterministic stream, each
-candidate with the cost of obtaining it and whether curation keeps it. Spending ``c``
-walks the stream until the next candidate would overrun ``c``, so the pool bought by a
-larger spend always contains the pool of a smaller one, in the same order (nested pools):
-cells that differ in spend differ only in what the extra money bought.
+Every source kind offers candidate documents as one deterministic stream (candidate ``i``
+is the same whatever is bought) and judges batches of them: what each cost and whether
+curation keeps it. Spending ``c`` buys the stream up to the last candidate whose running
+cost stays within ``c``, so the pool bought by a larger spend always contains the pool of
+a smaller one, in the same order (nested pools). Judging runs as a Ray Data job on an
+actor pool (see `anneal.curation`); offering runs on the driver and should be cheap.
 
-A new kind is a subclass of `SourceKind` with a frozen ``Params`` dataclass, registered
-with `register_source_kind`; the spec validates its ``params`` against that class.
+A new kind is a few lines: a subclass of `SourceKind` with a frozen ``Params`` dataclass,
+an ``offers`` and a ``judge`` method, registered with `register_source_kind`::
+
+    @dataclass(frozen=True, kw_only=True)
+    class ShoutParams:
+        path: str
+        usd_per_doc: float
+
+    @register_source_kind("shout")
+    class Shout(SourceKind):
+        Params = ShoutParams
+
+        def offers(self, start, stop):
+            return {"text": self.read_input(self.params.path)[start:stop]}
+
+        def judge(self, batch):
+            n = len(batch["text"])
+            return {"text": [t.upper() for t in batch["text"]], "cost_usd": [self.params.usd_per_doc] * n}
+
+Curation steps (`CurationStep`, registered with `register_curation_step`) compose with
+any kind: listed under a source's ``steps``, they judge the kept candidates after the kind
+(``dedup``: MinHash near-duplicate removal) and add their own cost.
 """
 
 from __future__ import annotations
 
 import abc
-import json
-import os
-import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import numpy as np
 
 from anneal.config import check, content_hash, from_mapping, to_plain
-from anneal.documents import read_texts
-from anneal.errors import AnnealscaleError
-from anneal.ngram_generator import fit_ngram
-from anneal.ngram_generator import generate as generate_ngram
-from anneal.synthetic_math import generate_math_document
+from anneal.documents import ReadReport, read_texts
 
 SOURCE_KINDS: dict[str, type[SourceKind]] = {}
+STEP_KINDS: dict[str, type[CurationStep]] = {}
 
 
 def register_source_kind(name: str) -> Callable[[type[SourceKind]], type[SourceKind]]:
@@ -46,6 +59,62 @@ def register_source_kind(name: str) -> Callable[[type[SourceKind]], type[SourceK
     return wrap
 
 
+def register_curation_step(name: str) -> Callable[[type[CurationStep]], type[CurationStep]]:
+    """Class decorator that makes a `CurationStep` available as ``steps: [{kind: name}]``."""
+
+    def wrap(cls: type[CurationStep]) -> type[CurationStep]:
+        cls.kind = name
+        STEP_KINDS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _parse_params(registry: Mapping[str, type], kind: str, params: Any, what: str) -> Any:
+    check(
+        kind in registry,
+        "kind",
+        f"unknown {what} '{kind}'; known: {', '.join(sorted(registry))}",
+    )
+    params_cls = registry[kind].Params
+    raw = params if isinstance(params, params_cls) else dict(params)
+    return from_mapping(params_cls, raw, "params")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepSpec:
+    """One curation step applied after a source's own judgement."""
+
+    kind: str
+    """A registered step: ``dedup`` or a plugin's."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(
+            self, "params", _parse_params(STEP_KINDS, self.kind, self.params, "curation step")
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurationResources:
+    """Where curation runs; not part of any identity (it changes speed, not documents)."""
+
+    actors: int | None = None
+    """Ray Data actor-pool size; by default the cluster's CPUs (GPUs with
+    ``gpus_per_actor``) divided by the per-actor share, at most 8."""
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    """GPUs per actor; above 0 the classifier or generator runs on CUDA."""
+    batch_size: int = 256
+    """Candidates per ``map_batches`` batch (also the generation batch)."""
+
+    def __post_init__(self):
+        check(self.actors is None or self.actors >= 1, "actors", "must be at least 1")
+        check(self.cpus_per_actor > 0, "cpus_per_actor", "must be positive")
+        check(self.gpus_per_actor >= 0, "gpus_per_actor", "must not be negative")
+        check(self.batch_size >= 1, "batch_size", "must be at least 1")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SourceSpec:
     """One candidate data source as written in the spec."""
@@ -56,20 +125,25 @@ class SourceSpec:
     """A registered source kind: as_is, classifier_filter, synthetic, or a plugin's."""
     params: Mapping[str, Any] = field(default_factory=dict)
     """Kind-specific settings, validated against the kind's ``Params`` class."""
+    steps: tuple[StepSpec, ...] = ()
+    """Curation steps after the kind's judgement, in order (e.g. ``dedup``)."""
     curation_spend: tuple[float, ...] | None = None
     """Spends (USD) for this source; the grid's spends when absent."""
+    resources: CurationResources = field(default_factory=CurationResources)
 
     def __post_init__(self):
         check(bool(self.name.strip()), "name", "must not be empty")
-        check(
-            self.kind in SOURCE_KINDS,
-            "kind",
-            f"unknown source kind '{self.kind}'; known kinds: {', '.join(sorted(SOURCE_KINDS))}",
+        object.__setattr__(
+            self, "params", _parse_params(SOURCE_KINDS, self.kind, self.params, "source kind")
         )
-        params_cls = SOURCE_KINDS[self.kind].Params
-        raw = self.params if isinstance(self.params, params_cls) else dict(self.params)
-        parsed = from_mapping(params_cls, raw, "params")
-        object.__setattr__(self, "params", parsed)
+        if not isinstance(self.resources, CurationResources):
+            resources = from_mapping(CurationResources, self.resources, "resources")
+            object.__setattr__(self, "resources", resources)
+        steps = tuple(
+            s if isinstance(s, StepSpec) else from_mapping(StepSpec, s, f"steps[{i}]")
+            for i, s in enumerate(self.steps)
+        )
+        object.__setattr__(self, "steps", steps)
         if self.curation_spend is not None:
             check(len(self.curation_spend) > 0, "curation_spend", "must list at least one spend")
             check(
@@ -80,18 +154,16 @@ class SourceSpec:
 
     @property
     def identity(self) -> str:
-        """Hash of what determines the documents bought: kind and params, not the name."""
-        return content_hash({"kind": self.kind, "params": to_plain(self.params)})
+        """Hash of what determines the documents bought: kind, params and steps; not the
+        name or the resources."""
+        plain = {"kind": self.kind, "params": to_plain(self.params)}
+        if self.steps:
+            plain["steps"] = [{"kind": s.kind, "params": to_plain(s.params)} for s in self.steps]
+        return content_hash(plain)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One document offered by a source, with what it costs to obtain and judge it."""
-
-    text: str
-    cost_usd: float
-    flops: float
-    kept: bool
+def _same_path(path: str) -> str:
+    return path
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,14 +171,30 @@ class CurationContext:
     """Runtime objects curation needs, passed explicitly."""
 
     tokenizer: Any
-    """Counts tokens, the unit sources are priced in."""
-    resolve: Callable[[str], str] = lambda path: path
+    """Counts tokens, the unit pools and per-token prices are measured in."""
+    resolve: Callable[[str], str] = _same_path
     """Maps spec paths (such as ``demo:math_train``) to files."""
     cache_dir: Path = Path(".")
+    min_round: int = 256
+    """Fewest candidates a curation round judges when costs are only known afterwards."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a kind prepares once per source before judging (e.g. a trained classifier)."""
+
+    usd: float = 0.0
+    flops: float = 0.0
+    state: Any = None
+    """Handed to `SourceKind.open` in every actor; must pickle."""
 
 
 class SourceKind(abc.ABC):
-    """A way of acquiring domain documents; see the module docstring for the contract."""
+    """A way of acquiring domain documents; see the module docstring for the contract.
+
+    ``offers`` and ``setup`` run on the driver; ``open`` and ``judge`` run in Ray Data
+    actors (``self.device`` is ``cuda`` or ``cpu`` there).
+    """
 
     kind: ClassVar[str]
     Params: ClassVar[type]
@@ -114,24 +202,96 @@ class SourceKind(abc.ABC):
     def __init__(self, params: Any, ctx: CurationContext):
         self.params = params
         self.ctx = ctx
+        self.device = "cpu"
+        self.report = ReadReport()
+        self._inputs: dict[tuple[str, str], list[str]] = {}
 
-    def setup_cost(self) -> tuple[float, float]:
-        """One-off (USD, FLOPs) paid before any candidate, e.g. training a classifier."""
-        return 0.0, 0.0
+    def setup(self) -> Setup:
+        """One-off work paid before any candidate; its cost is part of every pool."""
+        return Setup()
+
+    def price_per_candidate(self) -> float | None:
+        """USD per candidate when known before judging it (a fixed price per document
+        scored); None when judging reveals it (per-token prices)."""
+        return None
 
     @abc.abstractmethod
-    def candidates(self) -> Iterator[Candidate]:
-        """The source's documents in their fixed purchase order."""
+    def offers(self, start: int, stop: int) -> dict[str, list]:
+        """Candidates ``start`` to ``stop - 1`` of the fixed purchase order as columns;
+        fewer rows only at the end of the stream."""
 
-    def n_tokens(self, texts: list[str]) -> list[int]:
-        ids = self.ctx.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [len(x) for x in ids]
+    def open(self, state: Any) -> None:
+        """Load what judging needs (a model onto ``self.device``), once per actor."""
+        return None
+
+    @abc.abstractmethod
+    def judge(self, batch: dict[str, list]) -> dict[str, Any]:
+        """Columns for the offered ``batch``: ``text`` and ``cost_usd`` (USD) per
+        candidate, optionally ``flops``, ``kept`` (default true), ``score``, ``tokens``."""
+
+    def read_input(self, path: str, text_field: str = "text") -> list[str]:
+        """Texts of an input path (resolved, read once, skips recorded in ``report``)."""
+        key = (path, text_field)
+        if key not in self._inputs:
+            self._inputs[key] = read_texts(self.ctx.resolve(path), text_field, self.report)
+        return self._inputs[key]
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Base-tokenizer tokens of each text (no special tokens)."""
+        return count_tokens(self.ctx.tokenizer, texts)
+
+
+def token_counter(tokenizer: Any) -> Any:
+    """What actors count tokens with: the Rust ``tokenizers.Tokenizer`` behind a fast
+    Hugging Face tokenizer (it pickles small and loads without importing
+    ``transformers``, seconds per actor), else the tokenizer itself."""
+    return getattr(tokenizer, "backend_tokenizer", tokenizer)
+
+
+def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    if not texts:
+        return []
+    if hasattr(tokenizer, "encode_batch"):  # a tokenizers.Tokenizer
+        return [len(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    return [len(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+class CurationStep(abc.ABC):
+    """A step applied to the candidates a kind keeps. ``judge`` runs in the actors on each
+    batch and may add columns, cost and FLOPs, or drop candidates (``kept``); ``sequential``
+    runs on the driver over each round in stream order, with the rows of earlier rounds as
+    ``history``, for decisions that depend on what came before (deduplication)."""
+
+    kind: ClassVar[str]
+    Params: ClassVar[type]
+    charges_usd: bool = False
+    """True when the step adds USD per candidate (then costs are known only after judging)."""
+
+    def __init__(self, params: Any, column: str):
+        self.params = params
+        self.column = column
+        """Prefix for the columns this step adds (unique per position in ``steps``)."""
+
+    def open(self) -> None:
+        """Per-actor initialisation."""
+        return None
+
+    @abc.abstractmethod
+    def judge(self, columns: dict[str, Any]) -> None:
+        """Update the batch ``columns`` (numpy arrays) in place."""
+
+    def sequential(self, rows, history) -> Any:
+        """Return ``rows`` (a pyarrow Table) with ordered decisions applied."""
+        return rows
+
+
+# --- as_is -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
 class AsIsParams:
     path: str
-    """Documents sold as they are (Parquet/JSONL; ``demo:NAME`` for the demo corpus)."""
+    """Documents sold as they are (see `anneal.documents`; ``demo:NAME`` for the demo)."""
     usd_per_token: float
     """Price per token bought (USD)."""
     text_field: str = "text"
@@ -146,97 +306,185 @@ class AsIs(SourceKind):
 
     Params = AsIsParams
 
-    def candidates(self) -> Iterator[Candidate]:
-        texts = read_texts(self.ctx.resolve(self.params.path), self.params.text_field)
-        for start in range(0, len(texts), 256):
-            chunk = texts[start : start + 256]
-            for text, n in zip(chunk, self.n_tokens(chunk), strict=True):
-                yield Candidate(text, n * self.params.usd_per_token, 0.0, True)
+    def offers(self, start: int, stop: int) -> dict[str, list]:
+        return {"text": self.read_input(self.params.path, self.params.text_field)[start:stop]}
+
+    def judge(self, batch: dict[str, list]) -> dict[str, Any]:
+        tokens = self.count_tokens(batch["text"])
+        cost = [n * self.params.usd_per_token for n in tokens]
+        return {"text": batch["text"], "cost_usd": cost, "tokens": tokens}
+
+
+# --- classifier_filter -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifierFilterParams:
     raw_path: str
     """The raw pool the classifier scores (a web crawl)."""
-    positives_path: str
-    """Seed documents of the domain (positive examples)."""
-    negatives_path: str
-    """Seed documents outside the domain (negative examples)."""
     usd_per_doc_scored: float
     """Price of scoring one raw document (USD): fetching, cleaning and classifying it."""
-    threshold: float = 0.5
-    """Keep documents whose domain probability is at least this."""
+    positives_path: str | None = None
+    """Seed documents of the domain (positive examples) for the hashed n-gram classifier."""
+    negatives_path: str | None = None
+    """Seed documents outside the domain (negative examples)."""
+    positives: tuple[str, ...] = ()
+    """Positive seed examples written in the spec (added to ``positives_path``'s)."""
+    negatives: tuple[str, ...] = ()
+    """Negative seed examples written in the spec."""
+    model_path: str | None = None
+    """A Hugging Face sequence-classification checkpoint to score with instead of seeds."""
+    positive_label: int = 1
+    """Output label of ``model_path`` whose probability is the domain score."""
+    max_length: int = 512
+    """Tokens of each document the checkpoint reads (truncation)."""
+    threshold: float | None = None
+    """Keep documents whose domain probability is at least this (0.5 unless
+    ``top_fraction`` is given)."""
+    top_fraction: float | None = None
+    """Keep about this fraction of the crawl: the threshold becomes the score quantile over
+    the first ``calibration_docs`` raw documents, so every spend uses the same threshold
+    and pools stay nested. Calibration scoring is paid for once, at setup."""
+    calibration_docs: int = 1000
     n_features: int = 2**18
     """Hashed word 1-2 gram features."""
     text_field: str = "text"
 
     def __post_init__(self):
         check(self.usd_per_doc_scored > 0, "usd_per_doc_scored", "must be positive (USD)")
-        check(0.0 < self.threshold < 1.0, "threshold", "must be a probability in (0, 1)")
+        seeds = bool(self.positives_path or self.positives) and bool(
+            self.negatives_path or self.negatives
+        )
+        check(
+            (self.model_path is None) == seeds,
+            "model_path",
+            "give either a classifier checkpoint (model_path) or positive and negative seeds "
+            "(positives_path/positives and negatives_path/negatives), not both",
+        )
+        check(
+            self.threshold is None or self.top_fraction is None,
+            "threshold",
+            "give threshold or top_fraction, not both",
+        )
+        if self.threshold is not None:
+            check(0.0 < self.threshold < 1.0, "threshold", "must be a probability in (0, 1)")
+        if self.top_fraction is not None:
+            check(0.0 < self.top_fraction <= 1.0, "top_fraction", "must be in (0, 1]")
+        check(self.calibration_docs >= 1, "calibration_docs", "must be at least 1")
+        check(self.max_length >= 1, "max_length", "must be at least 1 token")
 
 
 @register_source_kind("classifier_filter")
 class ClassifierFilter(SourceKind):
-    """Score raw documents with a linear quality classifier; spend buys more scoring."""
+    """Score raw documents with a quality classifier; spend buys more scoring."""
 
     Params = ClassifierFilterParams
 
-    def setup_cost(self) -> tuple[float, float]:
-        self._fit()
-        return 0.0, self._train_flops
+    def price_per_candidate(self) -> float | None:
+        return self.params.usd_per_doc_scored
 
-    def _fit(self):
-        if hasattr(self, "_model"):
-            return
-        from sklearn.feature_extraction.text import HashingVectorizer
-        from sklearn.linear_model import LogisticRegression
+    def setup(self) -> Setup:
+        from anneal.classifiers import HashedNgramClassifier
 
         p = self.params
-        pos = read_texts(self.ctx.resolve(p.positives_path), p.text_field)
-        neg = read_texts(self.ctx.resolve(p.negatives_path), p.text_field)
-        self._vectorizer = HashingVectorizer(
-            n_features=p.n_features, ngram_range=(1, 2), alternate_sign=False, norm="l2"
-        )
-        x = self._vectorizer.transform(pos + neg)
-        self._model = LogisticRegression(C=4.0, max_iter=1000).fit(
-            x, [1] * len(pos) + [0] * len(neg)
-        )
-        # sparse dot products: 2 FLOPs per non-zero feature per L-BFGS iteration
-        self._train_flops = 2.0 * x.nnz * float(self._model.n_iter_.max())
+        if p.model_path is not None:
+            state = {"kind": "hf", "model_path": self.ctx.resolve(p.model_path)}
+            flops = 0.0
+        else:
+            pos = list(p.positives) + (
+                self.read_input(p.positives_path, p.text_field) if p.positives_path else []
+            )
+            neg = list(p.negatives) + (
+                self.read_input(p.negatives_path, p.text_field) if p.negatives_path else []
+            )
+            classifier = HashedNgramClassifier(n_features=p.n_features).fit(pos, neg)
+            state = {"kind": "hashed", "classifier": classifier}
+            flops = classifier.train_flops_
+        usd = 0.0
+        if p.top_fraction is None:
+            state["threshold"] = 0.5 if p.threshold is None else p.threshold
+        else:
+            sample = self.read_input(p.raw_path, p.text_field)[: p.calibration_docs]
+            self.open(state)
+            scores, sample_flops = self._score(sample)
+            state["threshold"] = float(np.quantile(scores, 1.0 - p.top_fraction))
+            usd = len(sample) * p.usd_per_doc_scored
+            flops += float(np.sum(sample_flops))
+        return Setup(usd=usd, flops=flops, state=state)
 
-    def candidates(self) -> Iterator[Candidate]:
-        self._fit()
-        p = self.params
-        texts = read_texts(self.ctx.resolve(p.raw_path), p.text_field)
-        for start in range(0, len(texts), 256):
-            chunk = texts[start : start + 256]
-            x = self._vectorizer.transform(chunk)
-            scores = self._model.predict_proba(x)[:, 1]
-            nnz = x.getnnz(axis=1)
-            for text, score, k in zip(chunk, scores, nnz, strict=True):
-                yield Candidate(
-                    text, p.usd_per_doc_scored, 2.0 * float(k), bool(score >= p.threshold)
-                )
+    def offers(self, start: int, stop: int) -> dict[str, list]:
+        return {"text": self.read_input(self.params.raw_path, self.params.text_field)[start:stop]}
+
+    def open(self, state: Any) -> None:
+        from anneal.classifiers import HfSequenceClassifier
+
+        self._threshold = state.get("threshold")
+        if state["kind"] == "hf":
+            self._scorer = HfSequenceClassifier(
+                state["model_path"],
+                device=self.device,
+                positive_label=self.params.positive_label,
+                max_length=self.params.max_length,
+            )
+        else:
+            self._scorer = state["classifier"]
+
+    def _score(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self._scorer.score(texts)
+
+    def judge(self, batch: dict[str, list]) -> dict[str, Any]:
+        texts = batch["text"]
+        scores, flops = self._score(texts)
+        return {
+            "text": texts,
+            "cost_usd": [self.params.usd_per_doc_scored] * len(texts),
+            "flops": flops,
+            "score": scores,
+            "kept": scores >= self._threshold,
+        }
 
 
-GENERATORS = ("math_worked_examples", "ngram_lm")
+# --- synthetic ---------------------------------------------------------------------------
+
+GENERATORS = ("math_worked_examples", "ngram_lm", "hf_causal_lm")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SyntheticParams:
     generator: str = "math_worked_examples"
-    """``math_worked_examples`` (templated problems with worked solutions) or ``ngram_lm``
-    (a word n-gram model fitted on ``seed_path``: the offline stand-in for an LLM)."""
+    """``math_worked_examples`` (templated problems with worked solutions), ``ngram_lm``
+    (a word n-gram model fitted on ``seed_path``: the offline stand-in for an LLM), or
+    ``hf_causal_lm`` (a Hugging Face causal LM at ``model_path`` continuing prompts)."""
     usd_per_token: float
-    """Price per generated token (USD)."""
+    """Price per generated token (USD): base-tokenizer tokens of the text for the
+    programmatic generators, the model's new tokens for ``hf_causal_lm``."""
     seed_path: str | None = None
-    """Seed documents the ``ngram_lm`` generator imitates."""
+    """Seed documents: imitated by ``ngram_lm``; their openings prompt ``hf_causal_lm``."""
     order: int = 3
     """N-gram order of ``ngram_lm``."""
     worked_examples_fraction: float = 0.0
     """With ``ngram_lm``: share of documents that are templated worked examples instead."""
     seed: int = 0
+    """Document ``i`` depends only on (seed, i), so larger spends extend the sequence."""
     text_field: str = "text"
+    model_path: str | None = None
+    """``hf_causal_lm``: a ``save_pretrained`` directory or hub id."""
+    prompts: tuple[str, ...] = ()
+    """``hf_causal_lm``: prompts, used in turn (document ``i`` gets prompt ``i mod n``)."""
+    prompt_chars: int = 200
+    """``hf_causal_lm`` with ``seed_path``: characters of each seed document used as prompt."""
+    max_new_tokens: int = 128
+    """``hf_causal_lm``: tokens generated per document (at most)."""
+    temperature: float = 1.0
+    top_k: int = 0
+    """Sample among the k most likely tokens (0: all)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1: all)."""
+    do_sample: bool = True
+    """False: greedy decoding."""
+    keep_prompt: bool = False
+    """``hf_causal_lm``: the document is prompt plus continuation instead of the
+    continuation alone."""
 
     def __post_init__(self):
         check(self.usd_per_token > 0, "usd_per_token", "must be positive (USD per token)")
@@ -248,6 +496,17 @@ class SyntheticParams:
         if self.generator == "ngram_lm":
             check(self.seed_path is not None, "seed_path", "ngram_lm needs seed documents")
             check(2 <= self.order <= 6, "order", f"must be 2 to 6, got {self.order}")
+        if self.generator == "hf_causal_lm":
+            check(self.model_path is not None, "model_path", "hf_causal_lm needs a model")
+            check(
+                bool(self.prompts) or self.seed_path is not None,
+                "prompts",
+                "hf_causal_lm needs prompts or seed_path",
+            )
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
+        check(self.temperature > 0, "temperature", "must be positive")
+        check(self.top_k >= 0, "top_k", "must not be negative (0 disables)")
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         check(
             0.0 <= self.worked_examples_fraction <= 1.0,
             "worked_examples_fraction",
@@ -257,121 +516,177 @@ class SyntheticParams:
 
 @register_source_kind("synthetic")
 class Synthetic(SourceKind):
-    """Generated documents; spend buys generated tokens. Document i depends only on
-    (seed, i), so a larger spend extends the same sequence."""
+    """Generated documents; spend buys generated tokens. The stream never ends."""
 
     Params = SyntheticParams
 
-    def candidates(self) -> Iterator[Candidate]:
+    def setup(self) -> Setup:
+        from anneal.ngram_generator import fit_ngram
+
         p = self.params
-        document = self._generator()
-        index = 0
-        while True:
-            chunk = [document(index + i) for i in range(256)]
-            index += 256
-            for text, n in zip(chunk, self.n_tokens(chunk), strict=True):
-                if text:
-                    yield Candidate(text, n * p.usd_per_token, 0.0, True)
+        if p.generator == "ngram_lm":
+            model = fit_ngram(self.read_input(p.seed_path, p.text_field), p.order)
+            return Setup(state={"ngram": model})
+        if p.generator == "hf_causal_lm":
+            prompts = list(p.prompts)
+            if p.seed_path is not None:
+                seeds = self.read_input(p.seed_path, p.text_field)
+                prompts += [s[: p.prompt_chars] for s in seeds]
+            return Setup(state={"model_path": self.ctx.resolve(p.model_path), "prompts": prompts})
+        return Setup(state={})
 
-    def _generator(self) -> Callable[[int], str]:
+    def offers(self, start: int, stop: int) -> dict[str, list]:
+        return {"index": list(range(start, stop))}
+
+    def open(self, state: Any) -> None:
+        self._state = state
+        if self.params.generator == "hf_causal_lm":
+            from anneal.generators import HfGenerator
+
+            self._hf = HfGenerator(state["model_path"], device=self.device)
+
+    def judge(self, batch: dict[str, list]) -> dict[str, Any]:
+        from anneal.generators import programmatic_document
+
         p = self.params
-        if p.generator == "math_worked_examples":
-            return lambda i: generate_math_document(p.seed, i)
-        model = fit_ngram(read_texts(self.ctx.resolve(p.seed_path), p.text_field), p.order)
-        worked_every = round(1 / p.worked_examples_fraction) if p.worked_examples_fraction else 0
-
-        def document(i: int) -> str:
-            if worked_every and i % worked_every == 0:
-                return generate_math_document(p.seed, i)
-            return generate_ngram(model, p.seed, i)
-
-        return document
-
-
-@dataclass(frozen=True, kw_only=True)
-class CuratedPool:
-    """Documents bought for one (source, spend), with the measured cost ledger."""
-
-    path: Path
-    """Parquet file of the kept documents (column ``text``), in purchase order."""
-    documents: int
-    tokens: int
-    """Tokens of the kept documents by the base tokenizer, EOS separators included."""
-    candidates_processed: int
-    cost_usd: float
-    """Money actually spent (USD, at most the spend)."""
-    flops: float
-    """Modelled compute of curation (FLOPs)."""
-    seconds: float
-    """Measured CPU seconds of curation."""
-
-    def ledger(self) -> dict[str, float]:
+        if p.generator != "hf_causal_lm":
+            texts = [programmatic_document(p, self._state, i) for i in batch["index"]]
+            tokens = self.count_tokens(texts)
+            return {
+                "text": texts,
+                "cost_usd": [n * p.usd_per_token for n in tokens],
+                "tokens": tokens,
+            }
+        prompts = self._state["prompts"]
+        out = self._hf.generate(
+            [prompts[i % len(prompts)] for i in batch["index"]],
+            seeds=[(p.seed, i) for i in batch["index"]],
+            max_new_tokens=p.max_new_tokens,
+            temperature=p.temperature,
+            top_k=p.top_k,
+            top_p=p.top_p,
+            do_sample=p.do_sample,
+            keep_prompt=p.keep_prompt,
+        )
         return {
-            "curation_cost": self.cost_usd,
-            "curation_flops": self.flops,
-            "curation_seconds": self.seconds,
-            "curation_documents": self.documents,
-            "curation_candidates": self.candidates_processed,
+            "text": out.texts,
+            "cost_usd": [n * p.usd_per_token for n in out.new_tokens],
+            "flops": out.flops,
         }
 
 
-def curate(
-    source: SourceSpec, spend: float, ctx: CurationContext, *, inputs: str = ""
-) -> CuratedPool:
-    """Buy ``spend`` USD of ``source``; cached under the source identity, the identity of
-    its input files (``inputs``) and the spend."""
-    key = content_hash([source.identity, inputs])
-    out_dir = Path(ctx.cache_dir) / "pools" / f"{source.kind}-{key}"
-    stem = f"spend-{float(spend)!r}"  # exact: nearby spends must not share a pool
-    meta_path = out_dir / f"{stem}.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        return CuratedPool(path=out_dir / f"{stem}.parquet", **meta)
-    started = time.process_time()
-    kind = SOURCE_KINDS[source.kind](source.params, ctx)
-    setup_usd, setup_flops = kind.setup_cost()
-    spent, flops, processed = setup_usd, setup_flops, 0
-    kept: list[str] = []
-    for candidate in kind.candidates():
-        if spent + candidate.cost_usd > spend:
-            break
-        spent += candidate.cost_usd
-        flops += candidate.flops
-        processed += 1
-        if candidate.kept:
-            kept.append(candidate.text)
-    if not kept:
-        raise AnnealscaleError(
-            f"source '{source.name}': spend {spend:g} USD keeps no documents "
-            f"({processed} processed); raise the spend or loosen the filter"
-        )
-    tokens = sum(n + 1 for n in kind.n_tokens(kept))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    unique = uuid.uuid4().hex
-    tmp = out_dir / f".{stem}.{unique}.parquet.tmp"
-    pq.write_table(pa.table({"text": kept}), tmp)
-    os.replace(tmp, out_dir / f"{stem}.parquet")
-    meta = {
-        "documents": len(kept),
-        "tokens": tokens,
-        "candidates_processed": processed,
-        "cost_usd": spent,
-        "flops": flops,
-        "seconds": time.process_time() - started,
-    }
-    tmp_meta = out_dir / f".{stem}.{unique}.json.tmp"
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, meta_path)  # the marker appears only after the pool is complete
-    return CuratedPool(path=out_dir / f"{stem}.parquet", **meta)
+# --- dedup -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DedupParams:
+    threshold: float = 0.8
+    """Estimated Jaccard similarity of word shingles at which a document duplicates an
+    earlier kept one."""
+    num_perm: int = 128
+    """MinHash functions per signature."""
+    shingle: int = 5
+    """Words per shingle."""
+    seed: int = 0
+    usd_per_doc: float = 0.0
+    """Price of hashing one document (USD); its compute is always in the ledger."""
+
+    def __post_init__(self):
+        check(0.0 < self.threshold <= 1.0, "threshold", "must be in (0, 1]")
+        check(8 <= self.num_perm <= 1024, "num_perm", "must be 8 to 1024")
+        check(self.shingle >= 1, "shingle", "must be at least 1 word")
+        check(self.usd_per_doc >= 0, "usd_per_doc", "must not be negative (USD)")
+
+
+@register_curation_step("dedup")
+class Dedup(CurationStep):
+    """MinHash near-duplicate removal: a kept document is dropped when it nearly
+    duplicates an earlier kept document of the same stream. Decisions look only
+    backwards, so deduplicated pools stay nested."""
+
+    Params = DedupParams
+
+    @property
+    def charges_usd(self) -> bool:  # type: ignore[override]
+        return self.params.usd_per_doc > 0
+
+    def open(self) -> None:
+        from anneal.minhash import permutations
+
+        self._a, self._b = permutations(self.params.num_perm, self.params.seed)
+
+    def judge(self, columns: dict[str, Any]) -> None:
+        from anneal.minhash import shingle_hashes, signature, signature_flops
+
+        p = self.params
+        n = len(columns["text"])
+        sigs = np.zeros((n, p.num_perm), dtype=np.uint32)
+        for i in np.flatnonzero(columns["kept"]):
+            text = columns["text"][i]
+            sigs[i] = signature(text, self._a, self._b, p.shingle)
+            shingles = max(1, len(shingle_hashes(text, p.shingle)))
+            columns["flops"][i] += signature_flops(shingles, p.num_perm)
+            columns["cost_usd"][i] += p.usd_per_doc
+        columns[f"{self.column}_minhash"] = sigs
+
+    def sequential(self, rows, history):
+        import pyarrow as pa
+
+        from anneal.minhash import LshIndex, choose_bands
+
+        p = self.params
+        bands, per_band = choose_bands(p.num_perm, p.threshold)
+        index = LshIndex(bands, per_band, p.threshold)
+        sig_name, kept_name = f"{self.column}_minhash", f"{self.column}_kept"
+        kept_offsets: list[int] = []  # stream offset of each document in the index
+        if history is not None and history.num_rows:
+            passed = history.column(kept_name).to_numpy(zero_copy_only=False)
+            sigs = _signatures(history.column(sig_name), p.num_perm)
+            offsets = history.column("_offset").to_numpy()
+            for i in np.flatnonzero(passed):
+                index.add(sigs[i])
+                kept_offsets.append(int(offsets[i]))
+        kept = rows.column("kept").to_numpy(zero_copy_only=False).copy()
+        sigs = _signatures(rows.column(sig_name), p.num_perm)
+        offsets = rows.column("_offset").to_numpy()
+        duplicate_of = np.full(len(kept), -1, dtype=np.int64)
+        for i in np.flatnonzero(kept):
+            j = index.duplicate_of(sigs[i])
+            if j is None:
+                index.add(sigs[i])
+                kept_offsets.append(int(offsets[i]))
+            else:
+                kept[i] = False
+                duplicate_of[i] = kept_offsets[j]
+        rows = rows.set_column(rows.schema.get_field_index("kept"), "kept", pa.array(kept))
+        rows = rows.append_column(kept_name, pa.array(kept))  # what later rounds index
+        return rows.append_column(f"{self.column}_duplicate_of", pa.array(duplicate_of))
+
+
+def _signatures(column, num_perm: int) -> np.ndarray:
+    """A list<uint32> Arrow column as an ``(n, num_perm)`` array."""
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(np.uint32).reshape(-1, num_perm)
+
+
+def curate(source: SourceSpec, spend: float, ctx: CurationContext, *, inputs: str = ""):
+    """Buy ``spend`` USD of ``source`` (see `anneal.curation.curate`)."""
+    from anneal.curation import curate as run
+
+    return run(source, spend, ctx, inputs=inputs)
 
 
 __all__ = [
     "SOURCE_KINDS",
-    "Candidate",
-    "CuratedPool",
+    "STEP_KINDS",
     "CurationContext",
+    "CurationResources",
+    "CurationStep",
+    "Setup",
     "SourceKind",
     "SourceSpec",
+    "StepSpec",
     "curate",
+    "register_curation_step",
     "register_source_kind",
 ]

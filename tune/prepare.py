@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from anneal.config import content_hash, to_plain
-from anneal.documents import as_parquet, files_identity
+from anneal.documents import as_parquet, files_identity, is_uri
 from anneal.errors import AnnealscaleError
 from anneal.evaluate import bits_per_byte, nll_and_bytes
 from anneal.flops import eval_flops, flops_to_usd, train_flops
@@ -71,8 +71,9 @@ def inputs_identity(spec: ExperimentSpec, resolve: Callable[[str], str]) -> Inpu
 
     def identify(path: str) -> str:
         resolved = resolve(path)
-        local = Path(resolved).expanduser()
-        return files_identity(resolved) if local.exists() or "*" in resolved else resolved
+        local = Path(resolved.split("#", 1)[0]).expanduser()  # DIR#split of a saved dataset
+        known = local.exists() or "*" in resolved or is_uri(resolved)
+        return files_identity(resolved) if known else resolved
 
     shared = content_hash(
         [
@@ -160,7 +161,8 @@ def prepare(
     )
     sources = {s.name: s for s in spec.sources}
     pools: dict[tuple[str, float], tuple] = {}
-    for cell in cells:
+    # largest spend first: one curation job judges a source's stream, smaller spends cut it
+    for cell in sorted(cells, key=lambda c: -c.curation_spend):
         key = (cell.source, cell.curation_spend)
         if key not in pools:
             log.info("curating %s at %g USD", cell.source, cell.curation_spend)

@@ -148,7 +148,7 @@ def test_jsonl_line_that_is_not_an_object_names_file_and_line(tmp_path, line):
 
 def test_directory_without_data_files(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    assert _error(tmp_path) == f"{tmp_path}: no .parquet or .jsonl files found there"
+    assert _error(tmp_path) == f"{tmp_path}: no .parquet, .jsonl or .csv files found there"
 
 
 def test_only_empty_texts(tmp_path):
