@@ -40,7 +40,13 @@ def _tiny_config(arch: str, vocab: int, eos: int):
         )
     if arch == "gpt2":
         return GPT2Config(
-            vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128, eos_token_id=eos
+            vocab_size=vocab,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=128,
+            eos_token_id=eos,
+            bos_token_id=eos,
         )
     return Qwen2Config(
         vocab_size=vocab,
