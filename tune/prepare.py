@@ -121,7 +121,7 @@ def prepare(
             f"train.seq_len: {seq_len} tokens exceeds the base model's context of {positions}; "
             "lower train.seq_len"
         )
-    token_bytes = token_byte_lengths(model_path)
+    token_bytes = token_byte_lengths(model_path, spec.base_model.trust_remote_code)
     token_bytes_path = cache / f"token-bytes-{content_hash(token_bytes.tolist())}.npy"
     if not token_bytes_path.exists():
         token_bytes_path.parent.mkdir(parents=True, exist_ok=True)
