@@ -129,7 +129,8 @@ def _bare(model_path, train: TrainSpec, schedule: ScheduleSpec, windows, steps, 
     optimizer = build_optimizer(train, model.parameters(), peak_lr=schedule.peak_lr)
     warmup = warmup_steps_for(steps, schedule.warmup_fraction)
     lr = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: linear_decay_lr(min(s, steps - 1), steps, 1.0, warmup)
+        optimizer,
+        lambda s: linear_decay_lr(min(s, steps - 1), steps, peak_lr=1.0, warmup_steps=warmup),
     )
     micro = train.micro_batch_size
     accum = train.batch_size // micro
