@@ -43,3 +43,53 @@ def bits_per_byte(total_nll_nats: float, total_bytes: int) -> float:
     if total_bytes <= 0:
         return float("nan")
     return total_nll_nats / math.log(2) / total_bytes
+
+
+def score_choices(model, task, *, indices=None, batch_size: int = 16, pad_id: int = 0):
+    """Summed log-probability (nats) of each pair's choice tokens given what precedes them.
+
+    ``task`` is an `anneal.tasks.EncodedTask`; ``indices`` selects pairs (all by default).
+    Pairs are right-padded into batches: under a causal mask padding after a sequence never
+    changes the logits of its real positions, so no attention mask is needed. Returns one
+    float64 per selected pair.
+    """
+    import torch
+
+    indices = np.arange(task.pairs) if indices is None else np.asarray(indices)
+    device = next(model.parameters()).device
+    scores = np.zeros(len(indices), dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            sequences = [task.sequence(int(i)) for i in chunk]
+            width = max(len(s) for s in sequences)
+            batch = np.full((len(chunk), width), pad_id, dtype=np.int64)  # (B, L)
+            for row, sequence in enumerate(sequences):
+                batch[row, : len(sequence)] = sequence
+            ids = torch.as_tensor(batch, device=device)
+            logprobs = torch.log_softmax(model(input_ids=ids[:, :-1]).logits.float(), -1)
+            picked = logprobs.gather(-1, ids[:, 1:, None])[..., 0].cpu().numpy()  # (B, L-1)
+            for row, (i, sequence) in enumerate(zip(chunk, sequences, strict=True)):
+                # target position t predicts token t + 1: the choice is targets start-1..L-2
+                first = int(task.choice_starts[i]) - 1
+                scores[start + row] = float(picked[row, first : len(sequence) - 1].sum())
+    model.train(was_training)
+    return scores
+
+
+def choice_metrics(task, scores: np.ndarray) -> tuple[float, float]:
+    """Accuracy (highest-scoring choice is the answer) and mean log-probability (nats) of
+    the correct choice, from one score per pair of ``task``. Ties count as wrong unless the
+    answer is the first of the tied choices."""
+    questions = len(task.answers)
+    correct = 0
+    logprob_sum = 0.0
+    for q in range(questions):
+        pairs = np.flatnonzero(task.question_of == q)
+        choice_scores = scores[pairs]
+        answer = int(task.answers[q])
+        correct += int(np.argmax(choice_scores) == answer)
+        logprob_sum += float(choice_scores[answer])
+    return correct / questions, logprob_sum / questions

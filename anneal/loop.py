@@ -7,17 +7,13 @@ bits per byte, report. The worker reads only the `AnnealJob` it is given.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from anneal.evaluate import bits_per_byte, nll_and_bytes
 from anneal.mixture import RowStream, domain_counts, epochs_over
 from anneal.run_spec import ScheduleSpec, TrainSpec
-from anneal.schedule import linear_decay_lr, warmup_steps_for
 
 ROWS_PER_READ = 64
 SHUFFLE_BUFFER_ROWS = 256
@@ -53,61 +49,44 @@ class AnnealJob:
     num_workers: int
     threads_per_worker: int
     """PyTorch intra-op threads per CPU worker."""
+    deepspeed_user_config: dict | None = None
+    """The user's validated DeepSpeed JSON (``train.deepspeed_config``), if any."""
+    eval_every_steps: int = 0
+    """Evaluate bits per byte every this many optimizer steps (0: only at the end)."""
+    tasks: tuple[tuple[str, str], ...] = ()
+    """Multiple-choice tasks as (name, encoded ``.npz`` path)."""
 
 
 def anneal_worker(config: dict) -> None:
     """Ray Train worker entry point: ``config["job"]`` is an `AnnealJob`."""
     job: AnnealJob = config["job"]
+    from anneal.engine import build_engine, prepare_threads
+
+    use_gpu = prepare_threads(job.threads_per_worker)
+    import ray.train
     import torch
 
-    use_gpu = torch.cuda.is_available()
-    if not use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        torch.set_num_threads(job.threads_per_worker)
-    import deepspeed
-    import ray.train
-
-    from anneal.model import load_model
-    from anneal.packing import read_windows
+    from anneal.evaluator import Evaluator
 
     torch.manual_seed(job.seed)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     started = time.time()
-    bf16 = use_gpu and job.train.precision in ("auto", "bf16")
-    model = load_model(job.model_path, trust_remote_code=job.trust_remote_code)
-    device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
-    accum = job.train.batch_size // (job.train.micro_batch_size * world)
-    warmup = warmup_steps_for(job.steps, job.schedule.warmup_fraction)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=job.schedule.peak_lr,
-        betas=(0.9, 0.95),
-        weight_decay=job.train.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: linear_decay_lr(
-            min(step, job.steps - 1), job.steps, peak_lr=1.0, warmup_steps=warmup
-        ),
-    )
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=scheduler,
-        config=_deepspeed_config(job, accum, bf16),
-        dist_init_required=False,
-    )
+    built = build_engine(job, world_size=world, use_gpu=use_gpu)
+    engine, device, accum = built.engine, built.device, built.accumulation
+    micro = job.train.micro_batch_size
+    evaluator = Evaluator(job, rank=rank, world=world, device=device, batch_size=micro)
 
     setup_seconds = time.time() - started
     domain = RowStream(_epochs(ray.train.get_dataset_shard("domain"), job.seed))
     replay = RowStream(_epochs(ray.train.get_dataset_shard("replay"), job.seed + 1))
-    micro = job.train.micro_batch_size
     counts = domain_counts(job.steps * accum, micro, job.domain_fraction)
+    tokens_per_micro = micro * world * job.train.seq_len
     losses = []
     train_started = time.time()
     data_seconds = 0.0
-    for k_domain in counts:
+    first_step_seconds = 0.0
+    for micro_step, k_domain in enumerate(counts, start=1):
         fetch_started = time.time()
         rows = np.concatenate([domain.take(int(k_domain)), replay.take(micro - int(k_domain))])
         data_seconds += time.time() - fetch_started
@@ -119,27 +98,24 @@ def anneal_worker(config: dict) -> None:
         engine.backward(loss)
         engine.step()
         losses.append(float(loss.detach()))
-    train_seconds = time.time() - train_started
-
-    eval_started = time.time()
-    token_bytes = np.load(job.token_bytes_path)
-    metrics = {}
-    for name, path in (("domain", job.domain_eval_dir), ("general", job.general_eval_dir)):
-        windows = read_windows(Path(path), job.eval_windows)
-        # equal shares: under ZeRO-3 every forward is collective, so ranks must run alike
-        windows = windows[: len(windows) - len(windows) % world][rank::world]
-        nll, nbytes = nll_and_bytes(engine.module, windows, token_bytes, batch_size=micro)
-        nll, nbytes = _all_reduce_sum([nll, float(nbytes)], device)
-        metrics[f"{name}_bpb"] = bits_per_byte(nll, int(nbytes))
+        if micro_step % accum == 0:
+            step = micro_step // accum
+            if step == 1:
+                first_step_seconds = time.time() - train_started
+            evaluator.after_step(engine.module, step, micro_step * tokens_per_micro)
+    train_seconds = time.time() - train_started - evaluator.seconds
 
     local = [domain.rows_taken, replay.rows_taken]
     domain_rows, replay_rows = _all_reduce_sum([float(x) for x in local], device)
     seq_len = job.train.seq_len
+    train_tokens = int((domain_rows + replay_rows) * seq_len)
+    metrics = evaluator.final(engine.module, job.steps, train_tokens)
     tail = max(1, len(losses) // 10)
+    steady_tokens = train_tokens - job.train.tokens_per_step
     metrics.update(
         {
             "train_loss": float(np.mean(losses[-tail:])),
-            "train_tokens": int((domain_rows + replay_rows) * seq_len),
+            "train_tokens": train_tokens,
             "domain_tokens": int(domain_rows * seq_len),
             "replay_tokens": int(replay_rows * seq_len),
             "domain_epochs": epochs_over(int(domain_rows), job.domain_pool_windows),
@@ -147,27 +123,15 @@ def anneal_worker(config: dict) -> None:
             "setup_seconds": setup_seconds,
             "train_seconds": train_seconds,
             "data_wait_seconds": data_seconds,
-            "eval_seconds": time.time() - eval_started,
             "wall_seconds": time.time() - started,
             "device_seconds": (time.time() - started) * world,
-            "tokens_per_second": (domain_rows + replay_rows) * seq_len / max(train_seconds, 1e-9),
+            "tokens_per_second": train_tokens / max(train_seconds, 1e-9),
+            # after the first optimizer step: excludes stream start-up and first-call costs
+            "steady_tokens_per_second": steady_tokens
+            / max(train_seconds - first_step_seconds, 1e-9),
         }
     )
     ray.train.report(metrics)
-
-
-def _deepspeed_config(job: AnnealJob, accum: int, bf16: bool) -> dict:
-    return {
-        "train_batch_size": job.train.batch_size,
-        "train_micro_batch_size_per_gpu": job.train.micro_batch_size,
-        "gradient_accumulation_steps": accum,
-        "gradient_clipping": job.train.grad_clip,
-        "zero_optimization": {"stage": job.train.zero_stage},
-        "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": bf16},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
 
 
 def _epochs(shard, seed: int, cache_bytes: int = REPEAT_CACHE_BYTES):

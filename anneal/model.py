@@ -66,7 +66,7 @@ def model_shape(model) -> ModelShape:
 
 
 @functools.lru_cache(maxsize=8)
-def token_byte_lengths(tokenizer_path: str) -> np.ndarray:
+def token_byte_lengths(tokenizer_path: str, trust_remote_code: bool = False) -> np.ndarray:
     """UTF-8 bytes each token id stands for; special tokens count zero.
 
     Bits per byte divides the summed loss by the bytes of the text predicted, which makes
@@ -75,7 +75,7 @@ def token_byte_lengths(tokenizer_path: str) -> np.ndarray:
     measured from their vocabulary strings, not by decoding them one at a time: a token
     holding part of a multi-byte character decodes to U+FFFD (3 bytes) alone.
     """
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
     special = set(tokenizer.all_special_ids)
     measure = _byte_level_length if _is_byte_level(tokenizer) else _sentencepiece_length
     lengths = np.zeros(len(tokenizer), dtype=np.int64)

@@ -7,7 +7,7 @@ here: it does not change the result and lives in the resources section.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from anneal.config import check
@@ -34,6 +34,36 @@ class DataSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TaskSpec:
+    """A multiple-choice task scored by the log-likelihood of each choice.
+
+    JSONL, one question per line: ``{"question": str, "choices": [str, ...], "answer": int}``
+    (``answer`` indexes ``choices``). Reported as ``<name>_accuracy`` and
+    ``<name>_logprob`` (mean log-probability of the correct choice, nats: smooth in scale,
+    so it fits better than accuracy).
+    """
+
+    name: str
+    """Metric prefix: letters, digits and underscores."""
+    path: str
+    """JSONL file of questions."""
+    max_questions: int | None = None
+    """Score only the first this many questions (all when absent)."""
+
+    def __post_init__(self):
+        check(
+            self.name.isidentifier() and self.name.isascii(),
+            "name",
+            f"must be letters, digits and underscores (a metric prefix), got {self.name!r}",
+        )
+        check(
+            self.max_questions is None or self.max_questions > 0,
+            "max_questions",
+            "must be positive (or omitted for all questions)",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvalSpec:
     """Held-out sets; neither may overlap any training pool."""
 
@@ -43,9 +73,19 @@ class EvalSpec:
     """Held-out general documents: forgetting is measured here."""
     max_tokens: int = 32768
     """Tokens evaluated per set (the first windows of the packed set)."""
+    every_steps: int = 0
+    """Also evaluate bits per byte every this many optimizer steps during the anneal
+    (reported as intermediate metrics and kept as the cell's ``eval_curve``); 0: only at
+    the end."""
+    tasks: tuple[TaskSpec, ...] = ()
+    """Multiple-choice tasks scored at the end of each anneal (and on the base model)."""
 
     def __post_init__(self):
         check(self.max_tokens > 0, "max_tokens", "must be a positive number of tokens")
+        check(self.every_steps >= 0, "every_steps", "must be 0 (end only) or a step count")
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        check(not dupes, "tasks", f"task names must be unique; repeated: {', '.join(dupes)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +109,27 @@ class ScheduleSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OptimizerSpec:
+    """The optimizer built when no DeepSpeed JSON names one; its peak learning rate is
+    ``schedule.peak_lr`` and its weight decay ``train.weight_decay``."""
+
+    name: Literal["adamw", "adam"] = "adamw"
+    """``adamw``: decoupled weight decay; ``adam``: no weight decay."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam moment decay rates (beta1, beta2)."""
+    eps: float = 1e-8
+    """Adam denominator epsilon."""
+
+    def __post_init__(self):
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "betas",
+            f"must be two numbers in [0, 1), got {list(self.betas)}",
+        )
+        check(self.eps > 0, "eps", f"must be positive, got {self.eps}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainSpec:
     """Optimisation settings; the global batch is fixed so results do not depend on how
     many workers share it."""
@@ -87,6 +148,10 @@ class TrainSpec:
     """Gradient-norm clipping threshold (0 disables)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto``: bf16 on GPUs, fp32 on CPU."""
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    deepspeed_config: str | None = None
+    """A DeepSpeed JSON file passed through (validated; batch sizes must agree with this
+    section; what it leaves out is filled from this section)."""
 
     def __post_init__(self):
         check(self.seq_len >= 8, "seq_len", f"must be at least 8 tokens, got {self.seq_len}")

@@ -32,6 +32,7 @@ from anneal.model import (
 from anneal.packing import count_windows, pack_documents, read_windows
 from anneal.sources import CurationContext, curate
 from tune.cells import Cell
+from tune.engine_inputs import base_task_scores, check_deepspeed, encode_tasks, evaluation_steps
 from tune.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def prepare(
     """Curate, pack and plan ``cells`` of ``spec``."""
     storage = Path(storage)
     cache = storage / "cache"
+    deepspeed_user = check_deepspeed(spec, resolve)
     model_path = resolve(spec.base_model.path)
     tokenizer = load_tokenizer(model_path, trust_remote_code=spec.base_model.trust_remote_code)
     seq_len = spec.train.seq_len
@@ -120,7 +122,7 @@ def prepare(
             f"train.seq_len: {seq_len} tokens exceeds the base model's context of {positions}; "
             "lower train.seq_len"
         )
-    token_bytes = token_byte_lengths(model_path)
+    token_bytes = token_byte_lengths(model_path, spec.base_model.trust_remote_code)
     token_bytes_path = cache / f"token-bytes-{content_hash(token_bytes.tolist())}.npy"
     if not token_bytes_path.exists():
         token_bytes_path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,17 +146,23 @@ def prepare(
     }
     eval_windows = max(1, spec.eval.max_tokens // seq_len)
 
+    tasks = encode_tasks(spec, tokenizer, resolve=resolve, cache=cache, model_path=model_path)
     model = load_model(model_path, trust_remote_code=spec.base_model.trust_remote_code)
     shape = model_shape(model)
     base = {}
     import torch
 
     torch.set_num_threads(threads)
+    eval_set_tokens = 0
     for name, path in eval_dirs.items():
         windows = read_windows(Path(path), eval_windows)
         base[name] = bits_per_byte(*nll_and_bytes(model, windows, token_bytes))
+        usable = len(windows) - len(windows) % spec.resources.num_workers
+        eval_set_tokens += usable * seq_len
+    base.update(base_task_scores(model, tasks))
     log.info("base model: domain %.4f bpb, general %.4f bpb", base["domain"], base["general"])
     del model
+    task_tokens = sum(task.scored_tokens() for task, _ in tasks.values())
 
     ctx = CurationContext(
         tokenizer=tokenizer, resolve=resolve, cache_dir=cache / model_key(model_path)
@@ -198,9 +206,13 @@ def prepare(
             seed=cell.seed,
             num_workers=spec.resources.num_workers,
             threads_per_worker=spec.resources.cpus_per_worker,
+            deepspeed_user_config=deepspeed_user,
+            eval_every_steps=spec.eval.every_steps,
+            tasks=tuple((name, str(path)) for name, (_, path) in tasks.items()),
         )
+        evaluations = 1 + len(evaluation_steps(steps, spec.eval.every_steps))
         t_flops = train_flops(shape, tokens, seq_len)
-        e_flops = 2 * eval_flops(shape, eval_windows * seq_len, seq_len)
+        e_flops = eval_flops(shape, evaluations * eval_set_tokens + task_tokens, seq_len)
         train_cost = flops_to_usd(t_flops + e_flops, spec.prices.usd_per_pflop)
         row = {
             "cell_id": cell.identity,
@@ -221,6 +233,7 @@ def prepare(
             "total_cost": pool.cost_usd + train_cost,
             "base_domain_bpb": base["domain"],
             "base_general_bpb": base["general"],
+            **{f"base_{k}": v for k, v in base.items() if k not in ("domain", "general")},
         }
         plans.append(
             CellPlan(

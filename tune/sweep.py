@@ -15,6 +15,7 @@ from pathlib import Path
 from ray import tune
 
 from anneal.config import content_hash, to_plain
+from anneal.evaluator import task_metric_names
 from tune.cells import expand_grid
 from tune.prepare import SweepPlan, inputs_identity, prepare
 from tune.results import ResultsStore
@@ -34,6 +35,8 @@ METRIC_COLUMNS = (
     "train_seconds",
     "data_wait_seconds",
     "eval_seconds",
+    "eval_tokens",
+    "steady_tokens_per_second",
     "wall_seconds",
     "device_seconds",
     "tokens_per_second",
@@ -214,9 +217,10 @@ class _CellRowWriter(tune.Callback):
     def _write(self, trial, metrics: dict, status: str, error: str | None):
         plan = self._plans[trial.config["cell_id"]]
         row = {**plan.row, **self._provenance}
-        for column in METRIC_COLUMNS:
+        for column in (*METRIC_COLUMNS, *task_metric_names(plan.job)):
             value = metrics.get(column)
             row[column] = float(value) if value is not None else float("nan")
+        row["eval_curve"] = metrics.get("eval_curve")
         if status == "finished":
             row["train_tokens"] = int(metrics.get("train_tokens", row["train_tokens"]))
         row["status"] = status

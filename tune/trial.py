@@ -17,7 +17,7 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], storage_path: str, res
     """Tune function trainable: anneal the cell named by ``config["cell_id"]``."""
     import ray.data
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from anneal.loop import anneal_worker
@@ -32,6 +32,8 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], storage_path: str, res
     trainer = TorchTrainer(
         anneal_worker,
         train_loop_config={"job": plan.job},
+        # nccl between GPU workers, gloo between CPU workers (DeepSpeed reuses the group)
+        torch_config=TorchConfig(backend="nccl" if resources.gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=resources.gpus_per_worker > 0,

@@ -1,0 +1,95 @@
+"""Engine setup inside a Ray Train worker: threads, device, model, optimizer, schedule and
+the DeepSpeed engine, all from the `AnnealJob`.
+
+CPU workers train in fp32 over gloo with as many PyTorch threads as CPUs reserved; GPU
+workers train in bf16 over nccl (Ray Train's `TorchConfig` picks the backend, see
+`tune.trial`) on the GPU Ray Train assigned them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from anneal.deepspeed_config import build_optimizer, deepspeed_config, uses_bf16
+from anneal.schedule import linear_decay_lr, warmup_steps_for
+
+
+@dataclass
+class Engine:
+    """What the training loop steps: the DeepSpeed engine and where its batches go."""
+
+    engine: object
+    """`deepspeed.DeepSpeedEngine`; ``engine.module`` is the Hugging Face model."""
+    device: object
+    """`torch.device` of this worker's batches."""
+    accumulation: int
+    """Micro-batches per optimizer step on this worker."""
+    config: dict
+    """The DeepSpeed configuration it was built with."""
+
+
+def prepare_threads(threads: int) -> bool:
+    """Set up PyTorch for this worker before DeepSpeed is imported; True when on a GPU.
+
+    DeepSpeed picks its accelerator when first imported, so ``DS_ACCELERATOR`` must be set
+    before that on CPU workers.
+    """
+    import torch
+
+    use_gpu = torch.cuda.is_available()
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        torch.set_num_threads(threads)
+    return use_gpu
+
+
+def build_engine(job, *, world_size: int, use_gpu: bool) -> Engine:
+    """Load the base model and wrap it in DeepSpeed as the job's train section says."""
+    import deepspeed
+    import torch
+
+    from anneal.model import load_model
+
+    if use_gpu:
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    bf16 = uses_bf16(job.train, use_gpu=use_gpu)
+    peak_lr = job.schedule.peak_lr
+    config = deepspeed_config(
+        job.train,
+        world_size=world_size,
+        bf16=bf16,
+        user=job.deepspeed_user_config,
+        source=job.train.deepspeed_config or "train.deepspeed_config",
+        peak_lr=peak_lr,
+    )
+    model = load_model(job.model_path, trust_remote_code=job.trust_remote_code)
+    optimizer = None
+    if "optimizer" not in config:
+        optimizer = build_optimizer(job.train, model.parameters(), peak_lr=peak_lr)
+    warmup = warmup_steps_for(job.steps, job.schedule.warmup_fraction)
+
+    def schedule(opt):
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda step: linear_decay_lr(
+                min(step, job.steps - 1), job.steps, peak_lr=1.0, warmup_steps=warmup
+            ),
+        )
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=config,
+        dist_init_required=False,
+    )
+    return Engine(
+        engine=engine,
+        device=device,
+        accumulation=config["gradient_accumulation_steps"],
+        config=config,
+    )
