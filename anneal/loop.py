@@ -151,6 +151,7 @@ def anneal_worker(config: dict) -> None:
             "wall_seconds": time.time() - started,
             "device_seconds": (time.time() - started) * world,
             "tokens_per_second": (domain_rows + replay_rows) * seq_len / max(train_seconds, 1e-9),
+            "worker_node": ray.get_runtime_context().get_node_id(),
         }
     )
     ray.train.report(metrics)
