@@ -86,21 +86,26 @@ class ProgressCallback(tune.Callback):
         self._every = every_seconds
         self._last = 0.0
         self._started_at: dict[str, float] = {}
+        self._tokens: dict[str, int] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         identity = trial.config["cell_id"]
         self._started_at.setdefault(identity, time.time())
+        self._tokens[trial.trial_id] = 0
         self.progress.start(identity)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "train_tokens" in result:
+            self._tokens[trial.trial_id] = int(result["train_tokens"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         from tune.trial import SKIPPED
 
-        metrics = trial.last_result or {}
-        if SKIPPED in metrics:
+        if SKIPPED in (trial.last_result or {}):
             self.progress.running.discard(trial.config["cell_id"])
             self.progress.total -= 1
             return
-        self._end(trial, ok="domain_bpb" in metrics)
+        self._end(trial, ok=self._tokens.get(trial.trial_id, 0) > 0)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, ok=False)
@@ -108,11 +113,10 @@ class ProgressCallback(tune.Callback):
     def _end(self, trial, *, ok: bool):
         identity = trial.config["cell_id"]
         row = self._planned.get(identity, {})
-        metrics = trial.last_result or {}
         self.progress.end(
             identity,
             ok=ok,
-            tokens=int(metrics.get("train_tokens", 0)),
+            tokens=self._tokens.pop(trial.trial_id, 0) if ok else 0,
             flops=float(row.get("train_flops", 0.0) + row.get("eval_flops", 0.0)),
             usd=float(row.get("total_cost", 0.0)),
             seconds=time.time() - self._started_at.get(identity, time.time()),

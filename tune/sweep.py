@@ -312,16 +312,25 @@ class _CellRowWriter(tune.Callback):
         self._provenance = provenance
         self._earlier_attempts = earlier_attempts
         self._started_at: dict[str, float] = {}
+        self._metrics: dict[str, dict] = {}
         self.seen: set[str] = set()
         """Cells whose trial ended (finished, failed or skipped) in this run."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._started_at.setdefault(trial.config["cell_id"], time.time())
+        self._metrics[trial.trial_id] = {}
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._metrics[trial.trial_id] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        # The worker's metrics and the driver's last report arrive as separate results.
+        self._metrics.setdefault(trial.trial_id, {}).update(result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         from tune.trial import SKIPPED
 
-        metrics = trial.last_result or {}
+        metrics = {**self._metrics.pop(trial.trial_id, {}), **(trial.last_result or {})}
         if SKIPPED in metrics:
             self.seen.add(trial.config["cell_id"])
             return
@@ -330,7 +339,8 @@ class _CellRowWriter(tune.Callback):
         self._write(trial, metrics, status, error)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._write(trial, trial.last_result or {}, "failed", _error_line(trial))
+        metrics = {**self._metrics.pop(trial.trial_id, {}), **(trial.last_result or {})}
+        self._write(trial, metrics, "failed", _error_line(trial))
 
     def _write(self, trial, metrics: dict, status: str, error: str | None):
         identity = trial.config["cell_id"]
@@ -346,7 +356,9 @@ class _CellRowWriter(tune.Callback):
             row["train_tokens"] = int(metrics.get("train_tokens", row["train_tokens"]))
         row["status"] = status
         row["error"] = error
-        row["attempts"] = self._earlier_attempts.get(identity, 0) + int(trial.num_failures) + 1
+        # Tune counts failed attempts; a trial that errored out failed on every attempt
+        this_run = int(trial.num_failures) + (1 if status == "finished" else 0)
+        row["attempts"] = self._earlier_attempts.get(identity, 0) + max(1, this_run)
         row["trial_id"] = trial.trial_id
         row["started_at"] = self._started_at.get(identity, time.time())
         row["finished_at"] = time.time()

@@ -42,7 +42,7 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 def test_sweep_spreads_over_nodes_within_their_gpus(tmp_path, tools, resolve):
     env = tools.env(tmp_path)
-    data = tools.spec(resolve, tmp_path / "storage", seeds=(0, 1, 2, 3, 4))  # 5 cells
+    data = tools.spec(resolve, tmp_path / "storage", seeds=(0, 1, 2, 3))  # 4 cells
     # Logical GPUs: the nodes declare them, the workers reserve them, gloo trains on CPU.
     data["resources"] = {"gpus_per_worker": 1, "torch_backend": "gloo"}
     spec_path = tools.write(tmp_path / "spec.yaml", data)
@@ -67,7 +67,7 @@ def test_sweep_spreads_over_nodes_within_their_gpus(tmp_path, tools, resolve):
                 address,
             ],
             env,
-            timeout=560,
+            timeout=1500,
         )
     finally:
         cluster.stdin.close()
@@ -79,7 +79,7 @@ def test_sweep_spreads_over_nodes_within_their_gpus(tmp_path, tools, resolve):
     assert "at most 3 at a time" in done.stderr
 
     table = pd.read_parquet(tmp_path / "out" / "results.parquet")
-    assert len(table) == 5 and (table["status"] == "finished").all()
+    assert len(table) == 4 and (table["status"] == "finished").all()
     assert table["worker_node"].nunique() >= 2
     intervals = list(zip(table["attempt_started_at"], table["attempt_finished_at"], strict=True))
     assert 2 <= _max_overlap(intervals) <= NODES
