@@ -206,7 +206,7 @@ def _run_trials(
         ]
 
     experiment_dir = f"{layout.tune}/{name}"
-    restored = resume and tune.Tuner.can_restore(experiment_dir)
+    restored = resume and _restorable(experiment_dir)
     log.info("running %d anneals, at most %d at a time", len(plans), concurrency)
     if restored:
         log.info("resuming Tune experiment %s", experiment_dir)
@@ -268,6 +268,20 @@ def _git(args: list[str]) -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _restorable(experiment_dir: str) -> bool:
+    """Whether a Tune experiment was started there and saved its trials' state at least
+    once (a driver killed earlier leaves only ``tuner.pkl``: nothing to restore)."""
+    import pyarrow.fs as pafs
+
+    from tune.storage import filesystem
+
+    if not tune.Tuner.can_restore(experiment_dir):
+        return False
+    fs, path = filesystem(experiment_dir)
+    listing = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return any(i.base_name.startswith("experiment_state") for i in listing)
 
 
 def _record_unprepared(plan: SweepPlan, todo: list[Cell], store: ResultsStore, stamp: dict):
