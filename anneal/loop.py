@@ -129,6 +129,7 @@ def anneal_worker(config: dict) -> None:
             # after the first optimizer step: excludes stream start-up and first-call costs
             "steady_tokens_per_second": steady_tokens
             / max(train_seconds - first_step_seconds, 1e-9),
+            "worker_node": ray.get_runtime_context().get_node_id(),
         }
     )
     ray.train.report(metrics)

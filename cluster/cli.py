@@ -22,7 +22,7 @@ log = logging.getLogger("annealscale")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.quiet, args.debug)
+    _setup_logging(args.quiet or getattr(args, "sweep_quiet", False), args.debug)
     from analysis.errors import AnalysisError
     from anneal.errors import AnnealscaleError
 
@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="output directory")
     sweep.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     sweep.add_argument("--no-analyze", action="store_true", help="skip the report")
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="restore the interrupted Tune experiment (finished cells never rerun either way)",
+    )
+    sweep.add_argument(
+        "--quiet", dest="sweep_quiet", action="store_true", help="no progress lines (for CI)"
+    )
     sweep.set_defaults(func=_cmd_sweep)
 
     analyze = sub.add_parser("analyze", help="fit laws and write the report for a results table")
@@ -145,6 +153,7 @@ def _cmd_sweep(args) -> int:
         DemoAssets().resolve,
         address=args.address,
         analyze=not args.no_analyze,
+        resume=args.resume,
     )
 
 
@@ -178,17 +187,20 @@ def _cmd_validate(args) -> int:
     return 0
 
 
-def _sweep_and_report(spec, out: Path, resolve, *, address, analyze: bool) -> int:
+def _sweep_and_report(
+    spec, out: Path, resolve, *, address, analyze: bool, resume: bool = False
+) -> int:
     from cluster.local import connect
     from cluster.storage_check import check_shared_storage
     from tune.sweep import run_sweep
 
     connect(address)
     check_shared_storage(spec.storage_path)
-    outcome = run_sweep(spec, out, resolve=resolve)
+    outcome = run_sweep(spec, out, resolve=resolve, resume=resume)
     print(
         f"sweep: {outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "
-        f"reused from earlier runs, {outcome.seconds:.0f} s; results: {outcome.results_path}"
+        f"reused from earlier runs, {outcome.ran} run now, {outcome.seconds:.0f} s; "
+        f"results: {outcome.results_path}"
     )
     if analyze:
         from analysis import analyze as run_analysis

@@ -10,13 +10,28 @@ from anneal.errors import AnnealscaleError
 log = logging.getLogger(__name__)
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
+PRELOAD_MODULES = ("torch", "deepspeed", "transformers")
+"""What every anneal's worker imports; see `connect`'s ``preload_worker_modules``."""
+
+
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    preload_worker_modules: bool = False,
+) -> dict:
     """Initialise Ray once; return the cluster's resources.
 
     Locally, Ray is started in-process on loopback with twice as many logical CPUs as
     cores: each anneal's driver and Ray Data's streaming tasks mostly wait, and reserving a
     whole core for them would leave a 2-core laptop able to run one anneal at a time.
     Token authentication is left to the cluster; the local instance runs without it.
+
+    ``preload_worker_modules`` starts the local instance's worker processes with
+    `PRELOAD_MODULES` already imported (Ray's ``preload_python_modules``), so an anneal's
+    workers, taken from the pool of idle processes, skip those imports
+    (``benchmarks/sweep_overhead.py`` measures the effect). A remote cluster sets this
+    when it is started.
     """
     import ray
 
@@ -35,8 +50,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         cores = os.cpu_count() or 1
+        system_config = {}
+        if preload_worker_modules:
+            system_config["preload_python_modules"] = list(PRELOAD_MODULES)
         ray.init(
             num_cpus=num_cpus or 2 * cores,
+            _system_config=system_config or None,
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,9 @@ class CellPlan:
 @dataclass(frozen=True, kw_only=True)
 class SweepPlan:
     cells: list[CellPlan]
+    failed: dict[str, str] = field(default_factory=dict)
+    """Cells whose pool could not be curated or packed: identity -> the one-line error.
+    They are recorded as failed; the other cells still run."""
 
 
 @dataclass(frozen=True)
@@ -168,27 +171,38 @@ def prepare(
         tokenizer=tokenizer, resolve=resolve, cache_dir=cache / model_key(model_path)
     )
     sources = {s.name: s for s in spec.sources}
-    pools: dict[tuple[str, float], tuple] = {}
+    pools: dict[tuple[str, float], tuple | AnnealscaleError] = {}
     # largest spend first: one curation job judges a source's stream, smaller spends cut it
     for cell in sorted(cells, key=lambda c: -c.curation_spend):
         key = (cell.source, cell.curation_spend)
         if key not in pools:
             log.info("curating %s at %g USD", cell.source, cell.curation_spend)
-            pool = curate(
-                sources[cell.source],
-                cell.curation_spend,
-                ctx,
-                inputs=inputs.per_source[cell.source],
-            )
-            pool_dir = pack_documents(
-                str(pool.path), tokenizer_path=model_path, seq_len=seq_len, cache_dir=cache
-            )
-            pools[key] = (pool, str(pool_dir), count_windows(pool_dir))
+            try:
+                pool = curate(
+                    sources[cell.source],
+                    cell.curation_spend,
+                    ctx,
+                    inputs=inputs.per_source[cell.source],
+                )
+                pool_dir = pack_documents(
+                    str(pool.path), tokenizer_path=model_path, seq_len=seq_len, cache_dir=cache
+                )
+                pools[key] = (pool, str(pool_dir), count_windows(pool_dir))
+            except AnnealscaleError as err:
+                # One source failing (no documents kept, too few tokens to pack) must not
+                # stop the others: its cells are recorded as failed with this message.
+                log.warning("source %s at %g USD: %s", cell.source, cell.curation_spend, err)
+                pools[key] = err
 
     plans = []
+    failed = {}
     per_step = spec.train.tokens_per_step
     for cell in cells:
-        pool, pool_dir, pool_windows = pools[(cell.source, cell.curation_spend)]
+        prepared = pools[(cell.source, cell.curation_spend)]
+        if isinstance(prepared, AnnealscaleError):
+            failed[cell.identity] = str(prepared)
+            continue
+        pool, pool_dir, pool_windows = prepared
         steps = cell.train_tokens // per_step
         tokens = steps * per_step
         job = AnnealJob(
@@ -248,7 +262,7 @@ def prepare(
                 row=row,
             )
         )
-    return SweepPlan(cells=plans)
+    return SweepPlan(cells=plans, failed=failed)
 
 
 def model_key(model_path: str) -> str:

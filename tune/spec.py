@@ -6,8 +6,11 @@ any compute starts. Errors name the field path and the fix, e.g.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
 
 import yaml
 
@@ -60,6 +63,13 @@ class ResourcesSpec:
     """GPUs per worker; 0 trains on CPU (gloo, fp32)."""
     max_concurrent_trials: int | None = None
     """Cap on simultaneous anneals; derived from the cluster's resources when absent."""
+    driver_resources: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    """Custom Ray resources each trial's driver asks for, e.g. ``{on_demand: 0.001}`` with
+    that resource declared only on non-preemptible nodes, so a spot node going away takes
+    workers (which Train restarts) but never a driver."""
+    torch_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend: ``auto`` is nccl with GPUs and gloo without; gloo lets
+    logical GPUs (CPU nodes declaring GPU resources, as in tests) schedule like real ones."""
 
     def __post_init__(self):
         check(self.num_workers >= 1, "num_workers", "must be at least 1")
@@ -70,6 +80,50 @@ class ResourcesSpec:
             "max_concurrent_trials",
             "must be at least 1 (or omitted to derive it from the cluster)",
         )
+        for name, amount in self.driver_resources.items():
+            check(
+                name not in ("CPU", "GPU", "memory"),
+                f"driver_resources.{name}",
+                "must name a custom resource; driver CPUs are fixed and drivers use no GPU",
+            )
+            check(amount > 0, f"driver_resources.{name}", "must be a positive amount")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrySpec:
+    """How often a failing anneal is retried, at each layer; not part of any identity."""
+
+    worker_failures: int = 1
+    """Restarts of a trial's Ray Train worker group (a worker process or node lost) before
+    the trial fails; each restart resumes from the run's latest checkpoint."""
+    trial_failures: int = 1
+    """Reruns of a failed Ray Tune trial (its driver, or a Train run out of restarts) before
+    the cell is recorded as failed. A later sweep or ``--resume`` tries it again."""
+
+    def __post_init__(self):
+        check(self.worker_failures >= 0, "worker_failures", "must be 0 or more")
+        check(self.trial_failures >= 0, "trial_failures", "must be 0 or more")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingSpec:
+    """Optional experiment trackers fed by Ray Tune's logger callbacks; all off by default.
+    Not part of any identity."""
+
+    tensorboard: bool = False
+    """Write TensorBoard event files in each trial's directory (needs ``tensorboardX``)."""
+    mlflow_tracking_uri: str | None = None
+    """Log each cell as an MLflow run to this tracking URI (``file:///...`` works offline;
+    needs the ``mlflow`` extra)."""
+    wandb_project: str | None = None
+    """Log each cell as a Weights & Biases run in this project (needs the ``wandb`` extra;
+    set ``WANDB_MODE=offline`` without network)."""
+    progress_seconds: float = 30.0
+    """Seconds between live progress lines (cells done/running/failed, tokens, compute
+    against the budget, ETA); ``--quiet`` silences them."""
+
+    def __post_init__(self):
+        check(self.progress_seconds > 0, "progress_seconds", "must be positive (seconds)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,8 +143,11 @@ class ExperimentSpec:
     prices: PricesSpec
     train: TrainSpec = field(default_factory=TrainSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    retries: RetrySpec = field(default_factory=RetrySpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
     storage_path: str = "runs/storage"
-    """Where curated pools, packed data and Ray Train runs go (shared by all nodes)."""
+    """Where results, checkpoints, curated pools and packed data go, laid out by identity:
+    a local or mounted directory, or an ``s3://`` / ``gs://`` URI (shared by all nodes)."""
 
     def __post_init__(self):
         check(bool(self.name.strip()), "name", "must not be empty")

@@ -1,5 +1,11 @@
 """Running a grid sweep: plan the cells, hand the unfinished ones to Ray Tune, record each
-cell's row as soon as its trial ends, consolidate ``results.parquet``."""
+cell's row as soon as its trial ends, consolidate ``results.parquet``.
+
+Finished rows live under the storage path by cell identity (`tune.results`), so a rerun,
+a resumed sweep or another spec sharing the storage runs only cells that have none.
+``resume`` also restores the Tune experiment (trial ids, errored trials restarted, a
+trial in flight continued); without it a fresh experiment runs the same unfinished cells.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +22,13 @@ from ray import tune
 
 from anneal.config import content_hash, to_plain
 from anneal.evaluator import task_metric_names
-from tune.cells import expand_grid
+from tune.cells import Cell, expand_grid
 from tune.prepare import SweepPlan, inputs_identity, prepare
+from tune.progress import ProgressCallback, SweepProgress
 from tune.results import ResultsStore
 from tune.spec import ExperimentSpec, ResourcesSpec
+from tune.storage import StorageLayout
+from tune.tracking import check_trackers, tracker_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +49,13 @@ METRIC_COLUMNS = (
     "wall_seconds",
     "device_seconds",
     "tokens_per_second",
+    "attempt_started_at",
+    "attempt_finished_at",
+    "driver_setup_seconds",
+    "fit_seconds",
 )
+TEXT_COLUMNS = ("driver_node", "worker_node")
+"""Where the last attempt ran (Ray node ids)."""
 DATA_CPUS = 0.5
 """Logical CPUs left free per anneal for Ray Data's streaming reads."""
 
@@ -51,24 +66,35 @@ class SweepOutcome:
     finished: int
     failed: int
     skipped: int
-    """Cells already finished in this output directory and not run again."""
+    """Cells already finished under the storage path and not run again."""
     seconds: float
+    ran: int = 0
+    """Cells whose trials ran in this call (finished or failed)."""
+    restored: bool = False
+    """Whether the Tune experiment was restored (``resume``)."""
 
 
 def max_concurrent_trials(
-    cluster_cpus: float, cluster_gpus: float, resources: ResourcesSpec, driver_cpus: float
+    cluster_cpus: float,
+    cluster_gpus: float,
+    resources: ResourcesSpec,
+    driver_cpus: float,
+    custom: Mapping[str, float] | None = None,
 ) -> int:
     """Simultaneous anneals the cluster can hold without any of them waiting.
 
     Each anneal needs its workers plus its driver, and Ray Data needs some CPU beside each
-    anneal to stream its shards; GPUs bound the count when workers use them.
+    anneal to stream its shards; GPUs bound the count when workers use them, and the
+    drivers' custom resources (``custom``: the cluster's totals) bound it too.
     """
     per_trial_cpus = resources.num_workers * resources.cpus_per_worker + driver_cpus + DATA_CPUS
-    by_cpu = math.floor(cluster_cpus / per_trial_cpus)
+    count = math.floor(cluster_cpus / per_trial_cpus)
     if resources.gpus_per_worker:
         by_gpu = math.floor(cluster_gpus / (resources.num_workers * resources.gpus_per_worker))
-        by_cpu = min(by_cpu, by_gpu)
-    return max(1, by_cpu)
+        count = min(count, by_gpu)
+    for name, amount in resources.driver_resources.items():
+        count = min(count, math.floor((custom or {}).get(name, 0.0) / amount + 1e-9))
+    return max(1, count)
 
 
 def run_sweep(
@@ -77,21 +103,20 @@ def run_sweep(
     *,
     resolve: Callable[[str], str],
     threads: int | None = None,
+    resume: bool = False,
 ) -> SweepOutcome:
     """Run every unfinished cell of ``spec`` on the connected Ray cluster."""
-    import ray
-
-    from tune.trial import DRIVER_CPUS, run_cell
-
     started = time.time()
+    check_trackers(spec.tracking)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage = Path(spec.storage_path).resolve()
-    store = ResultsStore(out_dir)
+    layout = StorageLayout.of(spec.storage_path)
+    store = ResultsStore(layout.results)
     provenance = _write_provenance(spec, out_dir)
 
     inputs = inputs_identity(spec, resolve)
     all_cells = expand_grid(spec, inputs.shared, inputs.per_source)
+    identities = {c.identity for c in all_cells}
     done = store.finished_ids()
     todo = [c for c in all_cells if c.identity not in done]
     log.info(
@@ -100,51 +125,24 @@ def run_sweep(
         len(all_cells) - len(todo),
         len(todo),
     )
+    ran, restored = 0, False
     if todo:
         plan = prepare(
             spec,
             resolve=resolve,
-            storage=storage,
+            storage=layout.local_root,
             threads=threads or os.cpu_count() or 1,
             cells=todo,
             inputs=inputs,
         )
-        cluster = ray.cluster_resources()
-        concurrency = spec.resources.max_concurrent_trials or max_concurrent_trials(
-            cluster.get("CPU", 1), cluster.get("GPU", 0), spec.resources, DRIVER_CPUS
-        )
-        plans = {p.cell.identity: p for p in plan.cells}
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                run_cell,
-                plans=plans,
-                storage_path=str(storage / "train"),
-                resources=spec.resources,
-            ),
-            {"cpu": DRIVER_CPUS},
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"cell_id": tune.grid_search([p.cell.identity for p in plan.cells])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-            run_config=tune.RunConfig(
-                name=f"{spec.name}-{content_hash(sorted(plans))}",
-                storage_path=str(storage / "tune"),
-                callbacks=[
-                    _CellRowWriter(
-                        plan,
-                        store,
-                        {k: provenance[k] for k in ("spec_hash", "code_version", "git_commit")},
-                    )
-                ],
-                failure_config=tune.FailureConfig(max_failures=0),
-                verbose=0,  # the row writer logs one line per cell instead
-            ),
-        )
-        log.info("running %d anneals, at most %d at a time", len(plans), concurrency)
-        tuner.fit()
+        stamp = {k: provenance[k] for k in ("spec_hash", "code_version", "git_commit")}
+        _record_unprepared(plan, todo, store, stamp)
+        ran = len(plan.failed)
+        if plan.cells:
+            ran_trials, restored = _run_trials(spec, plan, identities, layout, store, stamp, resume)
+            ran += ran_trials
     results_path, table = store.consolidate(
-        {c.identity for c in all_cells}, usd_per_pflop=spec.prices.usd_per_pflop
+        identities, out_dir=out_dir, usd_per_pflop=spec.prices.usd_per_pflop
     )
     finished = int((table["status"] == "finished").sum()) if not table.empty else 0
     failed = int((table["status"] == "failed").sum()) if not table.empty else 0
@@ -154,7 +152,92 @@ def run_sweep(
         failed=failed,
         skipped=len(all_cells) - len(todo),
         seconds=time.time() - started,
+        ran=ran,
+        restored=restored,
     )
+
+
+def experiment_name(spec: ExperimentSpec, identities: set[str]) -> str:
+    """The Tune experiment of a spec's grid: the same cells give the same name."""
+    return f"{spec.name}-{content_hash(sorted(identities))}"
+
+
+def _run_trials(
+    spec: ExperimentSpec,
+    plan: SweepPlan,
+    identities: set[str],
+    layout: StorageLayout,
+    store: ResultsStore,
+    stamp: dict,
+    resume: bool,
+) -> tuple[int, bool]:
+    """Run ``plan``'s cells as Tune trials; returns (cells run, experiment restored)."""
+    import ray
+
+    from tune.trial import DRIVER_CPUS, TrialSettings, run_cell
+
+    cluster = ray.cluster_resources()
+    concurrency = spec.resources.max_concurrent_trials or max_concurrent_trials(
+        cluster.get("CPU", 1), cluster.get("GPU", 0), spec.resources, DRIVER_CPUS, cluster
+    )
+    plans = {p.cell.identity: p for p in plan.cells}
+    settings = TrialSettings(
+        train_storage=layout.train,
+        results_root=layout.results,
+        resources=spec.resources,
+        worker_failures=spec.retries.worker_failures,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(run_cell, plans=plans, settings=settings),
+        tune.PlacementGroupFactory([{"CPU": DRIVER_CPUS, **spec.resources.driver_resources}]),
+    )
+    rows = {i: p.row for i, p in plans.items()}
+    progress = SweepProgress(
+        total=len(plans),
+        budget_flops=sum(r["train_flops"] + r["eval_flops"] for r in rows.values()),
+        budget_usd=sum(r["total_cost"] for r in rows.values()),
+        concurrency=concurrency,
+    )
+    writer = _CellRowWriter(plan, store, stamp, store.failed_attempts(set(plans)))
+    name = experiment_name(spec, identities)
+
+    def callbacks() -> list:
+        return [
+            writer,
+            ProgressCallback(progress, rows, spec.tracking.progress_seconds),
+            *tracker_callbacks(spec.tracking, name),
+        ]
+
+    experiment_dir = f"{layout.tune}/{name}"
+    restored = resume and _restorable(experiment_dir)
+    log.info("running %d anneals, at most %d at a time", len(plans), concurrency)
+    if restored:
+        log.info("resuming Tune experiment %s", experiment_dir)
+        tuner = tune.Tuner.restore(
+            experiment_dir, trainable, resume_unfinished=True, restart_errored=True
+        )
+        # tuner.pkl holds the interrupted run's callbacks; this run's plans and counters
+        # must receive the events instead.
+        tuner._local_tuner.get_run_config().callbacks = callbacks()
+        tuner.fit()
+    missing = [i for i in plans if i not in writer.seen]
+    if missing:
+        if restored:
+            log.info("%d cell(s) not in the restored experiment; running them", len(missing))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"cell_id": tune.grid_search(missing)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=layout.tune,
+                callbacks=callbacks(),
+                failure_config=tune.FailureConfig(max_failures=spec.retries.trial_failures),
+                verbose=0,  # the progress callback logs instead
+            ),
+        )
+        tuner.fit()
+    return len(writer.seen), restored
 
 
 def _write_provenance(spec: ExperimentSpec, out_dir: Path) -> dict:
@@ -190,56 +273,133 @@ def _git(args: list[str]) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-class _CellRowWriter(tune.Callback):
-    """Writes a cell's row the moment its trial ends, so no finished cell is ever lost,
-    and logs one progress line per cell with an ETA."""
+def _restorable(experiment_dir: str) -> bool:
+    """Whether a Tune experiment was started there and saved its trials' state at least
+    once (a driver killed earlier leaves only ``tuner.pkl``: nothing to restore)."""
+    import pyarrow.fs as pafs
 
-    def __init__(self, plan: SweepPlan, store: ResultsStore, provenance: dict):
+    from tune.storage import filesystem
+
+    if not tune.Tuner.can_restore(experiment_dir):
+        return False
+    fs, path = filesystem(experiment_dir)
+    listing = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return any(i.base_name.startswith("experiment_state") for i in listing)
+
+
+def _record_unprepared(plan: SweepPlan, todo: list[Cell], store: ResultsStore, stamp: dict):
+    """Failed rows for cells whose pool could not be prepared (`SweepPlan.failed`)."""
+    earlier = store.failed_attempts(set(plan.failed))
+    now = time.time()
+    for cell in todo:
+        if cell.identity not in plan.failed:
+            continue
+        store.write_row(
+            {
+                "cell_id": cell.identity,
+                "source": cell.source,
+                "source_identity": cell.source_identity,
+                "curation_spend": cell.curation_spend,
+                "requested_train_tokens": cell.train_tokens,
+                "train_tokens": cell.train_tokens,
+                "seed": cell.seed,
+                **stamp,
+                "status": "failed",
+                "error": plan.failed[cell.identity],
+                "attempts": earlier.get(cell.identity, 0) + 1,
+                "started_at": now,
+                "finished_at": now,
+            }
+        )
+        log.warning("cell %s failed before training: %s", cell.identity, plan.failed[cell.identity])
+
+
+class _CellRowWriter(tune.Callback):
+    """Writes a cell's row the moment its trial ends, so no finished cell is ever lost."""
+
+    def __init__(
+        self,
+        plan: SweepPlan,
+        store: ResultsStore,
+        provenance: dict,
+        earlier_attempts: dict[str, int],
+    ):
         self._plans = {p.cell.identity: p for p in plan.cells}
         self._store = store
         self._provenance = provenance
-        self._started = time.time()
-        self._done = 0
+        self._earlier_attempts = earlier_attempts
+        self._started_at: dict[str, float] = {}
+        self._metrics: dict[str, dict] = {}
+        self.seen: set[str] = set()
+        """Cells whose trial ended (finished, failed or skipped) in this run."""
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._started_at.setdefault(trial.config["cell_id"], time.time())
+        self._metrics[trial.trial_id] = {}
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._metrics[trial.trial_id] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        # The worker's metrics and the driver's last report arrive as separate results.
+        self._metrics.setdefault(trial.trial_id, {}).update(result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        metrics = trial.last_result or {}
+        from tune.trial import SKIPPED
+
+        metrics = {**self._metrics.pop(trial.trial_id, {}), **(trial.last_result or {})}
+        if SKIPPED in metrics:
+            self.seen.add(trial.config["cell_id"])
+            return
         status = "finished" if "domain_bpb" in metrics else "failed"
         error = None if status == "finished" else "trial ended without reporting metrics"
         self._write(trial, metrics, status, error)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = None
-        if trial.error_file and os.path.exists(trial.error_file):
-            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
-            error = lines[-1][:500] if lines else None
-        self._write(trial, {}, "failed", error or "trial failed")
+        metrics = {**self._metrics.pop(trial.trial_id, {}), **(trial.last_result or {})}
+        self._write(trial, metrics, "failed", _error_line(trial))
 
     def _write(self, trial, metrics: dict, status: str, error: str | None):
-        plan = self._plans[trial.config["cell_id"]]
+        identity = trial.config["cell_id"]
+        self.seen.add(identity)
+        plan = self._plans[identity]
         row = {**plan.row, **self._provenance}
         for column in (*METRIC_COLUMNS, *task_metric_names(plan.job)):
             value = metrics.get(column)
             row[column] = float(value) if value is not None else float("nan")
         row["eval_curve"] = metrics.get("eval_curve")
+        for column in TEXT_COLUMNS:
+            row[column] = str(metrics[column]) if metrics.get(column) else None
         if status == "finished":
             row["train_tokens"] = int(metrics.get("train_tokens", row["train_tokens"]))
         row["status"] = status
         row["error"] = error
-        row["attempts"] = int(trial.num_failures) + 1
+        # Tune counts failed attempts; a trial that errored out failed on every attempt
+        this_run = int(trial.num_failures) + (1 if status == "finished" else 0)
+        row["attempts"] = self._earlier_attempts.get(identity, 0) + max(1, this_run)
         row["trial_id"] = trial.trial_id
+        row["started_at"] = self._started_at.get(identity, time.time())
+        row["finished_at"] = time.time()
         self._store.write_row(row)
-        self._done += 1
-        elapsed = time.time() - self._started
-        eta = elapsed / self._done * (len(self._plans) - self._done)
-        log.info(
-            "cell %d/%d %s: %s spend=%g tokens=%d domain_bpb=%.4f (%.0f s elapsed, ETA %.0f s)",
-            self._done,
-            len(self._plans),
+        log.log(
+            logging.INFO if status == "finished" else logging.WARNING,
+            "cell %s %s: %s spend=%g tokens=%d domain_bpb=%.4f attempts=%d%s",
+            identity,
             status,
             row["source"],
             row["curation_spend"],
             row["train_tokens"],
             row["domain_bpb"],
-            elapsed,
-            eta,
+            row["attempts"],
+            f" error: {error}" if error else "",
         )
+
+
+def _error_line(trial) -> str:
+    """The last line of the trial's error (the exception and its message)."""
+    if trial.error_file and os.path.exists(trial.error_file):
+        lines = [ln.strip() for ln in Path(trial.error_file).read_text().splitlines()]
+        lines = [ln for ln in lines if ln]
+        if lines:
+            return lines[-1][:500]
+    return "trial failed"

@@ -1,39 +1,76 @@
 """One cell as a Ray Tune trial: a driver function that launches a Ray Train run.
 
 Ray Train V2 pattern: Tune reserves only this driver; the `TorchTrainer` reserves its own
-workers. The Train run is named after the cell's identity (checkpoint resumption builds on
-that). Worker metrics reach Tune through `TuneReportCallback`.
+workers. The Train run is named after the cell's identity, so a retried or resumed trial
+finds the same run directory (checkpoint resumption builds on that). Worker metrics reach
+Tune through `TuneReportCallback`; the driver adds where and when this attempt ran.
 """
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
 
 from tune.prepare import CellPlan
 
 DRIVER_CPUS = 0.25
 """Logical CPUs reserved for each trial's driver: it only waits on the Train run."""
+SKIPPED = "skipped_finished"
+"""Metric a trial reports instead of running when its cell already has a finished row."""
 
 
-def run_cell(config: dict, *, plans: dict[str, CellPlan], storage_path: str, resources) -> None:
+@dataclass(frozen=True, kw_only=True)
+class TrialSettings:
+    """What every trial of a sweep shares besides its plan."""
+
+    train_storage: str
+    """Ray Train storage path (local or URI); runs are ``cell-<identity>`` under it."""
+    results_root: str
+    """The results store, checked before running so a finished cell never reruns."""
+    resources: object
+    """`tune.spec.ResourcesSpec`."""
+    worker_failures: int
+    """Train worker-group restarts per trial attempt (`ray.train.FailureConfig`)."""
+
+
+def train_run_name(identity: str) -> str:
+    return f"cell-{identity}"
+
+
+def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSettings) -> None:
     """Tune function trainable: anneal the cell named by ``config["cell_id"]``."""
+    import ray
     import ray.data
+    from ray import tune
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from anneal.loop import anneal_worker
+    from tune.results import ResultsStore
 
-    plan = plans[config["cell_id"]]
+    started = time.time()
+    identity = config["cell_id"]
+    # A restored experiment may still list a cell finished since (by this sweep before a
+    # crash, or by another sweep sharing the storage): never run it twice.
+    if identity not in plans or identity in ResultsStore(settings.results_root).finished_ids():
+        tune.report({SKIPPED: 1})
+        return
+    plan = plans[identity]
+    resources = settings.resources
     # Deterministic data: the replay `limit` and the shard order must not depend on which
     # read task finishes first. Train's data config copies this context.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     per_worker = {"CPU": resources.cpus_per_worker}
     if resources.gpus_per_worker:
         per_worker["GPU"] = resources.gpus_per_worker
+    backend = resources.torch_backend
+    if backend == "auto":
+        backend = "nccl" if resources.gpus_per_worker else "gloo"
     trainer = TorchTrainer(
         anneal_worker,
         train_loop_config={"job": plan.job},
-        # nccl between GPU workers, gloo between CPU workers (DeepSpeed reuses the group)
-        torch_config=TorchConfig(backend="nccl" if resources.gpus_per_worker else "gloo"),
+        torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=resources.gpus_per_worker > 0,
@@ -47,10 +84,24 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], storage_path: str, res
             "replay": ray.data.read_parquet(plan.replay_dir).limit(plan.replay_rows).materialize(),
         },
         run_config=RunConfig(
-            name=f"cell-{plan.cell.identity}",
-            storage_path=storage_path,
+            name=train_run_name(identity),
+            storage_path=settings.train_storage,
             callbacks=[TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=1),
+            failure_config=FailureConfig(max_failures=settings.worker_failures),
         ),
     )
-    trainer.fit()
+    fit_started = time.time()
+    result = trainer.fit()
+    # One more report from the driver: the worker's metrics plus this attempt's node and
+    # interval (what the multi-node and concurrency checks read).
+    tune.report(
+        {
+            **(result.metrics or {}),
+            "driver_node": ray.get_runtime_context().get_node_id(),
+            "attempt_started_at": started,
+            "attempt_finished_at": time.time(),
+            # driver imports and dataset materialisation, then the whole Train run
+            "driver_setup_seconds": fit_started - started,
+            "fit_seconds": time.time() - fit_started,
+        }
+    )

@@ -4,6 +4,7 @@ launch Ray Train + DeepSpeed anneals of a real Hugging Face model, results, anal
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,10 +124,34 @@ def test_analysis_outputs(sweep):
     assert html.count("data:image/png;base64,") >= 2
 
 
+def test_rows_carry_identity_provenance_timestamps_and_attempts(sweep):
+    spec, out, _ = sweep
+    table = pd.read_parquet(out / "results.parquet")
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert (table["spec_hash"] == provenance["spec_hash"]).all()
+    assert (table["code_version"] == provenance["code_version"]).all()
+    assert (table["attempts"] == 1).all()
+    assert table["error"].isna().all()
+    assert (table["started_at"] < table["finished_at"]).all()
+    assert (table["attempt_started_at"] >= table["started_at"] - 1).all()
+    assert table["worker_node"].notna().all() and table["driver_node"].notna().all()
+    cells = Path(spec.storage_path) / "results" / "cells"
+    assert sorted(p.stem for p in cells.glob("*.parquet")) == sorted(table["cell_id"])
+
+
+def test_trackers_are_off_by_default(sweep):
+    spec, _, _ = sweep
+    tune_dir = Path(spec.storage_path) / "tune"
+    assert list(tune_dir.rglob("result.json"))  # the experiment's own log is kept
+    assert not list(tune_dir.rglob("events.out.tfevents*"))
+
+
 def test_rerun_skips_finished_cells_and_keeps_their_rows(sweep, tiny_assets):
     spec, out, first = sweep
-    before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.parquet")}
+    cells = Path(spec.storage_path) / "results" / "cells"
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in cells.glob("*.parquet")}
     again = run_sweep(spec, out, resolve=tiny_assets.resolve)
     assert again.skipped == first.finished and again.finished == first.finished
-    after = {p.name: p.read_bytes() for p in (out / "cells").glob("*.parquet")}
+    assert again.ran == 0
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in cells.glob("*.parquet")}
     assert after == before

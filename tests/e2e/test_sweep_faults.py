@@ -1,0 +1,188 @@
+"""Faults a long sweep meets, injected into real sweeps on a real local Ray, each judged by
+the final results table: the sweep driver killed mid-sweep and resumed, a cell that
+always fails, two specs sharing one storage path, an unchanged spec rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tune.spec import parse_spec
+from tune.sweep import run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def _event_tags(path: Path) -> set[str]:
+    """Scalar tags in a TensorBoard event file (TFRecord framing: length, CRC, data, CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    blob, tags, offset = path.read_bytes(), set(), 0
+    while offset < len(blob):
+        (length,) = struct.unpack_from("<Q", blob, offset)
+        event = Event.FromString(blob[offset + 12 : offset + 12 + length])
+        tags |= {value.tag for value in event.summary.value}
+        offset += 12 + length + 4
+    return tags
+
+
+def _cell_files(storage: Path) -> dict[str, tuple[bytes, int]]:
+    cells = storage / "results" / "cells"
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in cells.glob("*.parquet")}
+
+
+def test_driver_killed_mid_sweep_resumes_without_rerunning_or_losing_a_cell(
+    tmp_path, tools, resolve
+):
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    data = tools.spec(resolve, storage, tokens=(4096, 8192), seeds=(0, 1))  # 4 cells
+    data["tracking"] = {"progress_seconds": 5}
+    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    env = tools.env(tmp_path)
+    args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
+
+    log = (tmp_path / "first.log").open("w")
+    # Its own session: the driver and the local Ray it starts form one process group.
+    first = subprocess.Popen(
+        tools.cli(*args),
+        env=env,
+        cwd=tools.repo,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 1500
+    try:
+        while not _cell_files(storage):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "no cell finished in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver, mid-sweep, and its local Ray
+        first.wait()
+    time.sleep(1)  # a write in flight would have landed by now; there must be none
+    before = _cell_files(storage)
+    assert 1 <= len(before) < 4
+    assert not list((storage / "results" / "cells").glob(".*"))  # no torn temporary file
+
+    resumed = tools.run([*args, "--resume"], env, timeout=1500)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming Tune experiment" in resumed.stderr
+    summary = re.search(
+        r"(\d+) finished, (\d+) failed, (\d+) reused .*?, (\d+) run now", resumed.stdout
+    )
+    assert summary, resumed.stdout
+    finished, failed, reused, ran_now = map(int, summary.groups())
+    assert (finished, failed, reused, ran_now) == (4, 0, len(before), 4 - len(before))
+
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 4 and table["cell_id"].is_unique
+    assert (table["status"] == "finished").all()
+    assert (table["attempts"] == 1).all()
+    after = _cell_files(storage)
+    for name, (blob, mtime) in before.items():
+        assert after[name] == (blob, mtime), f"{name} was rewritten"
+    # the resumed rows started after the kill; the kept ones before it
+    kept = table["cell_id"].isin([n.removesuffix(".parquet") for n in before])
+    assert table.loc[kept, "finished_at"].max() < table.loc[~kept, "attempt_started_at"].min()
+
+
+def test_cells_that_always_fail_are_recorded_after_retries_and_the_rest_finish(
+    tmp_path, tools, resolve
+):
+    from tune.cells import expand_grid
+    from tune.prepare import inputs_identity
+
+    # Two deterministic faults. "tiny" is a licensed corpus of one short document: too
+    # few tokens for one training window, so its cells fail while being prepared. The
+    # textbook cell of 8192 tokens finds its Train run directory taken by a file (storage
+    # gone bad), so every attempt of its trial fails and Tune retries it.
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_text(json.dumps({"text": "x = 1"}) + "\n")
+    sources = [
+        {
+            "name": "textbook",
+            "kind": "as_is",
+            "params": {"path": resolve("demo:math_train"), "usd_per_token": 1e-5},
+        },
+        {"name": "tiny", "kind": "as_is", "params": {"path": str(tiny), "usd_per_token": 1e-5}},
+    ]
+    storage = tmp_path / "storage"
+    data = tools.spec(resolve, storage, sources=sources, tokens=(4096, 8192))
+    data["retries"] = {"trial_failures": 1, "worker_failures": 0}
+    spec = parse_spec(data)
+    inputs = inputs_identity(spec, resolve)
+    cells = {
+        (c.source, c.train_tokens): c for c in expand_grid(spec, inputs.shared, inputs.per_source)
+    }
+    blocked = cells[("textbook", 8192)].identity
+    (storage / "train").mkdir(parents=True)
+    (storage / "train" / f"cell-{blocked}").write_text("not a directory")
+
+    outcome = run_sweep(spec, tmp_path / "out", resolve=resolve)
+    assert (outcome.finished, outcome.failed) == (1, 3)
+    table = pd.read_parquet(outcome.results_path).set_index("cell_id")
+    good = table.loc[cells[("textbook", 4096)].identity]
+    assert good["status"] == "finished" and pd.isna(good["error"]) and good["attempts"] == 1
+    assert good["domain_bpb"] < good["base_domain_bpb"]
+    bad = table.loc[blocked]
+    assert bad["status"] == "failed" and bad["attempts"] == 2  # 1 + trial_failures
+    assert f"cell-{blocked}" in bad["error"]
+    for tokens in (4096, 8192):
+        row = table.loc[cells[("tiny", tokens)].identity]
+        assert row["status"] == "failed" and row["attempts"] == 1
+        assert "packing produced no windows" in row["error"]
+    assert not (storage / "results" / "cells" / f"{blocked}.parquet").exists()
+
+    # The next sweep retries failed cells and counts their attempts on; the finished one
+    # is neither rerun nor rewritten.
+    before = _cell_files(storage)
+    again = run_sweep(spec, tmp_path / "out", resolve=resolve)
+    assert (again.finished, again.failed, again.skipped, again.ran) == (1, 3, 1, 3)
+    table = pd.read_parquet(again.results_path).set_index("cell_id")
+    assert table.loc[blocked, "attempts"] == 4
+    assert table.loc[cells[("tiny", 4096)].identity, "attempts"] == 2
+    assert _cell_files(storage) == before
+
+
+def test_specs_sharing_a_storage_path_never_touch_each_others_results(tmp_path, tools, resolve):
+    storage = tmp_path / "storage"
+    first = parse_spec(tools.spec(resolve, storage, name="first"))
+    # The second spec adds a budget and logs to TensorBoard: its first cell is the same
+    # cell (same identity) as the first spec's, the other is new.
+    data = tools.spec(resolve, storage, name="second", tokens=(4096, 8192))
+    data["tracking"] = {"tensorboard": True}
+    second = parse_spec(data)
+
+    a = run_sweep(first, tmp_path / "out-first", resolve=resolve)
+    assert (a.finished, a.ran) == (1, 1)
+    kept = _cell_files(storage)
+    table_a = pd.read_parquet(a.results_path)
+
+    b = run_sweep(second, tmp_path / "out-second", resolve=resolve)
+    assert (b.finished, b.skipped, b.ran) == (2, 1, 1)  # the shared cell is not rerun
+    table_b = pd.read_parquet(b.results_path)
+    assert set(table_a["cell_id"]) < set(table_b["cell_id"])
+    after = _cell_files(storage)
+    assert {k: after[k] for k in kept} == kept
+    tune_dirs = {p.name.rsplit("-", 1)[0]: p for p in (storage / "tune").iterdir()}
+    assert not list(tune_dirs["first"].rglob("events.out.tfevents*"))
+    events = list(tune_dirs["second"].rglob("events.out.tfevents*"))
+    assert len(events) == 1
+    assert "ray/tune/domain_bpb" in _event_tags(events[0])
+
+    # An unchanged spec, run again, runs no cell and rewrites nothing.
+    again = run_sweep(first, tmp_path / "out-first", resolve=resolve)
+    assert (again.ran, again.skipped) == (0, 1)
+    pd.testing.assert_frame_equal(pd.read_parquet(again.results_path), table_a)
+    assert _cell_files(storage) == after
