@@ -182,6 +182,12 @@ def _sweep_and_report(spec, out: Path, resolve, *, address, analyze: bool) -> in
         f"sweep: {outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "
         f"reused from earlier runs, {outcome.seconds:.0f} s; results: {outcome.results_path}"
     )
+    if outcome.independent_train_flops:
+        print(
+            f"training compute: {outcome.spent_train_flops / 1e15:.4g} PFLOP spent, "
+            f"{outcome.independent_train_flops / 1e15:.4g} PFLOP for the same cells run "
+            f"independently ({outcome.spent_train_flops / outcome.independent_train_flops:.2f}x)"
+        )
     if analyze:
         from analysis import analyze as run_analysis
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from anneal.sources import CurationContext, curate
 from tune.cells import Cell
 from tune.spec import ExperimentSpec
 
+if TYPE_CHECKING:
+    from tune.trunks import TrunkPlan
+
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +53,11 @@ class CellPlan:
     """Replay windows the anneal consumes; the replay read stops there."""
     row: dict
     """Columns known before training: source, spend, pool and cost ledger."""
+    trunk: TrunkPlan | None = None
+    """The WSD trunk this cell branches from (`tune.trunks.attach_trunks`); None: the cell
+    trains from the base model."""
+    checkpoints_kept: int = 2
+    """Newest periodic checkpoints kept in storage for this cell's Train run."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,16 @@ from pathlib import Path
 import yaml
 
 from anneal.config import SpecError, check, from_mapping
-from anneal.run_spec import DataSpec, EvalSpec, ModelSpec, PricesSpec, ScheduleSpec, TrainSpec
+from anneal.run_spec import (
+    CheckpointSpec,
+    DataSpec,
+    EvalSpec,
+    ModelSpec,
+    PricesSpec,
+    ScheduleSpec,
+    TrainSpec,
+)
+from anneal.schedule import branch_step
 from anneal.sources import SourceSpec
 
 
@@ -89,6 +98,8 @@ class ExperimentSpec:
     prices: PricesSpec
     train: TrainSpec = field(default_factory=TrainSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    """Periodic checkpoints for recovery; not part of any identity."""
     storage_path: str = "runs/storage"
     """Where curated pools, packed data and Ray Train runs go (shared by all nodes)."""
 
@@ -121,6 +132,15 @@ class ExperimentSpec:
                 f"{per_step} tokens",
             )
             steps_seen[steps] = i
+            if self.schedule.kind == "wsd":
+                branch = branch_step(steps, self.schedule.cooldown_fraction)
+                check(
+                    branch >= self.schedule.warmup_steps,
+                    "schedule.warmup_steps",
+                    f"{self.schedule.warmup_steps} warmup steps do not end before the cooldown "
+                    f"of grid.train_tokens[{i}] ({tokens} tokens) starts at step {branch}; "
+                    "shorten the warmup or raise the budget",
+                )
         for i, source in enumerate(self.sources):
             if source.curation_spend is not None:
                 check(

@@ -19,6 +19,7 @@ from tune.cells import expand_grid
 from tune.prepare import SweepPlan, inputs_identity, prepare
 from tune.results import ResultsStore
 from tune.spec import ExperimentSpec, ResourcesSpec
+from tune.trunks import attach_trunks
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,12 @@ METRIC_COLUMNS = (
     "wall_seconds",
     "device_seconds",
     "tokens_per_second",
+    "start_step",
+    "resumed_from_step",
+    "branch_step",
+    "worker_restarts",
+    "trunk_steps_trained",
+    "spent_train_flops",
 )
 DATA_CPUS = 0.5
 """Logical CPUs left free per anneal for Ray Data's streaming reads."""
@@ -50,6 +57,10 @@ class SweepOutcome:
     skipped: int
     """Cells already finished in this output directory and not run again."""
     seconds: float
+    spent_train_flops: float = 0.0
+    """Training FLOPs the sweep's cells actually cost (shared WSD trunks counted once)."""
+    independent_train_flops: float = 0.0
+    """Training FLOPs of the same cells each run alone (the sum of ``train_flops``)."""
 
 
 def max_concurrent_trials(
@@ -106,6 +117,7 @@ def run_sweep(
             cells=todo,
             inputs=inputs,
         )
+        plan = attach_trunks(spec, plan, inputs)
         cluster = ray.cluster_resources()
         concurrency = spec.resources.max_concurrent_trials or max_concurrent_trials(
             cluster.get("CPU", 1), cluster.get("GPU", 0), spec.resources, DRIVER_CPUS
@@ -145,13 +157,32 @@ def run_sweep(
     )
     finished = int((table["status"] == "finished").sum()) if not table.empty else 0
     failed = int((table["status"] == "failed").sum()) if not table.empty else 0
+    spent, independent = _compute_spent(table)
+    summary = {
+        "spent_train_flops": spent,
+        "independent_train_flops": independent,
+        "spent_ratio": spent / independent if independent else None,
+    }
+    (out_dir / "compute.json").write_text(json.dumps(summary, indent=2))
+    log.info("training compute: %.4g FLOPs spent, %.4g run independently", spent, independent)
     return SweepOutcome(
         results_path=results_path,
         finished=finished,
         failed=failed,
         skipped=len(all_cells) - len(todo),
         seconds=time.time() - started,
+        spent_train_flops=spent,
+        independent_train_flops=independent,
     )
+
+
+def _compute_spent(table) -> tuple[float, float]:
+    """Training FLOPs actually spent by the finished cells, and what they cost alone."""
+    if table.empty or "spent_train_flops" not in table:
+        return 0.0, 0.0
+    done = table[table["status"] == "finished"]
+    spent = done["spent_train_flops"].fillna(done["train_flops"])
+    return float(spent.sum()), float(done["train_flops"].sum())
 
 
 def _write_provenance(spec: ExperimentSpec, out_dir: Path) -> dict:
