@@ -165,10 +165,8 @@ def obtain_branch(cell_plan: CellPlan, trunks_root: str | Path, train: TrainSegm
 
 def _train_segment(cell_plan: CellPlan, root: Path, catalog: dict, train: TrainSegment) -> int:
     trunk = cell_plan.trunk
-    have = sorted(int(s) for s in catalog["checkpoints"])
-    start = max((s for s in have if s <= trunk.branch_step), default=0)
-    stop = min((s for s in have if s > start), default=math.inf)
-    targets = tuple(t for t in sorted({*trunk.targets, trunk.branch_step}) if start < t < stop)
+    have = [int(s) for s in catalog["checkpoints"]]
+    start, targets = next_segment(have, trunk.branch_step, trunk.targets)
     end = targets[-1]
     job = dataclasses.replace(
         cell_plan.job,
@@ -211,6 +209,21 @@ def _train_segment(cell_plan: CellPlan, root: Path, catalog: dict, train: TrainS
     return end - start
 
 
+def next_segment(
+    have: list[int], branch: int, targets: tuple[int, ...]
+) -> tuple[int, tuple[int, ...]]:
+    """The trunk segment a cell needing ``branch`` trains: ``(start, branch points)``.
+
+    It starts from the latest existing checkpoint at or before ``branch`` (0: the base
+    model) and runs through every missing branch point up to the next existing
+    checkpoint, so no step between existing checkpoints is trained twice.
+    """
+    start = max((s for s in have if s <= branch), default=0)
+    stop = min((s for s in have if s > start), default=math.inf)
+    missing = sorted({*targets, branch} - set(have))
+    return start, tuple(t for t in missing if start < t < stop)
+
+
 def read_catalog(root: Path) -> dict:
     path = Path(root) / "catalog.json"
     if not path.exists():
@@ -236,3 +249,22 @@ def _try_lock(path: Path):
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def planned_train_steps(spec: ExperimentSpec) -> tuple[int, int]:
+    """Optimizer steps the spec's grid trains with trunk sharing, and each cell alone.
+
+    With sharing each (source, spend, seed) trains its trunk once up to the largest branch
+    point plus every budget's cooldown; a budget whose cooldown starts at step 0 trains
+    alone. For the demo's budget spacing this is the saving the sweep should report.
+    """
+    per_step = spec.train.tokens_per_step
+    steps = [tokens // per_step for tokens in spec.grid.train_tokens]
+    alone = sum(steps)
+    if spec.schedule.kind != "wsd" or not spec.schedule.share_trunk:
+        shared = alone
+    else:
+        branches = [branch_step(s, spec.schedule.cooldown_fraction) for s in steps]
+        shared = max(branches) + sum(s - b for s, b in zip(steps, branches, strict=True))
+    groups = sum(len(spec.spends_for(source)) for source in spec.sources) * len(spec.grid.seeds)
+    return shared * groups, alone * groups
