@@ -22,7 +22,7 @@ from tune.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 
-STEPS = 160
+STEPS = 128
 EVERY = 16
 
 
