@@ -63,16 +63,27 @@ class WorkerKiller(threading.Thread):
         self.after = after
         self.killed_pid: int | None = None
         self.checkpoints_seen = 0
+        self.error: BaseException | None = None
         self.stop = threading.Event()
 
     def run(self):
+        try:
+            self._watch()
+        except BaseException as err:  # surfaced by the test, not lost in the thread
+            self.error = err
+
+    def _watch(self):
+        import ray
         from ray.util.state import list_actors
 
+        # this session's cluster: other Ray instances may run on the same machine
+        address = ray.get_runtime_context().gcs_address
         while not self.stop.is_set():
             checkpoints = list(self.train_root.glob("cell-*/step-*"))
             if len(checkpoints) >= self.after:
                 workers = list_actors(
-                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+                    address=address,
+                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
                 )
                 if workers:
                     self.checkpoints_seen = len(checkpoints)
@@ -107,6 +118,7 @@ def runs(ray_local, tiny_assets, tmp_path_factory):
 
 def test_killed_worker_cell_finishes_from_its_checkpoint(runs):
     outcome, table, killer = runs["killed"]
+    assert killer.error is None, killer.error
     assert killer.killed_pid is not None, "the worker was never killed"
     assert outcome.finished == 1 and outcome.failed == 0
     row = table.iloc[0]
