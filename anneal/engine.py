@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from anneal.deepspeed_config import build_optimizer, deepspeed_config, uses_bf16
-from anneal.schedule import linear_decay_lr, warmup_steps_for
+from anneal.schedule import lr_multiplier
 
 
 @dataclass
@@ -69,14 +69,10 @@ def build_engine(job, *, world_size: int, use_gpu: bool) -> Engine:
     optimizer = None
     if "optimizer" not in config:
         optimizer = build_optimizer(job.train, model.parameters(), peak_lr=peak_lr)
-    warmup = warmup_steps_for(job.steps, job.schedule.warmup_fraction)
 
     def schedule(opt):
         return torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            lambda step: linear_decay_lr(
-                min(step, job.steps - 1), job.steps, peak_lr=1.0, warmup_steps=warmup
-            ),
+            opt, lambda step: lr_multiplier(job.schedule, step, job.steps, trunk=job.trunk)
         )
 
     engine, _, _, _ = deepspeed.initialize(

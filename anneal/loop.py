@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from anneal.checkpoint import Start, WorkerState, checkpoint_name, discard
+from anneal.checkpoint import load as load_checkpoint
+from anneal.checkpoint import save as save_checkpoint
 from anneal.mixture import RowStream, domain_counts, epochs_over
 from anneal.run_spec import ScheduleSpec, TrainSpec
 
@@ -55,6 +58,20 @@ class AnnealJob:
     """Evaluate bits per byte every this many optimizer steps (0: only at the end)."""
     tasks: tuple[tuple[str, str], ...] = ()
     """Multiple-choice tasks as (name, encoded ``.npz`` path)."""
+    checkpoint_every: int = 0
+    """Report a checkpoint every this many optimizer steps (0: none)."""
+    checkpoint_steps: tuple[int, ...] = ()
+    """Steps after which a checkpoint is always reported (a trunk's branch points)."""
+    start_checkpoint: str | None = None
+    """A trunk checkpoint directory to branch from instead of the base model."""
+    branch_step: int = 0
+    """Steps the trunk checkpoint ``start_checkpoint`` had trained (0: none)."""
+    trunk_steps_trained: int = 0
+    """Trunk steps this cell's trial trained before its cooldown (compute-spent ledger)."""
+    flops_per_step: float = 0.0
+    """Training FLOPs of one optimizer step (compute-spent ledger)."""
+    trunk: bool = False
+    """A WSD trunk segment: constant rate after warmup up to ``steps``, no evaluation."""
 
 
 def anneal_worker(config: dict) -> None:
@@ -77,33 +94,49 @@ def anneal_worker(config: dict) -> None:
     micro = job.train.micro_batch_size
     evaluator = Evaluator(job, rank=rank, world=world, device=device, batch_size=micro)
 
+    start = resume(engine, job, rank)
     setup_seconds = time.time() - started
+    counts = domain_counts(job.steps * accum, micro, job.domain_fraction)  # per micro-batch
     domain = RowStream(_epochs(ray.train.get_dataset_shard("domain"), job.seed))
     replay = RowStream(_epochs(ray.train.get_dataset_shard("replay"), job.seed + 1))
-    counts = domain_counts(job.steps * accum, micro, job.domain_fraction)
+    done_micro = start.state.step * accum
+    domain.skip(int(counts[:done_micro].sum()))
+    replay.skip(done_micro * micro - int(counts[:done_micro].sum()))
+    _check_stream_position(start.state, domain, replay)
     tokens_per_micro = micro * world * job.train.seq_len
     losses = []
     train_started = time.time()
     data_seconds = 0.0
     first_step_seconds = 0.0
-    for micro_step, k_domain in enumerate(counts, start=1):
-        fetch_started = time.time()
-        rows = np.concatenate([domain.take(int(k_domain)), replay.take(micro - int(k_domain))])
-        data_seconds += time.time() - fetch_started
-        batch = torch.as_tensor(rows, device=device).long()  # (micro, seq_len + 1)
-        logits = engine(input_ids=batch[:, :-1]).logits  # (micro, seq_len, V)
-        loss = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
-        )
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-        if micro_step % accum == 0:
-            step = micro_step // accum
-            if step == 1:
-                first_step_seconds = time.time() - train_started
-            evaluator.after_step(engine.module, step, micro_step * tokens_per_micro)
+    for step in range(start.state.step, job.steps):
+        for k_domain in counts[step * accum : (step + 1) * accum]:
+            fetch_started = time.time()
+            rows = np.concatenate([domain.take(int(k_domain)), replay.take(micro - int(k_domain))])
+            data_seconds += time.time() - fetch_started
+            batch = torch.as_tensor(rows, device=device).long()  # (micro, seq_len + 1)
+            logits = engine(input_ids=batch[:, :-1]).logits  # (micro, seq_len, V)
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
+            )
+            engine.backward(loss)
+            engine.step()
+            losses.append(float(loss.detach()))
+        if step == start.state.step:
+            first_step_seconds = time.time() - train_started
+        if not job.trunk:
+            evaluator.after_step(engine.module, step + 1, (step + 1) * accum * tokens_per_micro)
+        if _checkpoint_due(job, step + 1):
+            state = WorkerState(
+                step=step + 1,
+                domain_rows=domain.rows_taken,
+                replay_rows=replay.rows_taken,
+                restarts=start.state.restarts,
+            )
+            report_checkpoint(engine, state, rank, {"train_loss": losses[-1]})
     train_seconds = time.time() - train_started - evaluator.seconds
+    if job.trunk:
+        ray.train.report({"step": job.steps, "trunk_steps": job.steps - start.state.step})
+        return
 
     local = [domain.rows_taken, replay.rows_taken]
     domain_rows, replay_rows = _all_reduce_sum([float(x) for x in local], device)
@@ -111,7 +144,8 @@ def anneal_worker(config: dict) -> None:
     train_tokens = int((domain_rows + replay_rows) * seq_len)
     metrics = evaluator.final(engine.module, job.steps, train_tokens)
     tail = max(1, len(losses) // 10)
-    steady_tokens = train_tokens - job.train.tokens_per_step
+    trained_steps = job.steps - start.state.step
+    steady_tokens = (trained_steps - 1) * job.train.tokens_per_step
     metrics.update(
         {
             "train_loss": float(np.mean(losses[-tail:])),
@@ -120,12 +154,23 @@ def anneal_worker(config: dict) -> None:
             "replay_tokens": int(replay_rows * seq_len),
             "domain_epochs": epochs_over(int(domain_rows), job.domain_pool_windows),
             "steps": job.steps,
+            "start_step": start.state.step,
+            "resumed_from_step": start.state.step if start.origin == "restore" else 0,
+            "branch_step": job.branch_step,
+            "worker_restarts": start.state.restarts,
+            "trunk_steps_trained": job.trunk_steps_trained,
+            # what this cell's trial trained: its own steps after the branch point plus any
+            # trunk segment it trained for itself and its siblings
+            "spent_train_flops": job.flops_per_step
+            * (job.steps - job.branch_step + job.trunk_steps_trained),
             "setup_seconds": setup_seconds,
             "train_seconds": train_seconds,
             "data_wait_seconds": data_seconds,
             "wall_seconds": time.time() - started,
             "device_seconds": (time.time() - started) * world,
-            "tokens_per_second": train_tokens / max(train_seconds, 1e-9),
+            "tokens_per_second": trained_steps
+            * job.train.tokens_per_step
+            / max(train_seconds, 1e-9),
             # after the first optimizer step: excludes stream start-up and first-call costs
             "steady_tokens_per_second": steady_tokens
             / max(train_seconds - first_step_seconds, 1e-9),
@@ -133,6 +178,62 @@ def anneal_worker(config: dict) -> None:
         }
     )
     ray.train.report(metrics)
+
+
+def resume(engine, job: AnnealJob, rank: int) -> Start:
+    """Load the state this attempt starts from: the run's own latest checkpoint after a
+    worker failure, else the trunk checkpoint the job branches from, else the base model."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(engine, directory, rank, restore_rng=True)
+        state = WorkerState(**{**state.__dict__, "restarts": state.restarts + 1})
+        origin = "restore"
+    elif job.start_checkpoint is not None:
+        state = load_checkpoint(engine, job.start_checkpoint, rank, restore_rng=False)
+        state = WorkerState(**{**state.__dict__, "restarts": 0})
+        origin = "branch"
+    else:
+        return Start(state=WorkerState(step=0, domain_rows=0, replay_rows=0), origin="base")
+    # a branch continues the trunk under this run's own schedule
+    scheduler = engine.lr_scheduler
+    for group, base_lr in zip(engine.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base_lr * scheduler.lr_lambdas[0](state.step)
+    return Start(state=state, origin=origin)
+
+
+def report_checkpoint(engine, state: WorkerState, rank: int, metrics: dict) -> None:
+    """Save a checkpoint on every rank and report it; Ray Train merges the ranks' files."""
+    import ray.train
+
+    directory = save_checkpoint(engine, state, rank)
+    try:
+        ray.train.report(
+            {**metrics, "step": state.step},
+            checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+            checkpoint_dir_name=checkpoint_name(state.step),
+        )
+    finally:
+        discard(directory)
+
+
+def _checkpoint_due(job: AnnealJob, steps_done: int) -> bool:
+    if steps_done in job.checkpoint_steps:
+        return True
+    periodic = job.checkpoint_every > 0 and steps_done % job.checkpoint_every == 0
+    return periodic and steps_done < job.steps
+
+
+def _check_stream_position(state: WorkerState, domain: RowStream, replay: RowStream) -> None:
+    """The rows skipped on resume must be exactly those the checkpoint had consumed."""
+    if (domain.rows_taken, replay.rows_taken) != (state.domain_rows, state.replay_rows):
+        raise RuntimeError(
+            f"resumed data streams at ({domain.rows_taken}, {replay.rows_taken}) rows but the "
+            f"checkpoint at step {state.step} had consumed "
+            f"({state.domain_rows}, {state.replay_rows})"
+        )
 
 
 def _epochs(shard, seed: int, cache_bytes: int = REPEAT_CACHE_BYTES):

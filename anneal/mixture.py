@@ -55,6 +55,13 @@ class RowStream:
         self.rows_taken += k
         return rows
 
+    def skip(self, k: int, chunk: int = 4096) -> None:
+        """Discard the next ``k`` rows, as if taken: a resumed stream skips what its
+        checkpoint had consumed."""
+        while k > 0:
+            self.take(min(k, chunk))
+            k -= min(k, chunk)
+
     def _empty_rows(self) -> np.ndarray:
         if not self._buffer:
             self._buffer.append(self._next_block())

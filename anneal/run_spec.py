@@ -92,12 +92,26 @@ class EvalSpec:
 class ScheduleSpec:
     """Learning-rate schedule of the anneal."""
 
-    kind: Literal["linear"] = "linear"
-    """``linear``: warmup then linear decay to zero (the Llama 3 anneal)."""
+    kind: Literal["linear", "wsd"] = "linear"
+    """``linear``: warmup then linear decay to zero (the Llama 3 anneal). ``wsd``:
+    warmup, constant, then a cooldown over the last ``cooldown_fraction`` of the run
+    (Hägele et al. 2024); cells that differ only in training tokens branch off one
+    constant-rate trunk when ``share_trunk`` is on."""
     peak_lr: float
     """Learning rate at the end of warmup."""
     warmup_fraction: float = 0.05
-    """Fraction of optimizer steps spent warming up."""
+    """``linear`` only: fraction of optimizer steps spent warming up."""
+    warmup_steps: int = 0
+    """``wsd`` only: warmup length in optimizer steps, the same for every budget so that
+    all budgets share the trunk."""
+    cooldown_fraction: float = 0.2
+    """``wsd`` only: fraction of each run's optimizer steps spent cooling down to zero
+    (rounded to whole steps, at least one)."""
+    cooldown_shape: Literal["linear", "1-sqrt"] = "linear"
+    """``wsd`` only: ``linear`` or ``1-sqrt`` decay from the peak to zero."""
+    share_trunk: bool = True
+    """``wsd`` only: train the constant-rate trunk once per (source, spend, seed) and run
+    each budget's cooldown from its checkpoint; off runs every cell from the base model."""
 
     def __post_init__(self):
         check(0 < self.peak_lr < 1, "peak_lr", f"must be in (0, 1), got {self.peak_lr}")
@@ -106,6 +120,18 @@ class ScheduleSpec:
             "warmup_fraction",
             f"must be in [0, 1), got {self.warmup_fraction}",
         )
+        check(self.warmup_steps >= 0, "warmup_steps", "must be a non-negative number of steps")
+        check(
+            0 < self.cooldown_fraction < 1,
+            "cooldown_fraction",
+            f"must be in (0, 1), got {self.cooldown_fraction}",
+        )
+        if self.kind == "linear":
+            check(
+                self.warmup_steps == 0,
+                "warmup_steps",
+                "applies to kind wsd only; use warmup_fraction with kind linear",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +197,49 @@ class TrainSpec:
     def tokens_per_step(self) -> int:
         """Tokens predicted per optimizer step."""
         return self.batch_size * self.seq_len
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSpec:
+    """Periodic checkpoints of each anneal, for recovery from a lost worker.
+
+    Not part of any cell's identity: checkpoints change where a restarted anneal resumes,
+    not its result.
+    """
+
+    every_steps: int | None = None
+    """Checkpoint every this many optimizer steps (None: see ``every_tokens``)."""
+    every_tokens: int | None = None
+    """Checkpoint every this many training tokens, rounded down to whole steps (at least
+    one). Neither set: no periodic checkpoints, and a lost worker restarts its anneal."""
+    keep: int = 2
+    """Checkpoints kept per anneal (the newest); trunk branch points are always kept."""
+
+    def __post_init__(self):
+        check(
+            self.every_steps is None or self.every_tokens is None,
+            "every_steps",
+            "give every_steps or every_tokens, not both",
+        )
+        check(
+            self.every_steps is None or self.every_steps > 0,
+            "every_steps",
+            "must be a positive number of optimizer steps",
+        )
+        check(
+            self.every_tokens is None or self.every_tokens > 0,
+            "every_tokens",
+            "must be a positive number of tokens",
+        )
+        check(self.keep >= 1, "keep", "must keep at least one checkpoint")
+
+    def interval_steps(self, tokens_per_step: int) -> int:
+        """Steps between checkpoints; 0 when periodic checkpoints are off."""
+        if self.every_steps is not None:
+            return self.every_steps
+        if self.every_tokens is not None:
+            return max(1, self.every_tokens // tokens_per_step)
+        return 0
 
 
 @dataclass(frozen=True, kw_only=True)

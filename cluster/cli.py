@@ -202,6 +202,12 @@ def _sweep_and_report(
         f"reused from earlier runs, {outcome.ran} run now, {outcome.seconds:.0f} s; "
         f"results: {outcome.results_path}"
     )
+    if outcome.independent_train_flops:
+        print(
+            f"training compute: {outcome.spent_train_flops / 1e15:.4g} PFLOP spent, "
+            f"{outcome.independent_train_flops / 1e15:.4g} PFLOP for the same cells run "
+            f"independently ({outcome.spent_train_flops / outcome.independent_train_flops:.2f}x)"
+        )
     if analyze:
         from analysis import analyze as run_analysis
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from tune.cells import Cell
 from tune.engine_inputs import base_task_scores, check_deepspeed, encode_tasks, evaluation_steps
 from tune.spec import ExperimentSpec
 
+if TYPE_CHECKING:
+    from tune.trunks import TrunkPlan
+
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +54,11 @@ class CellPlan:
     """Replay windows the anneal consumes; the replay read stops there."""
     row: dict
     """Columns known before training: source, spend, pool and cost ledger."""
+    trunk: TrunkPlan | None = None
+    """The WSD trunk this cell branches from (`tune.trunks.attach_trunks`); None: the cell
+    trains from the base model."""
+    checkpoints_kept: int = 2
+    """Newest periodic checkpoints kept in storage for this cell's Train run."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,16 @@ from typing import Literal
 import yaml
 
 from anneal.config import SpecError, check, from_mapping
-from anneal.run_spec import DataSpec, EvalSpec, ModelSpec, PricesSpec, ScheduleSpec, TrainSpec
+from anneal.run_spec import (
+    CheckpointSpec,
+    DataSpec,
+    EvalSpec,
+    ModelSpec,
+    PricesSpec,
+    ScheduleSpec,
+    TrainSpec,
+)
+from anneal.schedule import branch_step
 from anneal.sources import SourceSpec
 
 
@@ -145,6 +154,8 @@ class ExperimentSpec:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     retries: RetrySpec = field(default_factory=RetrySpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    """Periodic checkpoints for recovery; not part of any identity."""
     storage_path: str = "runs/storage"
     """Where results, checkpoints, curated pools and packed data go, laid out by identity:
     a local or mounted directory, or an ``s3://`` / ``gs://`` URI (shared by all nodes)."""
@@ -178,6 +189,15 @@ class ExperimentSpec:
                 f"{per_step} tokens",
             )
             steps_seen[steps] = i
+            if self.schedule.kind == "wsd":
+                branch = branch_step(steps, self.schedule.cooldown_fraction)
+                check(
+                    branch >= self.schedule.warmup_steps,
+                    "schedule.warmup_steps",
+                    f"{self.schedule.warmup_steps} warmup steps do not end before the cooldown "
+                    f"of grid.train_tokens[{i}] ({tokens} tokens) starts at step {branch}; "
+                    "shorten the warmup or raise the budget",
+                )
         for i, source in enumerate(self.sources):
             if source.curation_spend is not None:
                 check(

@@ -29,6 +29,7 @@ from tune.results import ResultsStore
 from tune.spec import ExperimentSpec, ResourcesSpec
 from tune.storage import StorageLayout
 from tune.tracking import check_trackers, tracker_callbacks
+from tune.trunks import attach_trunks
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ METRIC_COLUMNS = (
     "attempt_finished_at",
     "driver_setup_seconds",
     "fit_seconds",
+    "start_step",
+    "resumed_from_step",
+    "branch_step",
+    "worker_restarts",
+    "trunk_steps_trained",
+    "spent_train_flops",
 )
 TEXT_COLUMNS = ("driver_node", "worker_node")
 """Where the last attempt ran (Ray node ids)."""
@@ -72,6 +79,10 @@ class SweepOutcome:
     """Cells whose trials ran in this call (finished or failed)."""
     restored: bool = False
     """Whether the Tune experiment was restored (``resume``)."""
+    spent_train_flops: float = 0.0
+    """Training FLOPs the sweep's cells actually cost (shared WSD trunks counted once)."""
+    independent_train_flops: float = 0.0
+    """Training FLOPs of the same cells each run alone (the sum of ``train_flops``)."""
 
 
 def max_concurrent_trials(
@@ -135,6 +146,7 @@ def run_sweep(
             cells=todo,
             inputs=inputs,
         )
+        plan = attach_trunks(spec, plan, inputs)
         stamp = {k: provenance[k] for k in ("spec_hash", "code_version", "git_commit")}
         _record_unprepared(plan, todo, store, stamp)
         ran = len(plan.failed)
@@ -146,6 +158,14 @@ def run_sweep(
     )
     finished = int((table["status"] == "finished").sum()) if not table.empty else 0
     failed = int((table["status"] == "failed").sum()) if not table.empty else 0
+    spent, independent = _compute_spent(table)
+    summary = {
+        "spent_train_flops": spent,
+        "independent_train_flops": independent,
+        "spent_ratio": spent / independent if independent else None,
+    }
+    (out_dir / "compute.json").write_text(json.dumps(summary, indent=2))
+    log.info("training compute: %.4g FLOPs spent, %.4g run independently", spent, independent)
     return SweepOutcome(
         results_path=results_path,
         finished=finished,
@@ -154,7 +174,18 @@ def run_sweep(
         seconds=time.time() - started,
         ran=ran,
         restored=restored,
+        spent_train_flops=spent,
+        independent_train_flops=independent,
     )
+
+
+def _compute_spent(table) -> tuple[float, float]:
+    """Training FLOPs actually spent by the finished cells, and what they cost alone."""
+    if table.empty or "spent_train_flops" not in table:
+        return 0.0, 0.0
+    done = table[table["status"] == "finished"]
+    spent = done["spent_train_flops"].fillna(done["train_flops"])
+    return float(spent.sum()), float(done["train_flops"].sum())
 
 
 def experiment_name(spec: ExperimentSpec, identities: set[str]) -> str:
@@ -186,6 +217,7 @@ def _run_trials(
         results_root=layout.results,
         resources=spec.resources,
         worker_failures=spec.retries.worker_failures,
+        trunks_root=str(layout.local_root / "trunks"),
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_cell, plans=plans, settings=settings),

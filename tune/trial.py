@@ -2,12 +2,16 @@
 
 Ray Train V2 pattern: Tune reserves only this driver; the `TorchTrainer` reserves its own
 workers. The Train run is named after the cell's identity, so a retried or resumed trial
-finds the same run directory (checkpoint resumption builds on that). Worker metrics reach
-Tune through `TuneReportCallback`; the driver adds where and when this attempt ran.
+finds the same run and resumes it from its latest checkpoint; a lost worker is replaced and
+resumes from that checkpoint too (``FailureConfig``). Worker metrics reach Tune through
+`TuneReportCallback`, including the compute the trial actually spent; the driver adds where
+and when this attempt ran. A WSD cell first obtains its trunk checkpoint (`tune.trunks`),
+then trains only its cooldown.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -31,6 +35,8 @@ class TrialSettings:
     """`tune.spec.ResourcesSpec`."""
     worker_failures: int
     """Train worker-group restarts per trial attempt (`ray.train.FailureConfig`)."""
+    trunks_root: str
+    """Local or mounted directory of WSD trunks, one per trunk identity, with their locks."""
 
 
 def train_run_name(identity: str) -> str:
@@ -42,12 +48,10 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
     import ray
     import ray.data
     from ray import tune
-    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from anneal.loop import anneal_worker
     from tune.results import ResultsStore
+    from tune.trunks import obtain_branch
 
     started = time.time()
     identity = config["cell_id"]
@@ -57,10 +61,67 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
         tune.report({SKIPPED: 1})
         return
     plan = plans[identity]
-    resources = settings.resources
     # Deterministic data: the replay `limit` and the shard order must not depend on which
     # read task finishes first. Train's data config copies this context.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+    job = dataclasses.replace(
+        plan.job, flops_per_step=plan.row["train_flops"] / max(plan.job.steps, 1)
+    )
+    if plan.trunk is not None:
+
+        def train_segment(segment_job, name, root):
+            return fit_anneal(plan, segment_job, settings, name=name, storage_path=root, keep=None)
+
+        branch = obtain_branch(plan, settings.trunks_root, train_segment)
+        job = dataclasses.replace(
+            job,
+            start_checkpoint=branch.path,
+            branch_step=plan.trunk.branch_step,
+            trunk_steps_trained=branch.trained_steps,
+        )
+    fit_started = time.time()
+    result = fit_anneal(
+        plan,
+        job,
+        settings,
+        name=train_run_name(identity),
+        storage_path=settings.train_storage,
+        keep=plan.checkpoints_kept,
+        callbacks=[TuneReportCallback()],
+    )
+    # One more report from the driver: the worker's metrics plus this attempt's node and
+    # interval (what the multi-node and concurrency checks read).
+    tune.report(
+        {
+            **(result.metrics or {}),
+            "driver_node": ray.get_runtime_context().get_node_id(),
+            "attempt_started_at": started,
+            "attempt_finished_at": time.time(),
+            # driver imports, trunk and dataset materialisation, then the whole Train run
+            "driver_setup_seconds": fit_started - started,
+            "fit_seconds": time.time() - fit_started,
+        }
+    )
+
+
+def fit_anneal(
+    plan: CellPlan,
+    job,
+    settings: TrialSettings,
+    *,
+    name: str,
+    storage_path: str,
+    keep,
+    callbacks=(),
+):
+    """Run ``job`` as a Ray Train run named ``name`` on the cell's datasets; its Result."""
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from anneal.loop import anneal_worker
+
+    resources = settings.resources
     per_worker = {"CPU": resources.cpus_per_worker}
     if resources.gpus_per_worker:
         per_worker["GPU"] = resources.gpus_per_worker
@@ -69,7 +130,7 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
         backend = "nccl" if resources.gpus_per_worker else "gloo"
     trainer = TorchTrainer(
         anneal_worker,
-        train_loop_config={"job": plan.job},
+        train_loop_config={"job": job},
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
@@ -84,24 +145,11 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
             "replay": ray.data.read_parquet(plan.replay_dir).limit(plan.replay_rows).materialize(),
         },
         run_config=RunConfig(
-            name=train_run_name(identity),
-            storage_path=settings.train_storage,
-            callbacks=[TuneReportCallback()],
+            name=name,
+            storage_path=storage_path,
+            callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=settings.worker_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep),
         ),
     )
-    fit_started = time.time()
-    result = trainer.fit()
-    # One more report from the driver: the worker's metrics plus this attempt's node and
-    # interval (what the multi-node and concurrency checks read).
-    tune.report(
-        {
-            **(result.metrics or {}),
-            "driver_node": ray.get_runtime_context().get_node_id(),
-            "attempt_started_at": started,
-            "attempt_finished_at": time.time(),
-            # driver imports and dataset materialisation, then the whole Train run
-            "driver_setup_seconds": fit_started - started,
-            "fit_seconds": time.time() - fit_started,
-        }
-    )
+    return trainer.fit()

@@ -117,3 +117,84 @@ def test_bits_per_byte_hand_computed():
 
 def test_bits_per_byte_without_bytes_is_nan():
     assert math.isnan(bits_per_byte(1.0, 0))
+
+
+def test_wsd_linear_cooldown_hand_computed():
+    from anneal.schedule import wsd_lr
+
+    # 10 steps, 2 warmup, 4 cooldown: ramp 1/3, 2/3, hold, cooldown from step 6:
+    # (10 - s) / 4 of the peak
+    lrs = [wsd_lr(s, 10, peak_lr=1e-3, warmup_steps=2, cooldown_steps=4) for s in range(10)]
+    expected = [1 / 3, 2 / 3, 1, 1, 1, 1, 1, 3 / 4, 2 / 4, 1 / 4]
+    assert lrs == pytest.approx([1e-3 * e for e in expected], rel=1e-12)
+    assert wsd_lr(10, 10, peak_lr=1e-3, warmup_steps=2, cooldown_steps=4) == 0.0
+
+
+def test_wsd_one_minus_sqrt_cooldown_hand_computed():
+    from anneal.schedule import wsd_lr
+
+    lrs = [
+        wsd_lr(s, 8, peak_lr=2.0, warmup_steps=0, cooldown_steps=4, shape="1-sqrt")
+        for s in range(9)
+    ]
+    expected = [
+        2,
+        2,
+        2,
+        2,
+        2,
+        2 * (1 - 0.5),
+        2 * (1 - math.sqrt(0.5)),
+        2 * (1 - math.sqrt(0.75)),
+        0,
+    ]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    # 1-sqrt drops faster at first and lies below linear through the whole cooldown
+    linear = [wsd_lr(s, 8, peak_lr=2.0, warmup_steps=0, cooldown_steps=4) for s in range(5, 8)]
+    assert all(a < b for a, b in zip(lrs[5:8], linear, strict=True))
+
+
+@pytest.mark.parametrize("total", [5, 8, 16, 33, 64, 1000])
+def test_wsd_runs_of_any_length_share_the_trunk(total):
+    from anneal.schedule import branch_step, cooldown_steps_for, trunk_lr, wsd_lr
+
+    warmup, fraction = 2, 0.2
+    cooldown = cooldown_steps_for(total, fraction)
+    assert cooldown == max(1, round(total * fraction))
+    branch = branch_step(total, fraction)
+    assert branch == total - cooldown
+    for s in range(branch + 1):  # the trunk, up to and including the first cooldown step
+        lr = wsd_lr(s, total, peak_lr=1e-3, warmup_steps=warmup, cooldown_steps=cooldown)
+        assert lr == pytest.approx(trunk_lr(s, peak_lr=1e-3, warmup_steps=warmup), rel=1e-12)
+    cool = [
+        wsd_lr(s, total, peak_lr=1e-3, warmup_steps=warmup, cooldown_steps=cooldown)
+        for s in range(branch, total)
+    ]
+    assert all(a > b > 0 for a, b in zip(cool, cool[1:], strict=False))
+
+
+def test_wsd_rejects_bad_arguments():
+    from anneal.schedule import wsd_lr
+
+    with pytest.raises(ValueError, match="cooldown_steps"):
+        wsd_lr(0, 10, peak_lr=1.0, warmup_steps=0, cooldown_steps=0)
+    with pytest.raises(ValueError, match="shape"):
+        wsd_lr(0, 10, peak_lr=1.0, warmup_steps=0, cooldown_steps=2, shape="cosine")
+
+
+def test_lr_multiplier_dispatches_on_the_spec():
+    from anneal.run_spec import ScheduleSpec
+    from anneal.schedule import lr_multiplier
+
+    linear = ScheduleSpec(kind="linear", peak_lr=1e-3, warmup_fraction=0.2)
+    assert [lr_multiplier(linear, s, 10) for s in range(10)] == pytest.approx(
+        [linear_decay_lr(s, 10, peak_lr=1.0, warmup_steps=2) for s in range(10)]
+    )
+    wsd = ScheduleSpec(kind="wsd", peak_lr=1e-3, warmup_steps=1, cooldown_fraction=0.25)
+    assert [lr_multiplier(wsd, s, 8) for s in range(8)] == pytest.approx(
+        [0.5, 1, 1, 1, 1, 1, 1, 0.5]  # cooldown of 2 from step 6
+    )
+    # a trunk never cools down, whatever its segment's length
+    assert [lr_multiplier(wsd, s, 8, trunk=True) for s in range(8)] == pytest.approx(
+        [0.5] + [1] * 7
+    )
