@@ -74,7 +74,7 @@ def _parse_params(registry: Mapping[str, type], kind: str, params: Any, what: st
     check(
         kind in registry,
         "kind",
-        f"unknown {what} '{kind}'; known: {', '.join(sorted(registry))}",
+        f"unknown {what} '{kind}'; known kinds: {', '.join(sorted(registry))}",
     )
     params_cls = registry[kind].Params
     raw = params if isinstance(params, params_cls) else dict(params)

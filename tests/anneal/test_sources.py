@@ -225,9 +225,11 @@ def test_second_curate_is_served_from_the_cache(corpus, tokenizer, tmp_path):
         first, run_docs_processed=0, run_tokens_processed=0, run_device_seconds=0.0
     )
     assert (meta.stat().st_mtime_ns, first.path.stat().st_mtime_ns) == stamps
-    # the cache is keyed by spend too: a new spend has to read the (now missing) input
-    with pytest.raises(AnnealscaleError, match="no such file or directory"):
-        curate(source, 3.0, ctx)
+    # a new spend within the judged stream is cut from it: nothing judged, no input read
+    larger = curate(source, 3.0, ctx)
+    assert larger.run_docs_processed == 0
+    assert _texts(larger)[: first.documents] == _texts(first)
+    assert larger.documents > first.documents
 
 
 def test_the_display_name_does_not_split_the_cache(corpus, tokenizer, tmp_path):
