@@ -76,8 +76,8 @@ class WorkerKiller(threading.Thread):
         import ray
         from ray.util.state import list_actors
 
-        # this session's cluster: other Ray instances may run on the same machine
-        address = ray.get_runtime_context().gcs_address
+        # this session's dashboard: other Ray instances on the machine may hold port 8265
+        address = "http://" + ray._private.worker.get_dashboard_url()
         while not self.stop.is_set():
             checkpoints = list(self.train_root.glob("cell-*/step-*"))
             if len(checkpoints) >= self.after:
