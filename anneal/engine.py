@@ -44,6 +44,17 @@ def prepare_threads(threads: int) -> bool:
     return use_gpu
 
 
+def skip_shm_comm_op(deepspeed) -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce op on CPU workers.
+
+    The op only speeds up CPU inference collectives; training here talks over gloo. Its
+    build (tens of seconds, under ``~/.cache/torch_extensions``) ran on first use on every
+    fresh machine, and a build killed midway left a lock file on which every later
+    DeepSpeed start waited forever.
+    """
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def build_engine(job, *, world_size: int, use_gpu: bool) -> Engine:
     """Load the base model and wrap it in DeepSpeed as the job's train section says."""
     import deepspeed
@@ -55,6 +66,7 @@ def build_engine(job, *, world_size: int, use_gpu: bool) -> Engine:
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
+        skip_shm_comm_op(deepspeed)
     bf16 = uses_bf16(job.train, use_gpu=use_gpu)
     peak_lr = job.schedule.peak_lr
     config = deepspeed_config(
