@@ -7,12 +7,14 @@ overwrite each other's::
     <storage>/results/failed/<cell identity>.parquet   the latest failure of a cell
     <storage>/train/cell-<cell identity>/              Ray Train runs and checkpoints
     <storage>/tune/<spec name>-<grid hash>/            Ray Tune experiment (for --resume)
+    <storage>/trunks/<trunk identity>/                 WSD trunk segments and their lock
     <storage>/cache/                                   curated pools and packed data
 
 ``s3://`` and ``gs://`` URIs go through pyarrow filesystems (Ray Tune and Train accept the
 same URIs). Curation and packing write with local file operations, so for a URI their
-cache stays on local disk (``$ANNEALSCALE_CACHE/storage/<hash>``); results, Tune state and
-Train checkpoints go to the URI.
+cache, and WSD trunks (which need a file lock), stay on local disk
+(``$ANNEALSCALE_CACHE/storage/<hash>``); results, Tune state and cell checkpoints go to the
+URI.
 """
 
 from __future__ import annotations

@@ -269,7 +269,7 @@ def _run_trials(
             ),
         )
         tuner.fit()
-    return len(writer.seen), restored
+    return len(writer.written), restored
 
 
 def _write_provenance(spec: ExperimentSpec, out_dir: Path) -> dict:
@@ -364,6 +364,8 @@ class _CellRowWriter(tune.Callback):
         self._metrics: dict[str, dict] = {}
         self.seen: set[str] = set()
         """Cells whose trial ended (finished, failed or skipped) in this run."""
+        self.written: set[str] = set()
+        """Cells whose trial ran and wrote a row (finished or failed) in this run."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._started_at.setdefault(trial.config["cell_id"], time.time())
@@ -394,6 +396,7 @@ class _CellRowWriter(tune.Callback):
     def _write(self, trial, metrics: dict, status: str, error: str | None):
         identity = trial.config["cell_id"]
         self.seen.add(identity)
+        self.written.add(identity)
         plan = self._plans[identity]
         row = {**plan.row, **self._provenance}
         for column in (*METRIC_COLUMNS, *task_metric_names(plan.job)):

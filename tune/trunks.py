@@ -5,7 +5,7 @@ With a warmup-stable-decay schedule the stable part does not depend on the run's
 trained once, with a checkpoint at each cell's branch point (where its cooldown starts),
 and each cell trains only its cooldown from that checkpoint.
 
-Layout under ``<storage>/train/trunks/<trunk identity>/``:
+Layout under ``<storage>/trunks/<trunk identity>/``:
 
 - ``catalog.json``: the branch checkpoints (step -> directory) and the trained segments;
   rewritten atomically, only by the holder of the lock.

@@ -7,6 +7,7 @@ within 2% of it, and its results row must record the restart.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -73,24 +74,37 @@ class WorkerKiller(threading.Thread):
             self.error = err
 
     def _watch(self):
-        import ray
-        from ray.util.state import list_actors
+        from ray._private.state import actors
 
-        # this session's dashboard: other Ray instances on the machine may hold port 8265
-        address = "http://" + ray._private.worker.get_dashboard_url()
         while not self.stop.is_set():
-            checkpoints = list(self.train_root.glob("cell-*/step-*"))
+            checkpoints = _registered_checkpoints(self.train_root)
             if len(checkpoints) >= self.after:
-                workers = list_actors(
-                    address=address,
-                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-                )
+                # the GCS actor table of the connected cluster (the public state API needs
+                # the dashboard, which the test cluster does not run)
+                workers = [
+                    a
+                    for a in actors().values()
+                    if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"
+                ]
                 if workers:
                     self.checkpoints_seen = len(checkpoints)
-                    self.killed_pid = int(workers[0]["pid"])
+                    self.killed_pid = int(workers[0]["Pid"])
                     os.kill(self.killed_pid, signal.SIGKILL)
                     return
             time.sleep(0.02)
+
+
+def _registered_checkpoints(train_root: Path) -> list[str]:
+    """Checkpoints Ray Train's controller has registered for the run (a directory on disk
+    alone is not enough: a report still queued in a killed worker is lost with it)."""
+    names = []
+    for snapshot in train_root.glob("cell-*/checkpoint_manager_snapshot.json"):
+        try:
+            results = json.loads(snapshot.read_text()).get("checkpoint_results", [])
+        except (OSError, ValueError):
+            continue  # being rewritten
+        names += [r["checkpoint_dir_name"] for r in results]
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +115,11 @@ def runs(ray_local, tiny_assets, tmp_path_factory):
     results = {}
     for name in ("uninterrupted", "killed"):
         # the two runs share curated pools and packed data, not their Train and Tune runs
-        for runs_dir in ("train", "tune"):
+        for runs_dir in ("train", "tune", "results"):
             shutil.rmtree(storage / runs_dir, ignore_errors=True)
         killer = None
         if name == "killed":
-            killer = WorkerKiller(storage / "train", after=2)
+            killer = WorkerKiller(storage / "train", after=1)
             killer.start()
         outcome = run_sweep(spec, root / name, resolve=tiny_assets.resolve)
         if killer is not None:

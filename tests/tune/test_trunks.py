@@ -121,7 +121,7 @@ def test_two_budgets_branch_off_one_trunk_trained_once(ray_local, tiny_assets, t
     small, large = table.loc[10 * 512], table.loc[20 * 512]
     assert (small["branch_step"], large["branch_step"]) == (8, 16)
 
-    trunks = list((tmp_path / "storage" / "train" / "trunks").iterdir())
+    trunks = list((tmp_path / "storage" / "trunks").iterdir())
     assert len(trunks) == 1  # both budgets share one trunk
     catalog = read_catalog(trunks[0])
     assert sorted(catalog["checkpoints"], key=int) == ["8", "16"]
