@@ -14,6 +14,7 @@ import yaml
 from anneal.config import SpecError, check, from_mapping
 from anneal.run_spec import DataSpec, EvalSpec, ModelSpec, PricesSpec, ScheduleSpec, TrainSpec
 from anneal.sources import SourceSpec
+from tune.adaptive_spec import AdaptiveSpec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +92,8 @@ class ExperimentSpec:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     storage_path: str = "runs/storage"
     """Where curated pools, packed data and Ray Train runs go (shared by all nodes)."""
+    adaptive: AdaptiveSpec = field(default_factory=AdaptiveSpec)
+    """Target, stop rule and batch size of ``sweep --adaptive`` (ignored by a grid sweep)."""
 
     def __post_init__(self):
         check(bool(self.name.strip()), "name", "must not be empty")

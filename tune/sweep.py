@@ -74,8 +74,14 @@ def run_sweep(
     *,
     resolve: Callable[[str], str],
     threads: int | None = None,
+    search_alg: Callable[..., tune.search.Searcher] | None = None,
 ) -> SweepOutcome:
-    """Run every unfinished cell of ``spec`` on the connected Ray cluster."""
+    """Run every unfinished cell of ``spec`` on the connected Ray cluster.
+
+    ``search_alg(plans=..., store=..., concurrency=...)``, when given, builds a Tune
+    `Searcher` that chooses which of the unfinished cells run (``sweep --adaptive``);
+    without it every unfinished cell runs (the grid).
+    """
     import ray
 
     from tune.trial import DRIVER_CPUS, run_cell
@@ -120,10 +126,20 @@ def run_sweep(
             ),
             {"cpu": DRIVER_CPUS},
         )
+        if search_alg is None:
+            param_space = {"cell_id": tune.grid_search([p.cell.identity for p in plan.cells])}
+            tune_config = tune.TuneConfig(max_concurrent_trials=concurrency)
+        else:
+            param_space = {}
+            tune_config = tune.TuneConfig(
+                search_alg=search_alg(plans=plans, store=store, concurrency=concurrency),
+                num_samples=len(plans),
+                max_concurrent_trials=concurrency,
+            )
         tuner = tune.Tuner(
             trainable,
-            param_space={"cell_id": tune.grid_search([p.cell.identity for p in plan.cells])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+            param_space=param_space,
+            tune_config=tune_config,
             run_config=tune.RunConfig(
                 name=f"{spec.name}-{content_hash(sorted(plans))}",
                 storage_path=str(storage / "tune"),
