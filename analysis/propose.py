@@ -77,9 +77,9 @@ class ProposerSettings:
     """Weight each source's target variance by its probability of being best, so that
     variance is reduced where it can change the decision (False: plain predictive
     variance, summed over sources)."""
-    cost_tempering: float = 0.5
+    cost_tempering: float = 1.0
     """Exponent of the cost in the score's denominator (0 ignores cost, 1 is gain per USD)."""
-    prior_sd: float = 1.0
+    prior_sd: float = 0.5
     """Prior sd of each log-parameter around its fitted value."""
     inflation: float = 1.0
     """Factor on the Laplace posterior's sd: with a few cells and a nonlinear law the
@@ -88,6 +88,9 @@ class ProposerSettings:
     contention_floor: float = 0.05
     """Least weight of a source in the variance term (its probability of being best is
     itself an estimate)."""
+    contention_temperature: float = 3.0
+    """Weights are ``p_best ** (1 / temperature)``: above 1 they flatten, because the
+    probabilities of a young, overconfident fit are too sharp to exclude a source."""
     noise_prior: float = 0.01
     """Prior relative noise of one cell (sd of log bpb)."""
     noise_prior_weight: float = 4.0
@@ -400,7 +403,8 @@ class Proposer:
         mu = np.array([float(np.mean(posts[nm].log_draws(*state.points[nm]))) for nm in names])
         var0 = np.array([covs[nm][0, 0] for nm in names])
         if s.contention_weighted:
-            weight = np.array([max(state.p_best.get(nm, 0.0), s.contention_floor) for nm in names])
+            p = np.array([state.p_best.get(nm, 0.0) for nm in names])
+            weight = np.maximum(p ** (1.0 / s.contention_temperature), s.contention_floor)
         else:
             weight = np.ones(len(names))
         total_var = max(float((weight * var0).sum()), _TINY)

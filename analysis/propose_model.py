@@ -22,7 +22,6 @@ References
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -84,7 +83,7 @@ class MapFit:
         return self.thetas[0]
 
 
-FitCache = MutableMapping[str, MapFit]
+FitCache = MutableMapping[tuple, MapFit]
 
 _SCREEN_GRID = 12
 _STARTS = 6
@@ -100,10 +99,11 @@ def map_fit(law: Law, x: np.ndarray, y: np.ndarray, cache: FitCache | None = Non
     """
     key = None
     if cache is not None:
-        h = hashlib.sha1(law.name.encode())
-        h.update(np.ascontiguousarray(x, float).tobytes())
-        h.update(np.ascontiguousarray(y, float).tobytes())
-        key = h.hexdigest()
+        key = (
+            law.name,
+            np.ascontiguousarray(x, float).tobytes(),
+            np.ascontiguousarray(y, float).tobytes(),
+        )
         if key in cache:
             return cache[key]
     xd = law.design(x)

@@ -125,13 +125,14 @@ def test_adaptive_design_finds_the_true_best_for_less_than_the_grid():
     """Known answer: on simulated problems whose ranking flips between the cheapest cells
     and the target, the adaptive design recommends the true best with under half the
     grid's compute."""
-    hits = 0
-    for seed in (0, 1):
+    for seed in (0, 2):
         p = make_problem(seed)
+        assert p.flips()  # micro-annealing would pick another source
         steps = run_policy(p, "adaptive", q=3, max_fraction=0.5)
         assert steps[-1].spent <= 0.5 + 0.2  # one batch beyond the cap at most
-        hits += steps[-1].recommended == p.true_best()
-    assert hits == 2
+        assert steps[-1].recommended == p.true_best()
+        # the grid's answer, for comparison, costs all of it
+        assert run_policy(p, "grid")[-1].spent == pytest.approx(1.0)
 
 
 def test_stop_rule_reasons_and_savings():
