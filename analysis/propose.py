@@ -14,17 +14,21 @@ by a normal amount of that variance (the preposterior of a linear-Gaussian updat
 
 Score of a cell = (expected reduction of the probability of a wrong decision at the
 target + ``variance_weight`` x expected fractional reduction of the target predictive
-variance, each source's weighted by its probability of being best) / (marginal cost / reference cost) ** ``cost_tempering``. The decision term is
-a knowledge gradient on the probability of correct selection; the variance term keeps
+variance, each source's weighted by its probability of being best) / (marginal cost /
+reference cost) ** ``cost_tempering``. The decision term is a knowledge gradient on the probability of correct selection; the variance term keeps
 learning where the decision is already confident but the curves are not, and because
 the ensemble mixes every fit optimum the data allow, cells that tell optima apart score
 high. Batches of ``q`` are chosen greedily and jointly: each chosen (and each running)
 cell is fantasised before the next is scored, and curation already paid in the batch is
 not charged again.
 
-Seed design (before a source has enough cells to fit): its cheapest pool, at training
+Seed design (before a source has enough cells to fit): one pool (by default the spend
+nearest the geometric middle between its cheapest spend and the target's), at training
 tokens spread over at least a decade where the candidates allow (smallest, geometric
-middle, and the smallest count at least ten times the smallest, else the largest).
+middle, and the smallest count at least ten times the smallest, else the largest). On the
+simulator the seed's decade of tokens is what makes the decision right; a low cost
+tempering (0.25) then lets the score buy the large-token cells that measure the decision
+instead of many cheap cells that barely move it.
 
 References
 ----------
@@ -58,6 +62,7 @@ from analysis.propose_model import FitCache, SourcePosterior, fit_posteriors, kn
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(16)
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
 _TINY = 1e-300
+SEED_POOLS = ("middle", "cheapest")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,8 +82,12 @@ class ProposerSettings:
     """Weight each source's target variance by its probability of being best, so that
     variance is reduced where it can change the decision (False: plain predictive
     variance, summed over sources)."""
-    cost_tempering: float = 1.0
-    """Exponent of the cost in the score's denominator (0 ignores cost, 1 is gain per USD)."""
+    cost_tempering: float = 0.25
+    """Exponent of the cost in the score's denominator (0 ignores cost, 1 is gain per USD).
+    On `analysis.simulate` (50 problems, q=3) 0.25 reaches 90 % decision accuracy at 0.23
+    of the grid's compute, 0.5 at 0.29, 1.0 at 0.68 (24 problems): with 1.0 the score
+    keeps buying cheap small-token cells whose gain per USD looks high but which barely
+    constrain the extrapolation to the target."""
     prior_sd: float = 0.5
     """Prior sd of each log-parameter around its fitted value."""
     inflation: float = 1.0
@@ -97,6 +106,9 @@ class ProposerSettings:
     """Pseudo-degrees of freedom of the noise prior."""
     seed_points: int = 3
     """Distinct training-token counts per source in the seed design."""
+    seed_pool: str = "middle"
+    """Which pool of a source the seed design uses: ``middle`` (the spend nearest the
+    geometric middle between the cheapest spend and the target's) or ``cheapest``."""
     n_fantasies: int = 32
     """Quasi-random fantasy outcomes per expected-gain evaluation."""
     seed: int = 0
@@ -112,6 +124,10 @@ class ProposerSettings:
             raise AnalysisError(f"cost_tempering must lie in [0, 2]; got {self.cost_tempering}")
         if self.seed_points < 2:
             raise AnalysisError(f"seed_points must be at least 2; got {self.seed_points}")
+        if self.seed_pool not in SEED_POOLS:
+            raise AnalysisError(
+                f"seed_pool must be one of {', '.join(SEED_POOLS)}; got {self.seed_pool!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -347,7 +363,16 @@ class Proposer:
         state = self._state(law, posts, sigma, finished, candidates)
 
         chosen: list[ProposedCell] = []
-        for cell in seed_design(open_cells, finished, pending, self.costs, s.seed_points):
+        seeds = seed_design(
+            open_cells,
+            finished,
+            pending,
+            self.costs,
+            s.seed_points,
+            pool=s.seed_pool,
+            target_spend=self.target.curation_spend,
+        )
+        for cell in seeds:
             if len(chosen) == n:
                 break
             cost = self.costs.marginal_cost(cell, paid)
@@ -497,17 +522,32 @@ def seed_design(
     pending: Sequence[CandidateCell],
     costs: CellCostModel,
     points: int = 3,
+    *,
+    pool: str = "middle",
+    target_spend: float | None = None,
 ) -> list[CandidateCell]:
-    """Cells each source still needs before its law can be fitted and trusted: on its
-    cheapest pool, ``points`` token counts spread over at least a decade where the
-    candidates allow. Sources that already have ``points`` distinct token counts
-    (finished or pending) need none."""
+    """Cells each source still needs before its law can be fitted and trusted: on one
+    pool, ``points`` token counts spread over at least a decade where the candidates
+    allow. Sources that already have ``points`` distinct token counts (finished or
+    pending) need none.
+
+    ``pool="middle"`` seeds on the spend nearest the geometric middle between the
+    source's cheapest spend and the target spend (``target_spend``, else its largest
+    candidate spend): the pool size enters the law through repetition, and on the
+    simulator (`analysis.simulate`) fits from the cheapest pool, where the anneal repeats
+    its data many times, extrapolate to the target's pool much worse (decision accuracy
+    0.80 vs 0.97 on 30 problems for the same three token counts), for a small extra
+    curation cost. ``pool="cheapest"`` seeds on the cheapest pool."""
     have: dict[str, set[float]] = {}
+    have_on_pool: dict[tuple[str, float], set[float]] = {}
     if len(finished):
-        for src, rows in finished.groupby("source"):
-            have[str(src)] = set(rows["train_tokens"].astype(float))
+        for (src, spend), rows in finished.groupby(["source", "curation_spend"]):
+            tokens = set(rows["train_tokens"].astype(float))
+            have.setdefault(str(src), set()).update(tokens)
+            have_on_pool.setdefault((str(src), float(spend)), set()).update(tokens)
     for c in pending:
         have.setdefault(c.source, set()).add(float(c.train_tokens))
+        have_on_pool.setdefault(c.pool, set()).add(float(c.train_tokens))
     out: list[CandidateCell] = []
     by_source: dict[str, list[CandidateCell]] = {}
     for c in open_cells:
@@ -517,19 +557,45 @@ def seed_design(
         if len(seen) >= points:
             continue
         cells = by_source[src]
-        pool = min({c.pool for c in cells}, key=lambda p: (costs.curation_cost(*p), p[1]))
-        on_pool = sorted((c for c in cells if c.pool == pool), key=lambda c: c.train_tokens)
-        tokens = sorted({c.train_tokens for c in on_pool})
+        chosen = _seed_pool({c.pool for c in cells}, costs, pool, target_spend)
+        on_pool = sorted((c for c in cells if c.pool == chosen), key=lambda c: c.train_tokens)
+        # spread over the pool's whole token range, finished counts included, so a seed
+        # design handed out over several batches still spans the decade
+        ran = have_on_pool.get((src, chosen[1]), set())
+        tokens = sorted({c.train_tokens for c in on_pool} | ran)
         wanted = _spread(tokens, points)
         for d in wanted:
             if len(seen) >= points:
                 break
             if d in seen:
                 continue
-            out.append(next(c for c in on_pool if c.train_tokens == d))
-            seen = seen | {d}
+            match = [c for c in on_pool if c.train_tokens == d]
+            if match:
+                out.append(match[0])
+                seen = seen | {d}
     # cheapest first across sources so a small batch seeds every source a little
     return sorted(out, key=lambda c: (c.train_tokens, c.source))
+
+
+def _seed_pool(
+    pools: set[tuple[str, float]], costs: CellCostModel, how: str, target_spend: float | None
+) -> tuple[str, float]:
+    cheapest = min(pools, key=lambda p: (costs.curation_cost(*p), p[1]))
+    if how == "cheapest":
+        return cheapest
+    lo = cheapest[1]
+    hi = target_spend if target_spend is not None else max(p[1] for p in pools)
+    if lo <= 0 or hi <= 0:
+        return cheapest
+    goal = math.sqrt(lo * hi)
+    return min(
+        pools,
+        key=lambda p: (
+            abs(math.log(max(p[1], _TINY) / goal)),
+            costs.curation_cost(*p),
+            p[1],
+        ),
+    )
 
 
 def _spread(tokens: Sequence[float], points: int) -> list[float]:
@@ -602,13 +668,17 @@ class StopCheck:
         return 1.0 - self.spent / self.grid_cost
 
     def message(self) -> str:
-        why = {
-            "confident": f"P(best) of {self.recommended} reached {self.confidence:.0%} "
-            f"(threshold {self.threshold:.0%}) and the held-out checks pass",
-            "budget": f"the budget of ${self.budget:,.4g} is spent",
-            "exhausted": "every candidate cell has run",
-            None: "not stopped",
-        }[self.reason]
+        if self.reason == "confident":
+            why = (
+                f"P(best) of {self.recommended} reached {self.confidence:.0%} "
+                f"(threshold {self.threshold:.0%}) and the held-out checks pass"
+            )
+        elif self.reason == "budget":
+            why = f"the budget of ${self.budget:,.4g} is spent"
+        elif self.reason == "exhausted":
+            why = "every candidate cell has run"
+        else:
+            why = "not stopped"
         text = f"Stopped: {why}." if self.stop else "Continuing."
         if self.saved is not None and self.grid_cost:
             text += (

@@ -45,21 +45,46 @@ def test_trunk_sharing_charges_only_new_trunk_and_the_cooldown():
     assert costs.marginal_cost(small, [big]) == pytest.approx(0.2)
 
 
-def test_seed_design_spreads_each_source_over_a_decade_on_its_cheapest_pool():
+def test_seed_design_spreads_each_source_over_a_decade_on_its_middle_pool():
     p = make_problem(0)
     seeds = seed_design(p.candidates(), pd.DataFrame(), [], p.costs, points=3)
     assert {c.source for c in seeds} == {s.name for s in p.sources}
     for s in p.sources:
         mine = [c for c in seeds if c.source == s.name]
         assert len(mine) == 3
-        assert {c.curation_spend for c in mine} == {s.base_spend}  # cheapest pool
+        # spends 1x, 3x, 9x the base: the geometric middle toward the target's 9x is 3x
+        assert {c.curation_spend for c in mine} == {3 * s.base_spend}
         tokens = sorted(c.train_tokens for c in mine)
         assert tokens[-1] / tokens[0] >= 10.0
+    cheapest = seed_design(p.candidates(), pd.DataFrame(), [], p.costs, points=3, pool="cheapest")
+    for s in p.sources:
+        assert {c.curation_spend for c in cheapest if c.source == s.name} == {s.base_spend}
     # the first proposals of an empty table are seed cells, cheapest first
     proposer = Proposer(target=p.target, costs=p.costs)
     prop = proposer.propose(pd.DataFrame(), p.candidates(), n=4)
     assert [c.reason for c in prop.cells] == ["seed"] * 4
     assert all(c.cell.train_tokens == 1e6 for c in prop.cells[:3])
+
+
+def test_seed_design_handed_out_over_batches_still_spans_a_decade():
+    # after the smallest counts ran, the rest of the seed must not restart the spread
+    # from the smallest count still open (which would shrink it to 1e6..4e6)
+    p = make_problem(0)
+    cands = p.candidates()
+    proposer = Proposer(target=p.target, costs=p.costs)
+    done: list = []
+    table = pd.DataFrame()
+    while True:
+        cells = [c for c in proposer.propose(table, cands, n=3, done=done).cells]
+        if not all(c.reason == "seed" for c in cells):
+            break
+        batch = [c.cell for c in cells]
+        table = pd.concat([table, p.observe(batch)], ignore_index=True)
+        done += batch
+    for s in p.sources:
+        tokens = sorted(c.train_tokens for c in done if c.source == s.name)
+        assert len(tokens) == 3
+        assert tokens[-1] / tokens[0] >= 10.0
 
 
 def test_p_best_quadrature_matches_monte_carlo():

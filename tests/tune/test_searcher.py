@@ -64,13 +64,14 @@ def test_restored_searcher_makes_the_same_next_proposals_and_repeats_no_cell(tmp
 def test_running_cells_of_a_killed_sweep_are_proposed_again_but_failed_ones_are_not(tmp_path):
     p = make_problem(2)
     state = tmp_path / "s.json"
-    s = _searcher(p, state)
+    # a threshold the nine cells cannot reach: this test kills the sweep mid-search
+    s = _searcher(p, state, threshold=0.999)
     ran = _play(p, s, 9)
     running = [s.suggest("r0")["cell_id"], s.suggest("r1")["cell_id"]]
     failed = s.suggest("r2")["cell_id"]
     s.on_trial_complete("r2", result=None, error=True)  # saves the state; r0, r1 still run
     # the process dies here; a new searcher resumes from the file
-    again = _searcher(p)
+    again = _searcher(p, threshold=0.999)
     again.restore(str(state))
     assert failed in again.failed
     open_ids = {c.name for c in again.open_cells()}
