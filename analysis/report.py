@@ -3,6 +3,7 @@ the targets, and write fits.json, PNG plots and report.html."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -79,6 +80,7 @@ def analyze(
     seed: int = 0,
     huber_delta: float = 1e-3,
     tolerance_pct: float = 1.0,
+    extra_messages: Sequence[str] = (),
 ) -> AnalysisResult:
     """Fit, validate and compare the sources of a results table; write the report.
 
@@ -112,6 +114,9 @@ def analyze(
     tolerance_pct : float
         The cheapest cell reported is the cheapest within this percentage of the
         best observed domain bpb.
+    extra_messages : sequence of str
+        Sentences appended to the headline, e.g. why an adaptive sweep stopped and the
+        compute it saved.
 
     Raises
     ------
@@ -185,6 +190,10 @@ def analyze(
         decide_target(t, fits, cells, costs=costs, frontier=front, level=level) for t in targets
     ]
     decision = decide(decisions, cells, tolerance_pct=tolerance_pct)
+    if extra_messages:
+        decision = dataclasses.replace(
+            decision, messages=(*decision.messages, *map(str, extra_messages))
+        )
 
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)

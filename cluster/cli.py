@@ -67,9 +67,28 @@ def _parser() -> argparse.ArgumentParser:
         help="restore the interrupted Tune experiment (finished cells never rerun either way)",
     )
     sweep.add_argument(
-        "--quiet", dest="sweep_quiet", action="store_true", help="no progress lines (for CI)"
+        "--quiet",
+        dest="sweep_quiet",
+        action="store_true",
+        help="no progress lines (for CI)",
+    )
+    sweep.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="run only the cells the proposer picks, until the spec's adaptive stop rule",
     )
     sweep.set_defaults(func=_cmd_sweep)
+
+    propose = sub.add_parser("propose", help="print the next cells to run for a results table")
+    propose.add_argument("results", help="results.parquet of a sweep")
+    propose.add_argument("-n", type=int, default=4, help="cells to propose (chosen jointly)")
+    propose.add_argument("--target-tokens", type=float, help="training tokens at the target")
+    propose.add_argument("--target-spend", type=float, help="curation spend at the target (USD)")
+    propose.add_argument("--target-cost", type=float, help="total budget at the target (USD)")
+    propose.add_argument(
+        "--tokens", type=float, nargs="*", default=(), help="extra training budgets to consider"
+    )
+    propose.set_defaults(func=_cmd_propose)
 
     analyze = sub.add_parser("analyze", help="fit laws and write the report for a results table")
     analyze.add_argument("results", help="results.parquet of a sweep")
@@ -154,7 +173,30 @@ def _cmd_sweep(args) -> int:
         address=args.address,
         analyze=not args.no_analyze,
         resume=args.resume,
+        adaptive=args.adaptive,
     )
+
+
+def _cmd_propose(args) -> int:
+    from analysis.compare import Target
+    from analysis.errors import AnalysisError
+    from analysis.propose_table import format_proposal, propose_from_results
+
+    if args.target_tokens is None and args.target_spend is None and args.target_cost is None:
+        raise AnalysisError(
+            "propose needs a target: --target-tokens, --target-spend or --target-cost"
+        )
+    target = Target(
+        train_tokens=args.target_tokens,
+        curation_spend=args.target_spend,
+        total_cost=args.target_cost,
+    )
+    print(
+        format_proposal(
+            propose_from_results(args.results, target=target, n=args.n, extra_tokens=args.tokens)
+        )
+    )
+    return 0
 
 
 def _cmd_analyze(args) -> int:
@@ -188,7 +230,14 @@ def _cmd_validate(args) -> int:
 
 
 def _sweep_and_report(
-    spec, out: Path, resolve, *, address, analyze: bool, resume: bool = False
+    spec,
+    out: Path,
+    resolve,
+    *,
+    address,
+    analyze: bool,
+    resume: bool = False,
+    adaptive: bool = False,
 ) -> int:
     from cluster.local import connect
     from cluster.storage_check import check_shared_storage
@@ -196,7 +245,18 @@ def _sweep_and_report(
 
     connect(address)
     check_shared_storage(spec.storage_path)
-    outcome = run_sweep(spec, out, resolve=resolve, resume=resume)
+    factory, messages, target = None, [], {}
+    if adaptive:
+        from tune.adaptive import SearcherFactory, adaptive_target
+
+        factory = SearcherFactory(spec, out)
+        t = adaptive_target(spec)
+        target = {
+            "target_tokens": t.train_tokens,
+            "target_spend": t.curation_spend,
+            "target_cost": t.total_cost,
+        }
+    outcome = run_sweep(spec, out, resolve=resolve, resume=resume, search_alg=factory)
     print(
         f"sweep: {outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "
         f"reused from earlier runs, {outcome.ran} run now, {outcome.seconds:.0f} s; "
@@ -208,10 +268,16 @@ def _sweep_and_report(
             f"{outcome.independent_train_flops / 1e15:.4g} PFLOP for the same cells run "
             f"independently ({outcome.spent_train_flops / outcome.independent_train_flops:.2f}x)"
         )
+    if factory is not None and factory.searcher is not None:
+        from tune.adaptive import stop_message
+
+        messages.append(stop_message(factory.summary()))
+        print(messages[-1])
     if analyze:
         from analysis import analyze as run_analysis
 
-        result = run_analysis(outcome.results_path, out)
+        result = run_analysis(outcome.results_path, out, extra_messages=messages, **target)
+        print(result.decision.messages[0])
         print(f"report: {result.report_html}")
     return 1 if outcome.failed else 0
 

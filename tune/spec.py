@@ -26,6 +26,7 @@ from anneal.run_spec import (
 )
 from anneal.schedule import branch_step
 from anneal.sources import SourceSpec
+from tune.adaptive_spec import AdaptiveSpec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,6 +160,8 @@ class ExperimentSpec:
     storage_path: str = "runs/storage"
     """Where results, checkpoints, curated pools and packed data go, laid out by identity:
     a local or mounted directory, or an ``s3://`` / ``gs://`` URI (shared by all nodes)."""
+    adaptive: AdaptiveSpec = field(default_factory=AdaptiveSpec)
+    """Target, stop rule and batch size of ``sweep --adaptive`` (ignored by a grid sweep)."""
 
     def __post_init__(self):
         check(bool(self.name.strip()), "name", "must not be empty")

@@ -115,8 +115,14 @@ def run_sweep(
     resolve: Callable[[str], str],
     threads: int | None = None,
     resume: bool = False,
+    search_alg: Callable[..., tune.search.Searcher] | None = None,
 ) -> SweepOutcome:
-    """Run every unfinished cell of ``spec`` on the connected Ray cluster."""
+    """Run every unfinished cell of ``spec`` on the connected Ray cluster.
+
+    ``search_alg(plans=..., store=..., concurrency=...)``, when given, builds a Tune
+    `Searcher` that chooses which of the unfinished cells run (``sweep --adaptive``);
+    without it every unfinished cell runs (the grid).
+    """
     started = time.time()
     check_trackers(spec.tracking)
     out_dir = Path(out_dir).resolve()
@@ -151,7 +157,9 @@ def run_sweep(
         _record_unprepared(plan, todo, store, stamp)
         ran = len(plan.failed)
         if plan.cells:
-            ran_trials, restored = _run_trials(spec, plan, identities, layout, store, stamp, resume)
+            ran_trials, restored = _run_trials(
+                spec, plan, identities, layout, store, stamp, resume, search_alg
+            )
             ran += ran_trials
     results_path, table = store.consolidate(
         identities, out_dir=out_dir, usd_per_pflop=spec.prices.usd_per_pflop
@@ -201,6 +209,7 @@ def _run_trials(
     store: ResultsStore,
     stamp: dict,
     resume: bool,
+    search_alg=None,
 ) -> tuple[int, bool]:
     """Run ``plan``'s cells as Tune trials; returns (cells run, experiment restored)."""
     import ray
@@ -256,10 +265,21 @@ def _run_trials(
     if missing:
         if restored:
             log.info("%d cell(s) not in the restored experiment; running them", len(missing))
+        if search_alg is None:
+            param_space = {"cell_id": tune.grid_search(missing)}
+            tune_config = tune.TuneConfig(max_concurrent_trials=concurrency)
+        else:
+            todo = {i: plans[i] for i in missing}
+            param_space = {}
+            tune_config = tune.TuneConfig(
+                search_alg=search_alg(plans=todo, store=store, concurrency=concurrency),
+                num_samples=len(todo),
+                max_concurrent_trials=concurrency,
+            )
         tuner = tune.Tuner(
             trainable,
-            param_space={"cell_id": tune.grid_search(missing)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+            param_space=param_space,
+            tune_config=tune_config,
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=layout.tune,

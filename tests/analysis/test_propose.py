@@ -1,0 +1,210 @@
+"""The adaptive proposer on simulated sources with known true laws (`analysis.simulate`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.compare import Target
+from analysis.errors import AnalysisError
+from analysis.propose import (
+    Proposer,
+    ProposerSettings,
+    _expected_p_correct,
+    _p_best_gaussian,
+    seed_design,
+    stop_check,
+)
+from analysis.propose_costs import CandidateCell, PoolReuseCosts, TrunkSharingCosts
+from analysis.simulate import SimProblem, SimSource, make_problem, run_policy
+
+
+def _cell(source="a", spend=1.0, tokens=1e6, u=1e6):
+    return CandidateCell(source=source, curation_spend=spend, train_tokens=tokens, unique_tokens=u)
+
+
+def test_curation_is_paid_once_per_pool():
+    costs = PoolReuseCosts(usd_per_train_token=1e-6, train_fixed_usd=0.5)
+    a, b, other = _cell(tokens=1e6), _cell(tokens=4e6), _cell(spend=3.0, tokens=1e6)
+    assert costs.marginal_cost(a, []) == pytest.approx(1.0 + 0.5 + 1.0)
+    assert costs.marginal_cost(b, [a]) == pytest.approx(0.5 + 4.0)  # pool already paid
+    assert costs.marginal_cost(other, [a]) == pytest.approx(3.0 + 0.5 + 1.0)
+    assert costs.spent([a, b, other]) == pytest.approx(2.5 + 4.5 + 4.5)
+
+
+def test_trunk_sharing_charges_only_new_trunk_and_the_cooldown():
+    costs = TrunkSharingCosts(usd_per_train_token=1e-6, cooldown_fraction=0.2)
+    small, big = _cell(tokens=1e6), _cell(tokens=4e6)
+    assert costs.marginal_cost(small, []) == pytest.approx(1.0 + 1.0)
+    # trunk 0.8e6 already trained: the big cell adds 3.2e6 - 0.8e6 of trunk and 0.8e6 cooldown
+    assert costs.marginal_cost(big, [small]) == pytest.approx(2.4 + 0.8)
+    # the small one after the big one only needs its cooldown
+    assert costs.marginal_cost(small, [big]) == pytest.approx(0.2)
+
+
+def test_seed_design_spreads_each_source_over_a_decade_on_its_middle_pool():
+    p = make_problem(0)
+    seeds = seed_design(p.candidates(), pd.DataFrame(), [], p.costs, points=3)
+    assert {c.source for c in seeds} == {s.name for s in p.sources}
+    for s in p.sources:
+        mine = [c for c in seeds if c.source == s.name]
+        assert len(mine) == 3
+        # spends 1x, 3x, 9x the base: the geometric middle toward the target's 9x is 3x
+        assert {c.curation_spend for c in mine} == {3 * s.base_spend}
+        tokens = sorted(c.train_tokens for c in mine)
+        assert tokens[-1] / tokens[0] >= 10.0
+    cheapest = seed_design(p.candidates(), pd.DataFrame(), [], p.costs, points=3, pool="cheapest")
+    for s in p.sources:
+        assert {c.curation_spend for c in cheapest if c.source == s.name} == {s.base_spend}
+    # the first proposals of an empty table are seed cells, cheapest first
+    proposer = Proposer(target=p.target, costs=p.costs)
+    prop = proposer.propose(pd.DataFrame(), p.candidates(), n=4)
+    assert [c.reason for c in prop.cells] == ["seed"] * 4
+    assert all(c.cell.train_tokens == 1e6 for c in prop.cells[:3])
+
+
+def test_seed_design_handed_out_over_batches_still_spans_a_decade():
+    # after the smallest counts ran, the rest of the seed must not restart the spread
+    # from the smallest count still open (which would shrink it to 1e6..4e6)
+    p = make_problem(0)
+    cands = p.candidates()
+    proposer = Proposer(target=p.target, costs=p.costs)
+    done: list = []
+    table = pd.DataFrame()
+    while True:
+        cells = [c for c in proposer.propose(table, cands, n=3, done=done).cells]
+        if not all(c.reason == "seed" for c in cells):
+            break
+        batch = [c.cell for c in cells]
+        table = pd.concat([table, p.observe(batch)], ignore_index=True)
+        done += batch
+    for s in p.sources:
+        tokens = sorted(c.train_tokens for c in done if c.source == s.name)
+        assert len(tokens) == 3
+        assert tokens[-1] / tokens[0] >= 10.0
+
+
+def test_p_best_quadrature_matches_monte_carlo():
+    rng = np.random.default_rng(1)
+    mu, sd = rng.normal(0, 0.05, 4), rng.uniform(0.01, 0.05, 4)
+    exact = _p_best_gaussian(mu, sd)
+    draws = mu + sd * rng.standard_normal((200_000, 4))
+    mc = np.bincount(draws.argmin(1), minlength=4) / len(draws)
+    assert exact.sum() == pytest.approx(1.0, abs=1e-3)  # 16-node quadrature
+    np.testing.assert_allclose(exact, mc, atol=0.01)
+
+
+def test_expected_p_correct_grows_with_information_and_ignores_a_certain_source():
+    mu, var = np.array([0.0, 0.01]), np.array([0.01**2, 0.01**2])
+    z = np.random.default_rng(0).standard_normal((256, 2))
+    none, half, full = _expected_p_correct(
+        mu, var, np.array([[0, 0], [var[0] / 2, 0], [var[0], var[1]]]), z
+    )
+    assert none < half < full
+    assert full == pytest.approx(1.0, abs=1e-3)  # everything known: the decision is right
+
+
+def _clear_loser_problem() -> SimProblem:
+    base = make_problem(3)
+    loser = SimSource(
+        name="hopeless", E=5.0, B=1.0, beta=0.3, R_star=10, tokens_per_usd=2e6, base_spend=0.5
+    )
+    return SimProblem(sources=(*base.sources, loser), noise=base.noise, seed=base.seed)
+
+
+def test_proposals_skip_a_source_that_cannot_win():
+    p = _clear_loser_problem()
+    cands = p.candidates()
+    proposer = Proposer(target=p.target, costs=p.costs)
+    seeds = seed_design(cands, pd.DataFrame(), [], p.costs, points=3)
+    table = p.observe(seeds)
+    prop = proposer.propose(table, cands, n=4, done=seeds)
+    assert prop.state.p_best["hopeless"] == 0.0
+    assert all(c.reason == "score" for c in prop.cells)
+    assert "hopeless" not in {c.cell.source for c in prop.cells}
+    assert len({c.cell.name for c in prop.cells}) == 4
+    assert not {c.cell.name for c in prop.cells} & {c.name for c in seeds}
+
+
+def test_batch_fantasises_pending_cells_and_reuses_their_pools():
+    p = make_problem(2)
+    cands = p.candidates()
+    proposer = Proposer(target=p.target, costs=p.costs)
+    seeds = seed_design(cands, pd.DataFrame(), [], p.costs, points=3)
+    table = p.observe(seeds)
+    first = proposer.propose(table, cands, n=1, done=seeds).cells[0]
+    again = proposer.propose(table, cands, n=2, done=seeds, pending=[first.cell])
+    assert first.cell.name not in {c.cell.name for c in again.cells}
+    for c in again.cells:
+        if c.cell.pool == first.cell.pool:  # the running cell pays for the pool
+            assert c.cost == pytest.approx(p.costs.train_cost(c.cell))
+    # greedy ranks are consistent: ranks 1..n, marginal costs positive
+    assert [c.rank for c in again.cells] == [1, 2]
+    assert all(c.cost > 0 and c.expected_gain >= 0 for c in again.cells)
+
+
+def test_adaptive_design_finds_the_true_best_for_less_than_the_grid():
+    """Known answer: on simulated problems whose ranking flips between the cheapest cells
+    and the target, the adaptive design recommends the true best with under half the
+    grid's compute."""
+    for seed in (0, 2):
+        p = make_problem(seed)
+        assert p.flips()  # micro-annealing would pick another source
+        steps = run_policy(p, "adaptive", q=3, max_fraction=0.5)
+        assert steps[-1].spent <= 0.5 + 0.2  # one batch beyond the cap at most
+        assert steps[-1].recommended == p.true_best()
+        # the grid's answer, for comparison, costs all of it
+        assert run_policy(p, "grid")[-1].spent == pytest.approx(1.0)
+
+
+def test_stop_rule_reasons_and_savings():
+    p = make_problem(4)
+    cands = p.candidates()
+    table = p.observe(cands)  # the whole grid: confident at the target
+    proposer = Proposer(target=p.target, costs=p.costs)
+    grid = p.grid_cost()
+    check = stop_check(proposer, table, cands, spent=0.4 * grid, threshold=0.55, grid_cost=grid)
+    st = proposer.state(table, cands)
+    assert st.recommended == p.true_best()
+    if check.reason == "confident":
+        assert check.held_out_ok and check.held_out
+        assert check.confidence >= 0.55
+    assert check.saved == pytest.approx(0.6 * grid)
+    assert check.saved_fraction == pytest.approx(0.6)
+    strict = stop_check(
+        proposer, table, cands, spent=0.7 * grid, threshold=0.999, budget=0.6 * grid, grid_cost=grid
+    )
+    assert strict.stop and strict.reason == "budget"
+    assert "budget" in strict.message() and "saved" in strict.message()
+    going = stop_check(
+        proposer, table, cands, spent=0.1 * grid, threshold=0.999, budget=0.6 * grid, remaining=5
+    )
+    assert not going.stop and going.reason is None
+    with pytest.raises(AnalysisError, match="threshold"):
+        stop_check(proposer, table, cands, spent=0.0, threshold=1.5)
+
+
+def test_settings_are_validated():
+    with pytest.raises(AnalysisError, match="both be 0"):
+        ProposerSettings(decision_weight=0.0, variance_weight=0.0)
+    with pytest.raises(AnalysisError, match="cost_tempering"):
+        ProposerSettings(cost_tempering=-1)
+    with pytest.raises(AnalysisError, match="usd_per_train_token"):
+        PoolReuseCosts(usd_per_train_token=0.0)
+    assert math.isfinite(make_problem(0).grid_cost())
+
+
+def test_total_cost_target_decides_the_best_allocation():
+    p = make_problem(5)
+    cands = p.candidates()
+    table = p.observe(cands)
+    target = Target(total_cost=0.5 * p.grid_cost())
+    st = Proposer(target=target, costs=p.costs).state(table, cands)
+    assert set(st.points) == {s.name for s in p.sources}
+    for s, (d, c) in st.points.items():
+        spent = p.costs.curation_cost(s, c) + p.costs.usd_per_train_token * d
+        assert spent == pytest.approx(target.total_cost, rel=1e-9)
+    assert st.recommended in st.p_best

@@ -1,0 +1,92 @@
+"""``annealscale propose``: the next cells for a results table built by the simulator."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analysis.propose_costs import CandidateCell
+from analysis.simulate import make_problem
+from cluster.cli import main
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A partial sweep: every source at its cheapest and middle spend, three budgets."""
+    p = make_problem(6)
+    cells = [
+        c
+        for c in p.candidates()
+        if c.train_tokens in (1e6, 4e6, 1.6e7)
+        and c.curation_spend < 9 * next(s.base_spend for s in p.sources if s.name == c.source)
+    ]
+    table = p.observe(cells)
+    table["total_cost"] = table["curation_cost"] + table["train_cost"]
+    path = tmp_path_factory.mktemp("propose") / "results.parquet"
+    table.to_parquet(path, index=False)
+    return path, table
+
+
+def test_propose_prints_k_unfinished_cells_with_gain_and_cost(results, capsys):
+    path, table = results
+    code = main(["propose", str(path), "--target-tokens", "6.4e7", "-n", "3", "--tokens", "8e6"])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("At 6.4e7 training tokens: recommended ")
+    header = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("rank"))
+    rows = [ln.split() for ln in lines[header + 1 :]]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    finished = set(
+        zip(table["source"], table["curation_spend"], table["train_tokens"], strict=True)
+    )
+    for r in rows:
+        source, spend, tokens = r[1], float(r[2]), float(r[3])
+        assert (source, spend, tokens) not in finished
+        assert tokens in (1e6, 4e6, 8e6, 1.6e7)
+        assert float(r[4]) >= 0  # expected gain
+        assert r[7].startswith("$") and float(r[7][1:].replace(",", "")) > 0
+        assert r[-1] == "score"
+
+
+def test_propose_gain_and_cost_match_the_proposer(results):
+    from analysis.compare import Target
+    from analysis.propose_table import propose_from_results
+
+    path, table = results
+    prop = propose_from_results(path, target=Target(train_tokens=6.4e7), n=2, extra_tokens=[8e6])
+    first = prop.cells[0]
+    assert [c.rank for c in prop.cells] == [1, 2]
+    assert all(c.cell.train_tokens in (1e6, 4e6, 8e6, 1.6e7) for c in prop.cells)
+    # a pool already curated costs only training; a new pool adds its curation
+    curated = {(s, c) for s, c in zip(table["source"], table["curation_spend"], strict=True)}
+    cell: CandidateCell = first.cell
+    train = 2e-7 * cell.train_tokens
+    if cell.pool in curated:
+        assert first.cost == pytest.approx(train, rel=0.05)
+    else:
+        assert first.cost > train
+
+
+def test_propose_without_a_target_is_one_line(results, capsys):
+    path, _ = results
+    code = main(["propose", str(path), "-n", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "--target-tokens" in err
+
+
+def test_propose_on_a_table_without_costs_says_so(tmp_path, capsys):
+    df = pd.DataFrame(
+        {
+            "source": ["a", "a", "b", "b"],
+            "curation_spend": [1.0] * 4,
+            "train_tokens": [1e6, 4e6, 1e6, 4e6],
+            "domain_bpb": [1.3, 1.2, 1.25, 1.22],
+        }
+    )
+    path = tmp_path / "r.parquet"
+    df.to_parquet(path)
+    code = main(["propose", str(path), "--target-tokens", "1e7", "--tokens", "8e6"])
+    err = capsys.readouterr().err
+    assert code == 2 and "propose needs costs" in err and err.count("\n") == 1

@@ -1,0 +1,109 @@
+"""The adaptive Tune searcher: suggestions, stop rule, and state that survives a restart.
+
+Trials are played by the simulator (`analysis.simulate`): the searcher's contract with Tune
+is its ``suggest`` / ``on_trial_complete`` / ``save`` / ``restore`` methods, exercised here
+directly; `tests/e2e` runs it inside a real Tune sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ray.tune.search import Searcher
+
+from analysis.simulate import make_problem
+from tune.searcher import AdaptiveSearcher
+
+
+def _searcher(p, state_path=None, **kw):
+    cells = [replace(c, key=c.name) for c in p.candidates()]
+    opts = {"threshold": 0.9, "budget": None, "q": 3, **kw}
+    return AdaptiveSearcher(
+        cells=cells, costs=p.costs, target=p.target, state_path=state_path, **opts
+    )
+
+
+def _result(p, cell):
+    row = p.observe([cell]).iloc[0]
+    return {
+        "domain_bpb": float(row["domain_bpb"]),
+        "domain_tokens": float(row["domain_tokens"]),
+        "train_tokens": float(row["train_tokens"]),
+    }
+
+
+def _play(p, searcher, n, prefix="t"):
+    ran = []
+    for i in range(n):
+        cfg = searcher.suggest(f"{prefix}{i}")
+        assert isinstance(cfg, dict), cfg
+        cell = searcher.cells[cfg["cell_id"]]
+        searcher.on_trial_complete(f"{prefix}{i}", result=_result(p, cell))
+        ran.append(cfg["cell_id"])
+    return ran
+
+
+def test_restored_searcher_makes_the_same_next_proposals_and_repeats_no_cell(tmp_path):
+    p = make_problem(1)
+    state = tmp_path / "adaptive_state.json"
+    first = _searcher(p, state)
+    ran = _play(p, first, 12)
+    assert len(set(ran)) == 12  # never the same cell twice
+    assert state.exists()  # written after every result, for a killed sweep
+
+    restored = _searcher(p)
+    restored.restore(str(state))
+    assert [r["cell_id"] for r in restored.rows] == ran
+
+    expected = [first.suggest(f"n{i}")["cell_id"] for i in range(3)]
+    got = [restored.suggest(f"m{i}")["cell_id"] for i in range(3)]
+    assert got == expected
+    assert not set(got) & set(ran)
+
+
+def test_running_cells_of_a_killed_sweep_are_proposed_again_but_failed_ones_are_not(tmp_path):
+    p = make_problem(2)
+    state = tmp_path / "s.json"
+    # a threshold the nine cells cannot reach: this test kills the sweep mid-search
+    s = _searcher(p, state, threshold=0.999)
+    ran = _play(p, s, 9)
+    running = [s.suggest("r0")["cell_id"], s.suggest("r1")["cell_id"]]
+    failed = s.suggest("r2")["cell_id"]
+    s.on_trial_complete("r2", result=None, error=True)  # saves the state; r0, r1 still run
+    # the process dies here; a new searcher resumes from the file
+    again = _searcher(p, threshold=0.999)
+    again.restore(str(state))
+    assert failed in again.failed
+    open_ids = {c.name for c in again.open_cells()}
+    assert set(running) <= open_ids
+    assert failed not in open_ids and not open_ids & set(ran)
+    proposed = [again.suggest(f"x{i}")["cell_id"] for i in range(3)]
+    assert not set(proposed) & ({failed} | set(ran))
+
+
+def test_budget_stop_finishes_the_search_and_records_why(tmp_path):
+    p = make_problem(3)
+    s = _searcher(p, tmp_path / "s.json", budget=0.05 * p.grid_cost())
+    ids = []
+    while True:
+        cfg = s.suggest(f"t{len(ids)}")
+        if cfg == Searcher.FINISHED:
+            break
+        assert isinstance(cfg, dict)
+        ids.append(cfg["cell_id"])
+        s.on_trial_complete(f"t{len(ids) - 1}", result=_result(p, s.cells[cfg["cell_id"]]))
+        assert len(ids) < 45
+    assert s.stop is not None and s.stop["reason"] == "budget"
+    assert s.stop["spent"] >= 0.05 * p.grid_cost()
+    assert s.stop["saved_fraction"] > 0.5
+    assert s.suggest("late") == Searcher.FINISHED
+
+
+def test_suggest_waits_while_a_full_batch_runs():
+    p = make_problem(4)
+    s = _searcher(p, q=2)
+    assert isinstance(s.suggest("a"), dict)
+    assert isinstance(s.suggest("b"), dict)
+    assert s.suggest("c") is None  # two running = q: wait for a result
+    s.on_trial_complete("a", result=_result(p, s.cells[s.live["b"]]))
+    assert isinstance(s.suggest("c"), dict)
