@@ -181,6 +181,7 @@ def _stack(model_path, train, schedule, dirs, steps, threads, work: Path) -> flo
         threads_per_worker=threads,
     )
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+    metrics_path = work / f"metrics-{time.time_ns()}.json"
     replay_rows = steps * train.batch_size
     trainer = TorchTrainer(
         anneal_worker,
@@ -192,10 +193,31 @@ def _stack(model_path, train, schedule, dirs, steps, threads, work: Path) -> flo
             "domain": ray.data.read_parquet(dirs["domain"]).materialize(),
             "replay": ray.data.read_parquet(dirs["replay"]).limit(replay_rows).materialize(),
         },
-        run_config=RunConfig(name=f"throughput-{time.time_ns()}", storage_path=str(work / "runs")),
+        run_config=RunConfig(
+            name=f"throughput-{time.time_ns()}",
+            storage_path=str(work / "runs"),
+            callbacks=[_keep_final_metrics(str(metrics_path))],
+        ),
     )
-    metrics = trainer.fit().metrics
-    return float(metrics["steady_tokens_per_second"])
+    trainer.fit()
+    # Ray Train V2 keeps only checkpointed reports in its Result; the callback kept this one
+    return float(json.loads(metrics_path.read_text())["steady_tokens_per_second"])
+
+
+def _keep_final_metrics(path: str):
+    """A Train callback that writes rank 0's final report (the one with throughput) to
+    ``path``; it runs in the Train controller, on this machine."""
+    from ray.train import UserCallback
+
+    class KeepFinalMetrics(UserCallback):
+        def __init__(self, path: str):
+            self.path = path
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if "steady_tokens_per_second" in metrics[0]:
+                Path(self.path).write_text(json.dumps(metrics[0]))
+
+    return KeepFinalMetrics(path)
 
 
 def _token_bytes(model_path: str, work: Path) -> str:
