@@ -36,6 +36,32 @@ class DemoAssets:
     _corpus: DemoCorpus | None = None
     _base: Path | None = None
 
+    @classmethod
+    def tiny(cls, cache_dir: Path) -> DemoAssets:
+        """A small real corpus and a tiny base model, built in seconds: for tests and
+        benchmarks that need the whole pipeline but not the demo's scale."""
+        return cls(
+            cache_dir=Path(cache_dir),
+            corpus_config=DemoCorpusConfig(
+                math_packages=("mpmath", "sympy"),
+                general_packages=("email", "logging", "http", "json", "importlib"),
+                max_docs_per_package=300,
+                seed_docs=60,
+            ),
+            base_config=BaseModelConfig(
+                vocab_size=512,
+                hidden_size=48,
+                num_layers=2,
+                num_heads=2,
+                intermediate_size=96,
+                max_positions=128,
+                seq_len=64,
+                batch_size=16,
+                pretrain_tokens=60_000,
+                tokenizer_sample_chars=300_000,
+            ),
+        )
+
     def corpus(self) -> DemoCorpus:
         if self._corpus is None:
             log.info("demo corpus: collecting docstrings of installed packages (cached)")

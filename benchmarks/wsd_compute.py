@@ -66,34 +66,6 @@ def spec_data(storage: str, share_trunk: bool) -> dict:
     }
 
 
-def tiny_assets(cache: Path):
-    from anneal.base_model import BaseModelConfig
-    from anneal.demo import DemoAssets
-    from anneal.demo_corpus import DemoCorpusConfig
-
-    return DemoAssets(
-        cache_dir=cache,
-        corpus_config=DemoCorpusConfig(
-            math_packages=("mpmath", "sympy"),
-            general_packages=("email", "logging", "http", "json", "importlib"),
-            max_docs_per_package=300,
-            seed_docs=60,
-        ),
-        base_config=BaseModelConfig(
-            vocab_size=512,
-            hidden_size=48,
-            num_layers=2,
-            num_heads=2,
-            intermediate_size=96,
-            max_positions=128,
-            seq_len=64,
-            batch_size=16,
-            pretrain_tokens=60_000,
-            tokenizer_sample_chars=300_000,
-        ),
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=None, help="keep outputs here (default: temp)")
@@ -107,7 +79,9 @@ def main() -> None:
     from tune.trunks import planned_train_steps
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wsd-bench-"))
-    assets = tiny_assets(work / "assets")
+    from anneal.demo import DemoAssets
+
+    assets = DemoAssets.tiny(work / "assets")
     assets.base_model()
     connect(num_cpus=4)
     storage = str(work / "storage")  # shared: pools are curated and packed once

@@ -28,30 +28,8 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
     """A small real demo corpus and a tiny pre-trained base model (seconds to build)."""
-    from anneal.base_model import BaseModelConfig
     from anneal.demo import DemoAssets
-    from anneal.demo_corpus import DemoCorpusConfig
 
-    assets = DemoAssets(
-        cache_dir=tmp_path_factory.mktemp("asset-cache"),
-        corpus_config=DemoCorpusConfig(
-            math_packages=("mpmath", "sympy"),
-            general_packages=("email", "logging", "http", "json", "importlib"),
-            max_docs_per_package=300,
-            seed_docs=60,
-        ),
-        base_config=BaseModelConfig(
-            vocab_size=512,
-            hidden_size=48,
-            num_layers=2,
-            num_heads=2,
-            intermediate_size=96,
-            max_positions=128,
-            seq_len=64,
-            batch_size=16,
-            pretrain_tokens=60_000,
-            tokenizer_sample_chars=300_000,
-        ),
-    )
+    assets = DemoAssets.tiny(tmp_path_factory.mktemp("asset-cache"))
     assets.base_model()
     return assets
