@@ -17,8 +17,10 @@ Definitions (printed too):
   model load and DeepSpeed initialisation, and the teardowns;
 - ``overhead_share`` = ``overhead_s`` / mean wall time of the quick-demo cells.
 
-With ``--variants baseline,preload`` each variant runs on its own fresh local Ray, one
-after the other in this process, so they are compared under the same machine load.
+``train_floor_s`` is measured in the same run for scale: the wall time of a bare Ray Train
+V2 ``TorchTrainer.fit()`` whose worker function returns at once (controller, placement-group
+cleaner and worker process starts, process-group init, teardown): the part of the
+overhead no change inside annealscale can remove.
 The last stdout line is JSON.
 """
 
@@ -102,19 +104,40 @@ def _breakdown(table) -> dict:
     }
 
 
-def run_variant(name: str, assets, root: Path, empty_cells: int, with_quick: bool) -> dict:
+def bare_train_fit_s(storage: Path, repeats: int) -> list[float]:
+    """Wall seconds of `repeats` no-op ``TorchTrainer.fit()`` calls (one CPU worker)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    walls = []
+    for i in range(repeats):
+        started = time.time()
+        TorchTrainer(
+            _noop,
+            scaling_config=ScalingConfig(num_workers=1, use_gpu=False),
+            run_config=RunConfig(name=f"noop-{i}", storage_path=str(storage)),
+        ).fit()
+        walls.append(round(time.time() - started, 2))
+    return walls
+
+
+def _noop(config: dict) -> None:
+    return None
+
+
+def measure(assets, root: Path, empty_cells: int) -> dict:
     import pandas as pd
     import ray
 
     from cluster.local import connect
     from tune.sweep import run_sweep
 
-    storage = root / name / "storage"
+    storage = root / "storage"
     empty, quick = _specs(storage, empty_cells)
-    connect(preload_worker_modules=(name == "preload"))
+    connect()
     try:
         started = time.time()
-        outcome = run_sweep(empty, root / name / "empty", resolve=assets.resolve)
+        outcome = run_sweep(empty, root / "empty", resolve=assets.resolve)
         table = pd.read_parquet(outcome.results_path)
         assert (table["status"] == "finished").all(), table[["status", "error"]]
         parts = _breakdown(table)
@@ -124,17 +147,15 @@ def run_variant(name: str, assets, root: Path, empty_cells: int, with_quick: boo
             "breakdown_median_s": {k: round(v, 2) for k, v in parts.items()},
             "empty_sweep_s": round(time.time() - started, 1),
         }
-        if with_quick:
-            outcome = run_sweep(quick, root / name / "quick", resolve=assets.resolve)
-            table = pd.read_parquet(outcome.results_path)
-            assert (table["status"] == "finished").all(), table[["status", "error"]]
-            walls = table["finished_at"] - table["started_at"]
-            result["quick_cell_wall_s"] = [round(float(w), 2) for w in walls]
-            result["quick_cell_breakdown_median_s"] = {
-                k: round(v, 2)
-                for k, v in _breakdown(table).items()
-                if k not in ("wall", "overhead")
-            }
+        outcome = run_sweep(quick, root / "quick", resolve=assets.resolve)
+        table = pd.read_parquet(outcome.results_path)
+        assert (table["status"] == "finished").all(), table[["status", "error"]]
+        walls = table["finished_at"] - table["started_at"]
+        result["quick_cell_wall_s"] = [round(float(w), 2) for w in walls]
+        result["quick_cell_breakdown_median_s"] = {
+            k: round(v, 2) for k, v in _breakdown(table).items() if k not in ("wall", "overhead")
+        }
+        result["train_floor_walls_s"] = bare_train_fit_s(root / "noop", empty_cells)
         return result
     finally:
         ray.shutdown()
@@ -143,12 +164,6 @@ def run_variant(name: str, assets, root: Path, empty_cells: int, with_quick: boo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--empty-cells", type=int, default=3)
-    parser.add_argument(
-        "--variants",
-        default="preload,baseline",
-        help="comma-separated: baseline (workers import lazily), preload (workers start with "
-        "torch, DeepSpeed and transformers imported); the first also runs the quick cells",
-    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -157,26 +172,22 @@ def main() -> None:
 
     assets = DemoAssets()
     assets.base_model()
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    results = {}
     with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as tmp:
-        for i, name in enumerate(variants):
-            results[name] = run_variant(name, assets, Path(tmp), args.empty_cells, i == 0)
-            print(name, json.dumps(results[name]), flush=True)
-    first = results[variants[0]]
-    quick_wall = statistics.mean(first["quick_cell_wall_s"])
+        result = measure(assets, Path(tmp), args.empty_cells)
+    print(json.dumps(result), flush=True)
+    quick_wall = statistics.mean(result["quick_cell_wall_s"])
+    floor = statistics.median(result["train_floor_walls_s"])
     summary = {
-        "overhead_s": round(first["overhead_s"], 2),
-        "overhead_share": round(first["overhead_s"] / quick_wall, 3),
+        "overhead_s": round(result["overhead_s"], 2),
+        "overhead_share": round(result["overhead_s"] / quick_wall, 3),
         "quick_cell_wall_s": round(quick_wall, 2),
-        "variant": variants[0],
+        "quick_cell_work_s": result["quick_cell_breakdown_median_s"]["work"],
+        "train_floor_s": round(floor, 2),
+        "train_floor_share_of_overhead": round(floor / result["overhead_s"], 3),
+        "breakdown_median_s": result["breakdown_median_s"],
         "definition": DEFINITION,
         "parts": dict(PARTS),
-        "variants": {k: {"overhead_s": round(v["overhead_s"], 2)} for k, v in results.items()},
     }
-    if len(variants) > 1:
-        base = results[variants[-1]]["overhead_s"]
-        summary["overhead_ratio_vs_" + variants[-1]] = round(first["overhead_s"] / base, 3)
     print(DEFINITION)
     print(json.dumps(summary))
 

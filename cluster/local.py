@@ -10,28 +10,29 @@ from anneal.errors import AnnealscaleError
 log = logging.getLogger(__name__)
 
 
-PRELOAD_MODULES = ("torch", "deepspeed", "transformers")
-"""What every anneal's worker imports; see `connect`'s ``preload_worker_modules``."""
+LOCAL_TRAIN_ENV = {
+    # A laptop has no preemptible nodes: skip the watcher actor (one process start per run).
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # The controller notices a finished worker group at its next poll (default every 2 s);
+    # locally a poll is cheap and each cell's teardown waits on it.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+"""Ray Train settings for the embedded local instance, unless already set in the
+environment (``benchmarks/sweep_overhead.py`` measures a cell's fixed costs)."""
 
 
 def connect(
     address: str | None = None,
     *,
     num_cpus: int | None = None,
-    preload_worker_modules: bool = False,
 ) -> dict:
     """Initialise Ray once; return the cluster's resources.
 
     Locally, Ray is started in-process on loopback with twice as many logical CPUs as
     cores: each anneal's driver and Ray Data's streaming tasks mostly wait, and reserving a
     whole core for them would leave a 2-core laptop able to run one anneal at a time.
-    Token authentication is left to the cluster; the local instance runs without it.
-
-    ``preload_worker_modules`` starts the local instance's worker processes with
-    `PRELOAD_MODULES` already imported (Ray's ``preload_python_modules``), so an anneal's
-    workers, taken from the pool of idle processes, skip those imports
-    (``benchmarks/sweep_overhead.py`` measures the effect). A remote cluster sets this
-    when it is started.
+    Token authentication is left to the cluster; the local instance runs without it, and
+    with `LOCAL_TRAIN_ENV`.
     """
     import ray
 
@@ -49,13 +50,11 @@ def connect(
             ) from None
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        for name, value in LOCAL_TRAIN_ENV.items():
+            os.environ.setdefault(name, value)  # the local raylet's workers inherit these
         cores = os.cpu_count() or 1
-        system_config = {}
-        if preload_worker_modules:
-            system_config["preload_python_modules"] = list(PRELOAD_MODULES)
         ray.init(
             num_cpus=num_cpus or 2 * cores,
-            _system_config=system_config or None,
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=False,

@@ -21,6 +21,8 @@ DRIVER_CPUS = 0.25
 """Logical CPUs reserved for each trial's driver: it only waits on the Train run."""
 SKIPPED = "skipped_finished"
 """Metric a trial reports instead of running when its cell already has a finished row."""
+FINAL = "attempt_finished_at"
+"""Metric only the driver's last report carries: the trial's result is complete."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +52,7 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from tune.cell_data import cell_datasets
     from tune.results import ResultsStore
     from tune.trunks import obtain_branch
 
@@ -79,6 +82,7 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
             branch_step=plan.trunk.branch_step,
             trunk_steps_trained=branch.trained_steps,
         )
+    datasets = cell_datasets(plan.domain_dir, plan.replay_dir, plan.replay_rows)
     fit_started = time.time()
     result = fit_anneal(
         plan,
@@ -88,6 +92,7 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
         storage_path=settings.train_storage,
         keep=plan.checkpoints_kept,
         callbacks=[TuneReportCallback()],
+        datasets=datasets,
     )
     # One more report from the driver: the worker's metrics plus this attempt's node and
     # interval (what the multi-node and concurrency checks read).
@@ -96,7 +101,7 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
             **(result.metrics or {}),
             "driver_node": ray.get_runtime_context().get_node_id(),
             "attempt_started_at": started,
-            "attempt_finished_at": time.time(),
+            FINAL: time.time(),
             # driver imports, trunk and dataset materialisation, then the whole Train run
             "driver_setup_seconds": fit_started - started,
             "fit_seconds": time.time() - fit_started,
@@ -113,13 +118,15 @@ def fit_anneal(
     storage_path: str,
     keep,
     callbacks=(),
+    datasets: dict | None = None,
 ):
-    """Run ``job`` as a Ray Train run named ``name`` on the cell's datasets; its Result."""
-    import ray.data
+    """Run ``job`` as a Ray Train run named ``name`` on the cell's datasets (``datasets``,
+    else read here); its Result."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from anneal.loop import anneal_worker
+    from tune.cell_data import cell_datasets
 
     resources = settings.resources
     per_worker = {"CPU": resources.cpus_per_worker}
@@ -140,10 +147,7 @@ def fit_anneal(
         # One worker reads its datasets whole; splitting would only add a coordinator
         # actor per dataset (a process start each, seconds on a small machine).
         dataset_config=DataConfig(datasets_to_split="all" if resources.num_workers > 1 else []),
-        datasets={
-            "domain": ray.data.read_parquet(plan.domain_dir).materialize(),
-            "replay": ray.data.read_parquet(plan.replay_dir).limit(plan.replay_rows).materialize(),
-        },
+        datasets=datasets or cell_datasets(plan.domain_dir, plan.replay_dir, plan.replay_rows),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
