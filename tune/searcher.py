@@ -73,7 +73,11 @@ class AdaptiveSearcher(Searcher):
         settings: ProposerSettings | None = None,
         state_path: str | os.PathLike[str] | None = None,
     ):
-        super().__init__(metric="domain_bpb", mode="min")
+        # No metric for Tune to check: a trial's results arrive in parts (the worker's
+        # metrics, then the driver's report; a skipped cell reports neither), so Tune's check
+        # that every result holds the metric cannot hold. The searcher merges them instead.
+        super().__init__(metric=None, mode=None)
+        self._results: dict[str, dict[str, Any]] = {}  # trial id -> its results merged
         self.cells = {c.name: c for c in cells}
         self.costs = costs
         self.target = target
@@ -113,13 +117,17 @@ class AdaptiveSearcher(Searcher):
         self.live[trial_id] = cell_id
         return {"cell_id": cell_id}
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._results.setdefault(trial_id, {}).update(result)
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        result = {**self._results.pop(trial_id, {}), **(result or {})}
         cell_id = self.live.pop(trial_id, None)
         if cell_id is None:
             return
-        if error or not result or not _finite(result.get("domain_bpb")):
+        if error or not _finite(result.get("domain_bpb")):
             self.failed.add(cell_id)
         else:
             self.rows.append(_row(self.cells[cell_id], result))

@@ -382,6 +382,8 @@ class _CellRowWriter(tune.Callback):
         self._earlier_attempts = earlier_attempts
         self._started_at: dict[str, float] = {}
         self._metrics: dict[str, dict] = {}
+        self._row_written: set[str] = set()
+        """Trials whose finished row was written from the driver's last report."""
         self.seen: set[str] = set()
         """Cells whose trial ended (finished, failed or skipped) in this run."""
         self.written: set[str] = set()
@@ -395,13 +397,24 @@ class _CellRowWriter(tune.Callback):
         self._metrics[trial.trial_id] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        from tune.trial import FINAL
+
         # The worker's metrics and the driver's last report arrive as separate results.
-        self._metrics.setdefault(trial.trial_id, {}).update(result)
+        metrics = self._metrics.setdefault(trial.trial_id, {})
+        metrics.update(result)
+        # The driver's last report completes the row: write it now, before Tune tells the
+        # searcher and the other callbacks the trial is complete (a crash there, or of the
+        # driver, must not lose a cell that finished training).
+        if FINAL in result and "domain_bpb" in metrics:
+            self._write(trial, dict(metrics), "finished", None)
+            self._row_written.add(trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         from tune.trial import SKIPPED
 
         metrics = {**self._metrics.pop(trial.trial_id, {}), **(trial.last_result or {})}
+        if trial.trial_id in self._row_written:
+            return
         if SKIPPED in metrics:
             self.seen.add(trial.config["cell_id"])
             return

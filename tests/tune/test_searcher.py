@@ -107,3 +107,20 @@ def test_suggest_waits_while_a_full_batch_runs():
     assert s.suggest("c") is None  # two running = q: wait for a result
     s.on_trial_complete("a", result=_result(p, s.cells[s.live["b"]]))
     assert isinstance(s.suggest("c"), dict)
+
+
+def test_a_trial_reporting_in_parts_is_recorded_from_all_its_results():
+    """A cell's trial reports the worker's metrics, then the driver's report without them
+    (what `tune.trial.run_cell` does): the searcher must keep the cell, not call it failed."""
+    p = make_problem(2)
+    searcher = _searcher(p, q=1)
+    cfg = searcher.suggest("t0")
+    metrics = _result(p, searcher.cells[cfg["cell_id"]])
+    driver = {"driver_node": "n1", "attempt_finished_at": 2.0}
+    searcher.on_trial_result("t0", metrics)
+    searcher.on_trial_result("t0", driver)
+    searcher.on_trial_complete("t0", result=driver)  # Tune passes the last result only
+    assert [r["cell_id"] for r in searcher.rows] == [cfg["cell_id"]]
+    assert searcher.rows[0]["domain_bpb"] == metrics["domain_bpb"]
+    assert not searcher.failed
+    assert searcher.metric is None  # Tune must not demand the metric in every part
