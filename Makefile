@@ -7,6 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_CPU_VERSION ?= 2.13.0
+# Test processes, each with its own local Ray: the end-to-end sweeps mostly wait on process
+# starts, so two overlap well even on a 2-core machine. A module runs in one process, so
+# a module's shared sweep is never run twice.
+TEST_WORKERS ?= 2
 
 .PHONY: demo demo-quick test lint format clean venv
 
@@ -29,7 +33,7 @@ demo-quick: $(STAMP)
 	$(BIN)/annealscale demo --quick --out runs/demo-quick
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

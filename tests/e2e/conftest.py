@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cluster.local import LOCAL_TRAIN_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -64,6 +66,8 @@ def cli_env(tmp_path: Path) -> dict:
         ANNEALSCALE_CACHE=str(tmp_path / "cli-cache"),  # every demo: path is already resolved
     )
     env.pop("RAY_ADDRESS", None)
+    # a test cluster started from this environment is as local as `connect`'s instance
+    env.update({k: env.get(k, v) for k, v in LOCAL_TRAIN_ENV.items()})
     return env
 
 
