@@ -36,12 +36,15 @@ import json
 import multiprocessing as mp
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from analysis.propose import ProposerSettings  # noqa: E402
+from analysis.propose_model import DEFAULT_LAW_PRIOR  # noqa: E402
 from analysis.simulate import at_fraction, make_problem, run_policy  # noqa: E402
 
 METHODS = ("adaptive", "grid", "random", "cheapest_first", "variance_only")
@@ -56,10 +59,13 @@ DEFINITION = (
 )
 
 
-def _run(args: tuple[int, str, int]) -> tuple[int, str, list[tuple[float, str | None, float]]]:
-    seed, method, q = args
+def _run(
+    args: tuple[int, str, int, dict],
+) -> tuple[int, str, list[tuple[float, str | None, float]]]:
+    seed, method, q, overrides = args
     problem = make_problem(seed)
-    steps = run_policy(problem, method, q=q, seed=seed)
+    settings = replace(ProposerSettings(), **overrides)
+    steps = run_policy(problem, method, q=q, seed=seed, settings=settings)
     return seed, method, [(s.spent, s.recommended, s.target_error) for s in steps]
 
 
@@ -79,10 +85,25 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--q", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--seed-points", type=int, default=None, help="token counts per source in the seed"
+    )
+    parser.add_argument(
+        "--law-prior",
+        choices=("default", "none"),
+        default=None,
+        help="the proposer's prior on beta and R_star (every method's recommendations use it)",
+    )
     args = parser.parse_args()
     started = time.time()
+    overrides: dict = {}
+    if args.seed_points is not None:
+        overrides["seed_points"] = args.seed_points
+    if args.law_prior is not None:
+        overrides["law_prior"] = DEFAULT_LAW_PRIOR if args.law_prior == "default" else None
+    settings = replace(ProposerSettings(), **overrides)
     seeds = list(range(args.first_seed, args.first_seed + args.problems))
-    jobs = [(seed, m, args.q) for seed in seeds for m in METHODS]
+    jobs = [(seed, m, args.q, overrides) for seed in seeds for m in METHODS]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(_run, jobs, chunksize=1)
     row = {seed: i for i, seed in enumerate(seeds)}
@@ -130,6 +151,8 @@ def main() -> None:
     out["problems"] = args.problems
     out["first_seed"] = args.first_seed
     out["q"] = args.q
+    out["seed_points"] = settings.seed_points
+    out["law_prior"] = settings.law_prior is not None
     out["seconds"] = round(time.time() - started, 1)
     print(json.dumps(out))
 
