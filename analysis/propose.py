@@ -57,7 +57,13 @@ from analysis.compare import Target
 from analysis.errors import AnalysisError
 from analysis.laws import Law, get_law
 from analysis.propose_costs import CandidateCell, CellCostModel, PoolReuseCosts
-from analysis.propose_model import FitCache, SourcePosterior, fit_posteriors, known_pools
+from analysis.propose_model import (
+    FitCache,
+    LawPrior,
+    SourcePosterior,
+    fit_posteriors,
+    known_pools,
+)
 
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(16)
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
@@ -88,8 +94,16 @@ class ProposerSettings:
     of the grid's compute, 0.5 at 0.29, 1.0 at 0.68 (24 problems): with 1.0 the score
     keeps buying cheap small-token cells whose gain per USD looks high but which barely
     constrain the extrapolation to the target."""
+    law_prior: LawPrior | None = None
+    """Fixed weakly-informative prior on the law's shape parameters (``beta``,
+    ``R_star``), in the fit and the posterior (`analysis.propose_model`;
+    `analysis.propose_model.DEFAULT_LAW_PRIOR` is centred on published fits); None (the
+    default) fits them by plain least squares. With ``seed_points=2`` the prior keeps the
+    recommendation from flipping as the first cells after the seed arrive (plain fits of
+    two to four cells run along a ridge of exact fits); see `benchmarks/adaptive.py`
+    ``--law-prior`` for what it does to the designs' costs."""
     prior_sd: float = 0.5
-    """Prior sd of each log-parameter around its fitted value."""
+    """Prior sd of each log-parameter without a ``law_prior`` around its fitted value."""
     inflation: float = 1.0
     """Factor on the Laplace posterior's sd: with a few cells and a nonlinear law the
     Gaussian approximation is overconfident, and an overconfident belief stops sampling
@@ -259,6 +273,7 @@ class Proposer:
             noise_prior_weight=s.noise_prior_weight,
             seed=s.seed,
             cache=self.cache,
+            prior=s.law_prior,
         )
         return law, posts, sigma
 

@@ -4,9 +4,20 @@ Per source, the law is fitted (least squares on log metric) from several starts.
 start that ends as good as the best (within a few noise units of squared log error)
 is kept: where the data allow several optima, their disagreement is part of the
 uncertainty. Around each kept optimum the posterior of the log-parameters is
-approximated by a Laplace (Gauss-Newton) Gaussian with a weak Gaussian prior
-(``prior_sd`` in log units), so that a source with fewer cells than parameters still
-gets an honest, wide posterior instead of a singular one. Drawing from this mixture
+approximated by a Laplace (Gauss-Newton) Gaussian, so that a source with fewer cells
+than parameters still gets an honest, wide posterior instead of a singular one.
+
+Priors. The law's shape parameters (the data exponent ``beta``, the repetition
+half-life ``R_star``) are poorly identified by a few cells on one pool: with two to four
+cells per source a four-parameter law has a ridge of near-exact fits, and the fit jumps
+along it as cells arrive, flipping the decision back and forth. A fixed,
+weakly-informative Gaussian prior on their logarithms (`LawPrior`, centred on published
+fits, see `DEFAULT_LAW_PRIOR`) enters the fit (a penalised, i.e. MAP, least squares)
+and the Laplace precision; the data override it as soon as they constrain the
+parameter. Parameters without such a prior (the offset ``E`` and amplitude ``B``,
+which are linear and set by the data once the shape is) get a weak Gaussian prior
+(``prior_sd`` in log units) around each optimum in the Laplace step only. Drawing from
+the mixture
 gives an ensemble of parameter vectors; predictions of the ensemble at any cells
 give their joint covariance, which is what the proposer's fantasy updates use.
 
@@ -18,6 +29,12 @@ References
 ----------
 .. [1] MacKay 1992, "Bayesian interpolation" (the Laplace approximation).
 .. [2] Evensen 2003, "The Ensemble Kalman Filter" (covariances from an ensemble).
+.. [3] Gelman et al. 2008, "A weakly informative default prior distribution for logistic
+   and other regression models" (priors that regularise without dominating the data).
+.. [4] Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (data
+   exponent 0.28); Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt"
+   (0.37); Muennighoff et al. 2023, "Scaling Data-Constrained Language Models"
+   (repetition half-life R_D* = 15.4 epochs).
 """
 
 from __future__ import annotations
@@ -39,6 +56,44 @@ _OPTIMA_KEEP = 8.0
 variances are dropped (their weight ``exp(-delta / 2 sigma^2)`` is below 2 %)."""
 _OPTIMA_DISTINCT = 0.05
 """Optima closer than this in every log-parameter count as one."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LawPrior:
+    """Independent Gaussian priors on the logarithms of some of a law's parameters.
+
+    ``terms``: ``(parameter name, centre in the parameter's own units, sd of its log)``;
+    parameters a law does not have are ignored, so one prior serves every law that
+    shares the names.
+    """
+
+    terms: tuple[tuple[str, float, float], ...]
+
+    def __post_init__(self) -> None:
+        for name, centre, sd in self.terms:
+            if not (centre > 0 and sd > 0 and math.isfinite(centre) and math.isfinite(sd)):
+                raise AnalysisError(
+                    f"law prior of {name!r}: centre and sd must be positive and finite; "
+                    f"got ({centre}, {sd})"
+                )
+
+    def vectors(self, law: Law) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, inverse variance)`` over ``law.param_names`` in log units; inverse
+        variance 0 where the prior says nothing."""
+        mean, inv_var = np.zeros(law.n_params), np.zeros(law.n_params)
+        for name, centre, sd in self.terms:
+            if name in law.param_names:
+                j = law.param_names.index(name)
+                mean[j], inv_var[j] = math.log(centre), 1.0 / sd**2
+        return mean, inv_var
+
+
+DEFAULT_LAW_PRIOR = LawPrior(terms=(("beta", 0.3, math.log(2.0)), ("R_star", 15.4, 1.0)))
+"""The data exponent ``beta`` centred on 0.3 (Chinchilla's 0.28 [4]_, its replication's
+0.37) within a factor 2 per sd (95 %: 0.08 to 1.2, Kaplan-like shallow exponents
+included); the repetition half-life ``R_star`` on Muennighoff et al.'s 15.4 epochs within
+a factor e per sd (95 %: 2 to 110 epochs). Both are wide next to what a few cells spread
+over a decade of tokens measure; they only stop a fit from running along a ridge."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,9 +144,19 @@ _SCREEN_GRID = 12
 _STARTS = 6
 
 
-def map_fit(law: Law, x: np.ndarray, y: np.ndarray, cache: FitCache | None = None) -> MapFit:
-    """Least squares on log metric from the best distinct starts of a grid screen, all
-    refined at once by the batched solver (`analysis.solve`); cached by the data.
+def map_fit(
+    law: Law,
+    x: np.ndarray,
+    y: np.ndarray,
+    cache: FitCache | None = None,
+    *,
+    prior: LawPrior | None = None,
+    sigma: float = 0.01,
+) -> MapFit:
+    """Least squares on log metric (penalised by ``prior`` for noise ``sigma``: the
+    posterior mode) from the best distinct starts of a grid screen, all refined at once by
+    the batched solver (`analysis.solve`); cached by the data. Optima are ordered by the
+    penalised objective; ``MapFit.sse`` holds their plain squared log errors.
 
     Squared (not Huber) loss: the Laplace posterior around each optimum assumes Gaussian
     noise. The proposer refits after every batch, so this is the batched path rather than
@@ -103,6 +168,8 @@ def map_fit(law: Law, x: np.ndarray, y: np.ndarray, cache: FitCache | None = Non
             law.name,
             np.ascontiguousarray(x, float).tobytes(),
             np.ascontiguousarray(y, float).tobytes(),
+            prior,
+            sigma if prior is not None else None,
         )
         if key in cache:
             return cache[key]
@@ -117,6 +184,12 @@ def map_fit(law: Law, x: np.ndarray, y: np.ndarray, cache: FitCache | None = Non
             starts.append(u)
         if len(starts) == _STARTS:
             break
+    mean, inv_var = prior.vectors(law) if prior is not None else (None, None)
+    if prior is not None:
+        lo, hi = log_bounds(law)
+        start = starts[0].copy()
+        start[inv_var > 0] = np.clip(mean, lo, hi)[inv_var > 0]
+        starts.append(start)  # the best screen point moved to the prior's centre
     u0 = np.stack(starts)  # (k, p)
     k = len(u0)
     res = refine(
@@ -128,9 +201,12 @@ def map_fit(law: Law, x: np.ndarray, y: np.ndarray, cache: FitCache | None = Non
         delta=math.inf,
         max_iter=200,
         tol=1e-10,
+        prior_mean=mean,
+        prior_precision=None if inv_var is None else sigma**2 * inv_var,
     )
-    sse = 2.0 * res.loss  # the solver's squared loss is r**2 / 2
-    idx = np.argsort(sse, kind="stable")
+    pred = np.maximum(law.evaluate(xd, np.exp(res.u)), np.finfo(float).tiny)
+    sse = np.sum((np.log(pred) - np.log(y)[None, :]) ** 2, axis=-1)
+    idx = np.argsort(res.loss, kind="stable")  # penalised: the solver's loss is r**2 / 2
     fit = MapFit(law=law, thetas=np.exp(res.u[idx]), sse=sse[idx])
     if cache is not None and key is not None:
         cache[key] = fit
@@ -163,38 +239,49 @@ def laplace_draws(
     prior_sd: float,
     rng: np.random.Generator,
     inflation: float = 1.0,
+    prior: LawPrior | None = None,
 ) -> tuple[np.ndarray, int]:
-    """``(B, p)`` parameter draws from the Laplace mixture over the fit's optima."""
+    """``(B, p)`` parameter draws from the Laplace mixture over the fit's optima.
+
+    Each optimum is weighted by its posterior density ``exp(-sse / 2 sigma^2 - prior
+    penalty)``; its Gaussian's precision is the Gauss-Newton information plus the prior's
+    (``prior`` where it names the parameter, else ``1 / prior_sd**2``)."""
     law = fit.law
     xd = law.design(x)
     log_y = np.log(y)
     lo, hi = log_bounds(law)
+    p = law.n_params
+    mean, inv_var = prior.vectors(law) if prior is not None else (np.zeros(p), np.zeros(p))
+    prior_precision = np.where(inv_var > 0, inv_var, 1.0 / prior_sd**2)
     modes: list[tuple[float, np.ndarray, np.ndarray]] = []
     for th in fit.thetas:
         pred, grad = law.evaluate_with_grad(xd, th)
         pred = np.maximum(pred, np.finfo(float).tiny)
         r = np.log(pred) - log_y
         jac = grad * th[None, :] / pred[:, None]  # (n, p): d log L / d log theta
-        modes.append((float(np.sum(r**2)), np.log(th), jac))
+        u = np.log(th)
+        nlp = float(np.sum(r**2)) / (2.0 * sigma**2) + 0.5 * float(
+            np.sum(inv_var * (u - mean) ** 2)
+        )
+        modes.append((nlp, u, jac))
     modes.sort(key=lambda m: m[0])
     best = modes[0][0]
     kept: list[tuple[float, np.ndarray, np.ndarray]] = []
-    for sse, u, jac in modes:
-        if sse - best > _OPTIMA_KEEP * sigma**2:
+    for nlp, u, jac in modes:
+        if nlp - best > _OPTIMA_KEEP / 2.0:
             continue
         if any(np.max(np.abs(u - v)) < _OPTIMA_DISTINCT for _, v, _ in kept):
             continue
-        kept.append((sse, u, jac))
-    w = np.array([math.exp(-(sse - best) / (2.0 * sigma**2)) for sse, _, _ in kept])
+        kept.append((nlp, u, jac))
+    w = np.array([math.exp(-(nlp - best)) for nlp, _, _ in kept])
     w /= w.sum()
     counts = np.floor(w * n_draws).astype(int)
     counts[: n_draws - counts.sum()] += 1  # largest weights first (kept is sorted)
-    p = law.n_params
     out = []
     for (_, u, jac), k in zip(kept, counts, strict=True):
         if k == 0:
             continue
-        precision = jac.T @ jac / sigma**2 + np.eye(p) / prior_sd**2
+        precision = jac.T @ jac / sigma**2 + np.diag(prior_precision)
         chol = np.linalg.cholesky(precision)
         z = rng.standard_normal((k, p))
         du = np.linalg.solve(chol.T, z.T).T  # covariance = precision^-1
@@ -250,8 +337,13 @@ def fit_posteriors(
     seed: int,
     cache: FitCache | None = None,
     metric: str = "domain_bpb",
+    prior: LawPrior | None = None,
 ) -> tuple[dict[str, SourcePosterior], float]:
-    """Posterior ensembles of every source with at least two distinct cells, and the noise."""
+    """Posterior ensembles of every source with at least two distinct cells, and the noise.
+
+    With a ``prior`` the fits are posterior modes, whose balance of data and prior depends
+    on the noise: fitted first at the prior noise level ``noise_prior``, then once more at
+    the pooled noise those fits give (one fixed-point step)."""
     missing = [c for c in law.columns if c not in finished.columns]
     if missing:
         raise AnalysisError(f"law {law.name!r} needs column(s) {', '.join(missing)}")
@@ -261,13 +353,28 @@ def fit_posteriors(
         y = rows[metric].to_numpy(float)
         if len(np.unique(x, axis=0)) < 2:
             continue
-        data[str(source)] = (map_fit(law, x, y, cache), x, y)
+        fit = map_fit(law, x, y, cache, prior=prior, sigma=noise_prior)
+        data[str(source)] = (fit, x, y)
     sigma = pooled_noise(data, prior=noise_prior, prior_weight=noise_prior_weight)
+    if prior is not None and data:
+        data = {
+            src: (map_fit(law, x, y, cache, prior=prior, sigma=sigma), x, y)
+            for src, (_, x, y) in data.items()
+        }
+        sigma = pooled_noise(data, prior=noise_prior, prior_weight=noise_prior_weight)
     out: dict[str, SourcePosterior] = {}
     for i, (source, (fit, x, y)) in enumerate(sorted(data.items())):
         rng = np.random.default_rng([seed, i, len(y)])
         theta, n_opt = laplace_draws(
-            fit, x, y, sigma=sigma, n_draws=n_draws, prior_sd=prior_sd, rng=rng, inflation=inflation
+            fit,
+            x,
+            y,
+            sigma=sigma,
+            n_draws=n_draws,
+            prior_sd=prior_sd,
+            rng=rng,
+            inflation=inflation,
+            prior=prior,
         )
         src_pools = pools[pools["source"] == source]
         out[source] = SourcePosterior(
