@@ -382,8 +382,6 @@ class _CellRowWriter(tune.Callback):
         self._earlier_attempts = earlier_attempts
         self._started_at: dict[str, float] = {}
         self._metrics: dict[str, dict] = {}
-        self._row_written: set[str] = set()
-        """Trials whose finished row was written from the driver's last report."""
         self.seen: set[str] = set()
         """Cells whose trial ended (finished, failed or skipped) in this run."""
         self.written: set[str] = set()
@@ -407,13 +405,12 @@ class _CellRowWriter(tune.Callback):
         # driver, must not lose a cell that finished training).
         if FINAL in result and "domain_bpb" in metrics:
             self._write(trial, dict(metrics), "finished", None)
-            self._row_written.add(trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         from tune.trial import SKIPPED
 
         metrics = {**self._metrics.pop(trial.trial_id, {}), **(trial.last_result or {})}
-        if trial.trial_id in self._row_written:
+        if trial.config["cell_id"] in self.written:  # at the driver's last report
             return
         if SKIPPED in metrics:
             self.seen.add(trial.config["cell_id"])
