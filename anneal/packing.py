@@ -4,6 +4,12 @@ A window is ``seq_len + 1`` token ids: the model reads the first ``seq_len`` and
 the last ``seq_len``. Documents are joined with the EOS token and cut into consecutive
 windows; the partial window at the end of a batch of documents is dropped (under 0.2% of
 tokens at the batch sizes used here), so every packed token is a real token.
+
+Packing is a Ray Data job, except for inputs under `IN_PROCESS_BYTES` of Parquet: those are
+packed in this process by the same function, batch for batch (a Ray Data job costs about
+3 s to start and finish on a small machine; tokenising a few MB takes well under that). A
+sweep packs its replay and two evaluation sets and every pool, so on small sweeps (the
+demo, tests) the jobs' fixed cost dominated preparation.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from anneal.errors import AnnealscaleError
 log = logging.getLogger(__name__)
 
 DOCS_PER_PACKING_BATCH = 256
+IN_PROCESS_BYTES = 8 * 2**20
+"""Document Parquet (bytes on storage) up to which packing runs in this process."""
+DOCS_PER_PACKING_UNIT = 64 * DOCS_PER_PACKING_BATCH
+"""Documents of one file per Ray Data task; a multiple of the batch, so that tasks never
+change where batches (and so dropped partial windows) fall."""
 
 
 def pack_token_lists(token_lists: list[list[int]], eos_id: int, seq_len: int) -> np.ndarray:
@@ -62,41 +73,40 @@ def packed_dir_for(docs_path: str, tokenizer_path: str, seq_len: int, cache_dir:
 
 
 def pack_documents(
-    docs_path: str, *, tokenizer_path: str, seq_len: int, cache_dir: Path, text_field: str = "text"
+    docs_path: str,
+    *,
+    tokenizer_path: str,
+    seq_len: int,
+    cache_dir: Path,
+    text_field: str = "text",
+    in_process_bytes: int = IN_PROCESS_BYTES,
 ) -> Path:
-    """Pack the document Parquet at ``docs_path`` into windows with a Ray Data job.
+    """Pack the document Parquet at ``docs_path`` into windows.
 
     Returns a directory of Parquet files with one ``tokens`` column of ``seq_len + 1``
-    int32 ids per row, in document order. Cached: a second call with the same input
-    file contents, tokenizer and length returns at once.
+    int32 ids per row (a Ray Data tensor column), in document order. Cached: a second call
+    with the same input file contents, tokenizer and length returns at once. Inputs up to
+    ``in_process_bytes`` are packed in this process, larger ones by a Ray Data job (a task per
+    `DOCS_PER_PACKING_UNIT` documents of a file). Either way batches of
+    `DOCS_PER_PACKING_BATCH` documents are cut per file, so the windows never depend on how
+    the cluster splits the work.
     """
-    import ray.data
+    from anneal.documents import locate
 
     out = packed_dir_for(docs_path, tokenizer_path, seq_len, cache_dir)
     if (out / "_SUCCESS").exists():
         return out
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # packed order must not depend on scheduling
-    ctx.enable_progress_bars = False
-    ds = (
-        ray.data.read_parquet(docs_path)
-        .select_columns([text_field])
-        .map_batches(
-            _pack_batch,
-            batch_size=DOCS_PER_PACKING_BATCH,
-            batch_format="numpy",
-            fn_kwargs={
-                "tokenizer_path": tokenizer_path,
-                "seq_len": seq_len,
-                "text_field": text_field,
-            },
-        )
-    )
+    files = locate(docs_path)
+    size = sum(f.fs.get_file_info(f.path).size or 0 for f in files)
     # A private temporary directory, renamed into place only when complete and marked:
     # an interrupted or concurrent packing never leaves a partial result under `out`.
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    pack = dict(tokenizer_path=tokenizer_path, seq_len=seq_len, text_field=text_field)
     try:
-        ds.write_parquet(str(tmp))
+        if size <= in_process_bytes:
+            _pack_in_process(files, tmp, **pack)
+        else:
+            _pack_with_ray_data(files, tmp, **pack)
         if not any(tmp.glob("*.parquet")):
             raise AnnealscaleError(
                 f"{docs_path}: packing produced no windows of {seq_len + 1} tokens; "
@@ -111,6 +121,105 @@ def pack_documents(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _pack_with_ray_data(
+    files: list, out: Path, *, tokenizer_path: str, seq_len: int, text_field: str
+) -> None:
+    import ray.data
+
+    units = [
+        {"file": i, "start": start, "stop": min(start + DOCS_PER_PACKING_UNIT, rows)}
+        for i, rows in enumerate(_row_counts(files))
+        for start in range(0, rows, DOCS_PER_PACKING_UNIT)
+    ]
+    if not units:
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # packed order must not depend on scheduling
+    ctx.enable_progress_bars = False
+    ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
+        _pack_units,
+        batch_size=1,
+        batch_format="numpy",
+        fn_kwargs={
+            "files": files,
+            "tokenizer_path": tokenizer_path,
+            "seq_len": seq_len,
+            "text_field": text_field,
+        },
+    )
+    ds.write_parquet(str(out))
+
+
+def _row_counts(files: list) -> list[int]:
+    import pyarrow.parquet as pq
+
+    counts = []
+    for file in files:
+        with file.fs.open_input_file(file.path) as handle:
+            counts.append(pq.ParquetFile(handle).metadata.num_rows)
+    return counts
+
+
+def _pack_units(units: dict, *, files: list, **pack) -> dict:
+    """A Ray Data task's share: whole packing batches of one file's row range."""
+    parts = [
+        _pack_rows(files[int(i)], int(start), int(stop), **pack)
+        for i, start, stop in zip(units["file"], units["start"], units["stop"], strict=True)
+    ]
+    return {"tokens": np.concatenate(parts)}
+
+
+def _pack_rows(
+    file, start: int, stop: int, *, tokenizer_path: str, seq_len: int, text_field: str
+) -> np.ndarray:
+    """Windows of rows ``start:stop`` of ``file``, packed batch by batch; ``start`` is a
+    multiple of the batch size, so the batches are the file's own."""
+    import pyarrow.parquet as pq
+
+    with file.fs.open_input_file(file.path) as handle:
+        parquet = pq.ParquetFile(handle)
+        groups, first, at = [], None, 0
+        for g in range(parquet.metadata.num_row_groups):  # only the groups holding the range
+            rows = parquet.metadata.row_group(g).num_rows
+            if at < stop and at + rows > start:
+                groups.append(g)
+                first = at if first is None else first
+            at += rows
+        if not groups:
+            return np.zeros((0, seq_len + 1), dtype=np.int32)
+        texts = parquet.read_row_groups(groups, columns=[text_field]).column(text_field)
+    texts = texts.slice(start - first, stop - start)
+    parts = [np.zeros((0, seq_len + 1), dtype=np.int32)]
+    for at in range(0, len(texts), DOCS_PER_PACKING_BATCH):
+        batch = {text_field: texts.slice(at, DOCS_PER_PACKING_BATCH).to_pylist()}
+        parts.append(
+            _pack_batch(
+                batch, tokenizer_path=tokenizer_path, seq_len=seq_len, text_field=text_field
+            )["tokens"]
+        )
+    return np.concatenate(parts)
+
+
+def _pack_in_process(
+    files: list, out: Path, *, tokenizer_path: str, seq_len: int, text_field: str
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data.extensions import ArrowTensorArray
+
+    pack = dict(tokenizer_path=tokenizer_path, seq_len=seq_len, text_field=text_field)
+    windows = np.concatenate(
+        [
+            _pack_rows(file, 0, rows, **pack)
+            for file, rows in zip(files, _row_counts(files), strict=True)
+        ]
+    )
+    if len(windows):
+        out.mkdir(parents=True, exist_ok=True)
+        table = pa.table({"tokens": ArrowTensorArray.from_numpy(windows)})
+        pq.write_table(table, out / "part-000000.parquet")
 
 
 def read_windows(packed_dir: Path, max_windows: int | None = None) -> np.ndarray:

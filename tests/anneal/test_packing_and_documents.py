@@ -188,3 +188,52 @@ def test_as_parquet_checks_the_column_of_parquet_it_passes_through(tmp_path):
     src = _parquet(tmp_path / "in.parquet", body=["x"])
     with pytest.raises(AnnealscaleError, match="has no column 'text'"):
         as_parquet(str(src), "text", tmp_path / "cache")
+
+
+# --- pack_documents: in this process or as a Ray Data job ------------------------------
+
+
+@pytest.fixture
+def shards(tmp_path):
+    """Three document shards: 300 + 40 + 520 documents (files larger and smaller than one
+    packing batch) in row groups of 100, with lengths that vary so batch ends cut windows
+    differently."""
+    rng = np.random.default_rng(3)
+    words = "the river x = 2 solve walked 3*x + 4 garden letter".split()
+    directory = tmp_path / "docs"
+    for shard, n in enumerate((300, 40, 520)):
+        texts = [" ".join(rng.choice(words, size=rng.integers(3, 60))) for _ in range(n)]
+        directory.mkdir(exist_ok=True)
+        pq.write_table(pa.table({"text": texts}), directory / f"part-{shard:03d}.parquet", 100)
+    return directory
+
+
+@pytest.mark.parametrize("unit", [None, 512])
+def test_in_process_and_ray_data_packing_give_the_same_windows(
+    ray_local, shards, tokenizer_dir, tmp_path, monkeypatch, unit
+):
+    """Whatever share of a file a Ray Data task packs (``unit`` documents: the 520-document
+    file is split over two tasks, one reading from the middle of a row group), the windows
+    are those of the file's own batches, as packed in this process."""
+    from anneal import packing
+    from anneal.packing import DOCS_PER_PACKING_BATCH, pack_documents, read_windows
+
+    if unit is not None:
+        monkeypatch.setattr(packing, "DOCS_PER_PACKING_UNIT", unit)
+
+    common = dict(tokenizer_path=str(tokenizer_dir), seq_len=16)
+    local = pack_documents(str(shards), cache_dir=tmp_path / "a", **common)
+    remote = pack_documents(str(shards), cache_dir=tmp_path / "b", in_process_bytes=0, **common)
+    ours, theirs = read_windows(local), read_windows(remote)
+    assert len(ours) > 100
+    np.testing.assert_array_equal(ours, theirs)
+    # batches are cut per file: packing each file's 256-document batches on their own
+    # gives exactly these windows (a batch spanning files would join two files' tails)
+    texts = [pq.read_table(f).column("text").to_pylist() for f in sorted(shards.iterdir())]
+    batches = [t[i : i + DOCS_PER_PACKING_BATCH] for t in texts for i in range(0, len(t), 256)]
+    expected = np.concatenate([pack_texts(b, str(tokenizer_dir), 16) for b in batches])
+    np.testing.assert_array_equal(ours, expected)
+    # the tensor column reads back as (n, seq_len + 1) windows either way
+    assert pq.read_schema(next(local.glob("*.parquet"))).field("tokens").type == (
+        pq.read_schema(next(remote.glob("*.parquet"))).field("tokens").type
+    )
