@@ -27,9 +27,19 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
-    """A small real demo corpus and a tiny pre-trained base model (seconds to build)."""
+    """A small real demo corpus and a tiny pre-trained base model (seconds to build).
+
+    Under pytest-xdist the workers share one copy (built by whichever gets the lock first)
+    in their common temporary directory: the base model's pre-training is CPU-bound, and
+    two workers building it at once on a 2-core machine took half a minute each."""
+    from filelock import FileLock
+
     from anneal.demo import DemoAssets
 
-    assets = DemoAssets.tiny(tmp_path_factory.mktemp("asset-cache"))
-    assets.base_model()
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's directory, shared by its workers
+    with FileLock(str(root / "tiny-assets.lock")):
+        assets = DemoAssets.tiny(root / "tiny-assets")
+        assets.base_model()
     return assets
