@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 DOCS_PER_PACKING_BATCH = 256
 IN_PROCESS_BYTES = 8 * 2**20
 """Document Parquet (bytes on storage) up to which packing runs in this process."""
+PACKING_LAYOUT = "per-file-batches"
+"""Part of the cache key: copies packed under an earlier layout are not reused."""
 DOCS_PER_PACKING_UNIT = 64 * DOCS_PER_PACKING_BATCH
 """Documents of one file per Ray Data task; a multiple of the batch, so that tasks never
 change where batches (and so dropped partial windows) fall."""
@@ -68,7 +70,7 @@ def packed_dir_for(docs_path: str, tokenizer_path: str, seq_len: int, cache_dir:
     """Cache location of a packed copy of ``docs_path`` for this tokenizer and length."""
     from anneal.documents import files_identity
 
-    key = [files_identity(docs_path), files_identity(tokenizer_path), seq_len]
+    key = [files_identity(docs_path), files_identity(tokenizer_path), seq_len, PACKING_LAYOUT]
     return Path(cache_dir) / "packed" / content_hash(key)
 
 
