@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.propose import ProposerSettings  # noqa: E402
 from analysis.propose_model import DEFAULT_LAW_PRIOR  # noqa: E402
-from analysis.simulate import at_fraction, make_problem, run_policy  # noqa: E402
+from analysis.simulate import GRIDS, at_fraction, make_problem, run_policy  # noqa: E402
 
 METHODS = ("adaptive", "grid", "random", "cheapest_first", "variance_only")
 FRACTIONS = np.round(np.arange(0.01, 1.0001, 0.01), 4)
@@ -70,10 +70,10 @@ DEFINITION = (
 
 
 def _run(
-    args: tuple[int, str, int, dict],
+    args: tuple[int, str, int, dict, str],
 ) -> tuple[int, str, list[tuple[float, str | None, float]]]:
-    seed, method, q, overrides = args
-    problem = make_problem(seed)
+    seed, method, q, overrides, grid = args
+    problem = make_problem(seed, grid=grid)
     settings = replace(ProposerSettings(), **overrides)
     steps = run_policy(problem, method, q=q, seed=seed, settings=settings)
     return seed, method, [(s.spent, s.recommended, s.target_error) for s in steps]
@@ -104,6 +104,12 @@ def main() -> None:
         default=None,
         help="the proposer's prior on beta and R_star (every method's recommendations use it)",
     )
+    parser.add_argument(
+        "--grid",
+        choices=tuple(GRIDS),
+        default="narrow",
+        help="the simulator's candidate training-token counts (analysis.simulate.GRIDS)",
+    )
     args = parser.parse_args()
     started = time.time()
     overrides: dict = {}
@@ -113,12 +119,12 @@ def main() -> None:
         overrides["law_prior"] = DEFAULT_LAW_PRIOR if args.law_prior == "default" else None
     settings = replace(ProposerSettings(), **overrides)
     seeds = list(range(args.first_seed, args.first_seed + args.problems))
-    jobs = [(seed, m, args.q, overrides) for seed in seeds for m in METHODS]
+    jobs = [(seed, m, args.q, overrides, args.grid) for seed in seeds for m in METHODS]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(_run, jobs, chunksize=1)
     row = {seed: i for i, seed in enumerate(seeds)}
-    truths = {seed: make_problem(seed).true_best() for seed in seeds}
-    flips = np.mean([make_problem(seed).flips() for seed in seeds])
+    truths = {seed: make_problem(seed, grid=args.grid).true_best() for seed in seeds}
+    flips = np.mean([make_problem(seed, grid=args.grid).flips() for seed in seeds])
 
     from analysis.simulate import Step
 
@@ -136,7 +142,7 @@ def main() -> None:
 
     print(DEFINITION)
     print(
-        f"{args.problems} problems, batches of q={args.q}; the ranking at the cheapest cells "
+        f"{args.problems} problems ({args.grid} grid), batches of q={args.q}; the ranking at the cheapest cells "
         f"differs from the target's in {flips:.0%} of them; {time.time() - started:.0f} s"
     )
     rng = np.random.default_rng(0)
@@ -158,6 +164,7 @@ def main() -> None:
             f"{np.median(err10[m]):>9.3f}"
         )
     out["grid_accuracy"] = float(correct["grid"].mean(axis=0)[-1])
+    out["grid"] = args.grid
     out["problems"] = args.problems
     out["first_seed"] = args.first_seed
     out["q"] = args.q
