@@ -15,6 +15,23 @@ target (a flip). Costs: curation spend is paid once per pool, training is paid p
 token (`PoolReuseCosts`). The target is four times the largest sampled training
 tokens, at the largest spend.
 
+Grids (`GRIDS`, ``make_problem(seed, grid=...)``): every source has three spends (1x, 3x,
+9x its base spend) and one cell per spend and training-token count.
+
+- ``narrow`` (the default): 1e6 ... 1.6e7 tokens, five counts over 1.2 decades, 45
+  cells, $79.2; target 6.4e7 tokens. A seed design of cheap cells over a decade
+  (`analysis.propose.seed_design`) already holds the most expensive count and costs
+  0.2 of the grid. Seeds 0-199: the ranking flips in 75 %, the true best is diverse /
+  curated / narrow in 44 / 41 / 16 %.
+- ``wide``: 1e6 ... 1e8 tokens, seven counts over two decades (factor ~2.15), 63 cells,
+  about $358; target 4e8 tokens, where every pool is repeated ten epochs or more. Real
+  scaling-law sweeps span two decades or more of training tokens (Li et al. 2026, "Spend
+  Less, Fit Better"); the seed's decade is then the cheap end of the grid (0.04 of its
+  compute). Seeds 0-199: the ranking flips in 92 %, the true best is diverse / curated /
+  narrow in 70 / 29 / 2 % (the narrow source's small pools run out long before 4e8
+  tokens). The full grid's own decision accuracy is 0.98 on seeds 0-49 and 1000-1049
+  with the proposer's law prior (0.96 on seeds 0-49 without it), as on the narrow grid.
+
 `run_policy` plays a design (the proposer, a baseline, or the full grid) on a problem
 and records, after every batch, the compute spent and the recommendation.
 """
