@@ -2,10 +2,12 @@
 true laws (`analysis.simulate`).
 
 Each problem: three sources (diverse / narrow / curated archetypes) with random true
-curation-aware laws, noise 0.3-1 % per cell, 45 candidate cells (3 spends x 5 training
-budgets over 1.2 decades per source), a target at 4x the largest sampled budget, and a
-decision: which source is best there. Methods, all in batches of q cells with the same
-fits and the same recommendation rule (the source most often best over the posterior):
+curation-aware laws, noise 0.3-1 % per cell, a grid of candidate cells (``--grid``, see
+`analysis.simulate.GRIDS`: ``narrow``, the default, 3 spends x 5 training budgets over 1.2
+decades per source, 45 cells; ``wide``, 3 spends x 7 budgets over two decades, 63 cells),
+a target at 4x the largest sampled budget, and a decision: which source is best there.
+Methods, all in batches of q cells with the same fits and the same recommendation rule
+(the source most often best over the posterior):
 
 - adaptive: `analysis.propose.Proposer` (decision + variance gain per tempered cost);
 - variance_only: the same proposer scoring only the target-variance reduction;
@@ -15,9 +17,9 @@ fits and the same recommendation rule (the source most often best over the poste
 
 adaptive and variance_only use the same seed design (per source, three token counts over a
 decade on its middle pool) and so run the same cells, with the same states, until the seed
-has run (0.227 of the grid's compute). On these problems the seed alone already gives
-about 94 % decision accuracy, so their compute_to_90 tie at the seed's cost; their scores
-differ only after it.
+has run. Narrow grid: the seed is 0.227 of the grid's compute, and on these problems the
+seed alone already gives about 94 % decision accuracy, so their compute_to_90 tie at the
+seed's cost; their scores differ only after it.
 
 ``--seed-points 2 --law-prior default`` runs the smallest seed the design allows (two
 token counts a decade apart, 1e6 and 1.6e7, per source: 0.197 of the grid's compute) with
@@ -29,14 +31,46 @@ up, but the two-point seed alone then gives 88 % (seeds 0-49) and 92 % (seeds 10
 decision accuracy, so adaptive and variance_only, which share it, still tie (q=3: 0.22
 and 0.20; random 0.83 / 0.73, cheapest first 0.60 / 0.52).
 
+Wide grid (``--grid wide``): the seed's decade (1e6 ... 1e7 tokens on each source's middle
+pool) is the cheap end of the grid, 0.041 of its compute, and gives 84-88 % decision
+accuracy; the designs differ in the cells they buy after it. Measured (50 problems, q=3,
+seed_points 3; compute_to_90 as a fraction of the grid's compute; grid accuracy 0.98,
+1.0 on seeds 2000-2049):
+
+=============================  ========  =============  ======  ==============
+set, law prior                 adaptive  variance_only  random  cheapest_first
+=============================  ========  =============  ======  ==============
+seeds 0-49, default prior      0.10      0.12           0.32    0.18
+seeds 1000-1049, default prior 0.10      0.10           0.43    0.30
+seeds 2000-2049, default prior 0.10      0.10           0.35    0.13
+seeds 0-49, no prior           0.34      0.25           0.33    0.21
+seeds 1000-1049, no prior      0.19      0.24           0.32    0.38
+=============================  ========  =============  ======  ==============
+
+(``--seed-points 2`` with the prior: adaptive 0.08 / 0.07, variance_only 0.16 / 0.07;
+cost tempering 0.5 or 0.1, variance weight 0.05 or 1, posterior inflation 1.5 and the
+cheapest seed pool gave the adaptive design no better cost on both sets.)
+
+With the prior that sweeps use (`tune.adaptive`: ``law_prior=DEFAULT_LAW_PRIOR``) the
+adaptive design needs a tenth of the grid on every set and beats random and cheapest
+first, but beats the variance-only design only on seeds 0-49 and ties it on the other
+two sets: both cross 90 % with their first scored batch after the seed (a 4.6e7- or
+1e8-token cell at about 0.05 of the grid), so the 0.01 steps of the curve cannot tell
+them apart (accuracy at 10 % of the grid: adaptive 0.90 / 0.94 / 0.96, variance_only
+0.88 / 0.94 / 0.92). Without the prior, plain fits of three to five cells are overconfident:
+on seeds 0-49 the decision score then trusts a wrong leader at P(best) near 1 and stops
+sampling the true best for a long stretch (problems 7, 11, 23, 36), which the
+variance-only and cheapest-first designs, not steered by the leader, avoid.
+
 Printed: the definition of decision accuracy, the accuracy curves, and as the last line
 JSON with each method's compute to reach 90 % decision accuracy as a fraction of the
 full grid's compute (median over bootstrap resamples of the problems), and the mean
 target-prediction error at 10 % of the grid's compute (median over problems).
 
 Run: ``PYTHONPATH=. python benchmarks/adaptive.py [--problems 50] [--first-seed 0] [--q 3]
-[--workers 2] [--seed-points N] [--law-prior default|none]``; ``--first-seed`` picks another set of problems (seeds
-``first_seed .. first_seed + problems - 1``) to check that a result is not one set's luck.
+[--workers 2] [--seed-points N] [--law-prior default|none] [--grid narrow|wide]``;
+``--first-seed`` picks another set of problems (seeds ``first_seed .. first_seed +
+problems - 1``) to check that a result is not one set's luck.
 """
 
 from __future__ import annotations
@@ -55,7 +89,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.propose import ProposerSettings  # noqa: E402
 from analysis.propose_model import DEFAULT_LAW_PRIOR  # noqa: E402
-from analysis.simulate import at_fraction, make_problem, run_policy  # noqa: E402
+from analysis.simulate import GRIDS, at_fraction, make_problem, run_policy  # noqa: E402
 
 METHODS = ("adaptive", "grid", "random", "cheapest_first", "variance_only")
 FRACTIONS = np.round(np.arange(0.01, 1.0001, 0.01), 4)
@@ -70,10 +104,10 @@ DEFINITION = (
 
 
 def _run(
-    args: tuple[int, str, int, dict],
+    args: tuple[int, str, int, dict, str],
 ) -> tuple[int, str, list[tuple[float, str | None, float]]]:
-    seed, method, q, overrides = args
-    problem = make_problem(seed)
+    seed, method, q, overrides, grid = args
+    problem = make_problem(seed, grid=grid)
     settings = replace(ProposerSettings(), **overrides)
     steps = run_policy(problem, method, q=q, seed=seed, settings=settings)
     return seed, method, [(s.spent, s.recommended, s.target_error) for s in steps]
@@ -104,6 +138,12 @@ def main() -> None:
         default=None,
         help="the proposer's prior on beta and R_star (every method's recommendations use it)",
     )
+    parser.add_argument(
+        "--grid",
+        choices=tuple(GRIDS),
+        default="narrow",
+        help="the simulator's candidate training-token counts (analysis.simulate.GRIDS)",
+    )
     args = parser.parse_args()
     started = time.time()
     overrides: dict = {}
@@ -113,12 +153,12 @@ def main() -> None:
         overrides["law_prior"] = DEFAULT_LAW_PRIOR if args.law_prior == "default" else None
     settings = replace(ProposerSettings(), **overrides)
     seeds = list(range(args.first_seed, args.first_seed + args.problems))
-    jobs = [(seed, m, args.q, overrides) for seed in seeds for m in METHODS]
+    jobs = [(seed, m, args.q, overrides, args.grid) for seed in seeds for m in METHODS]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(_run, jobs, chunksize=1)
     row = {seed: i for i, seed in enumerate(seeds)}
-    truths = {seed: make_problem(seed).true_best() for seed in seeds}
-    flips = np.mean([make_problem(seed).flips() for seed in seeds])
+    truths = {seed: make_problem(seed, grid=args.grid).true_best() for seed in seeds}
+    flips = np.mean([make_problem(seed, grid=args.grid).flips() for seed in seeds])
 
     from analysis.simulate import Step
 
@@ -136,7 +176,8 @@ def main() -> None:
 
     print(DEFINITION)
     print(
-        f"{args.problems} problems, batches of q={args.q}; the ranking at the cheapest cells "
+        f"{args.problems} problems ({args.grid} grid), batches of q={args.q}; the ranking at "
+        f"the cheapest cells "
         f"differs from the target's in {flips:.0%} of them; {time.time() - started:.0f} s"
     )
     rng = np.random.default_rng(0)
@@ -158,6 +199,7 @@ def main() -> None:
             f"{np.median(err10[m]):>9.3f}"
         )
     out["grid_accuracy"] = float(correct["grid"].mean(axis=0)[-1])
+    out["grid"] = args.grid
     out["problems"] = args.problems
     out["first_seed"] = args.first_seed
     out["q"] = args.q

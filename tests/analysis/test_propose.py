@@ -28,7 +28,7 @@ from analysis.propose_model import (
     known_pools,
     map_fit,
 )
-from analysis.simulate import SimProblem, SimSource, make_problem, run_policy
+from analysis.simulate import SimProblem, SimSource, at_fraction, make_problem, run_policy
 
 
 def _cell(source="a", spend=1.0, tokens=1e6, u=1e6):
@@ -300,3 +300,34 @@ def test_law_prior_keeps_the_decision_steady_after_a_two_point_seed():
         p, "adaptive", q=3, max_fraction=0.45, settings=replace(prior, law_prior=None)
     )
     assert any(s.recommended != p.true_best() for s in plain if s.spent >= seed_end - 1e-9)
+
+
+def test_wide_grid_spans_two_decades_and_its_seed_stays_on_the_cheapest_decade():
+    """The ``wide`` grid (`analysis.simulate.GRIDS`) is what ``make_problem(grid=...)``
+    builds: seven token counts over two decades, the target four times the largest; the
+    seed design there spends a decade of the cheapest counts, a small share of the grid."""
+    narrow, wide = make_problem(0), make_problem(0, grid="wide")
+    counts = sorted({c.train_tokens for c in wide.candidates()})
+    assert len(counts) == 7 and counts[-1] / counts[0] == pytest.approx(100.0)
+    assert len(wide.candidates()) == 63 and len(narrow.candidates()) == 45
+    assert wide.target.train_tokens == pytest.approx(4e8)
+    assert narrow.target.train_tokens == pytest.approx(6.4e7)
+    seeds = seed_design(wide.candidates(), pd.DataFrame(), [], wide.costs, points=3)
+    for s in wide.sources:
+        tokens = sorted(c.train_tokens for c in seeds if c.source == s.name)
+        assert tokens[0] == 1e6 and tokens[-1] == pytest.approx(1e7)  # one decade, not two
+    assert wide.costs.spent(seeds) / wide.grid_cost() < 0.05
+    with pytest.raises(ValueError, match="unknown grid 'huge'"):
+        make_problem(0, grid="huge")
+
+
+def test_adaptive_design_on_the_wide_grid_is_right_with_a_fifth_of_it():
+    """Known answer on the wide grid, with the law prior sweeps use: on problems whose
+    ranking flips, the design is right after at most a fifth of the grid's compute."""
+    settings = ProposerSettings(law_prior=DEFAULT_LAW_PRIOR)
+    for seed in (1, 4):
+        p = make_problem(seed, grid="wide")
+        assert p.flips()
+        steps = run_policy(p, "adaptive", q=3, max_fraction=0.15, settings=settings)
+        assert steps[2].n_cells == 9 and steps[2].spent < 0.05  # the seed: a decade, cheap
+        assert at_fraction(steps, 0.2).recommended == p.true_best()
