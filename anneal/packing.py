@@ -109,7 +109,7 @@ def pack_documents(
             _pack_in_process(files, tmp, **pack)
         else:
             _pack_with_ray_data(files, tmp, **pack)
-        if not any(tmp.glob("*.parquet")):
+        if count_windows(tmp) == 0:  # no file, or only empty ones
             raise AnnealscaleError(
                 f"{docs_path}: packing produced no windows of {seq_len + 1} tokens; "
                 "the documents are too few or too short"

@@ -237,3 +237,22 @@ def test_in_process_and_ray_data_packing_give_the_same_windows(
     assert pq.read_schema(next(local.glob("*.parquet"))).field("tokens").type == (
         pq.read_schema(next(remote.glob("*.parquet"))).field("tokens").type
     )
+
+
+@pytest.mark.parametrize("in_process_bytes", [8 * 2**20, 0])
+def test_too_little_text_to_pack_is_a_clear_error_either_way(
+    ray_local, tokenizer_dir, tmp_path, in_process_bytes
+):
+    from anneal.packing import pack_documents
+
+    docs = _parquet(tmp_path / "docs" / "part-0.parquet", text=["x = 1", "y"])
+    with pytest.raises(AnnealscaleError, match="packing produced no windows of 65 tokens"):
+        pack_documents(
+            str(docs),
+            tokenizer_path=str(tokenizer_dir),
+            seq_len=64,
+            cache_dir=tmp_path / "cache",
+            in_process_bytes=in_process_bytes,
+        )
+    packed = tmp_path / "cache" / "packed"
+    assert not packed.exists() or not list(packed.iterdir())  # nothing half-written left
