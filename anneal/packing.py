@@ -125,9 +125,7 @@ def pack_documents(
     return out
 
 
-def _pack_with_ray_data(
-    files: list, out: Path, *, tokenizer_path: str, seq_len: int, text_field: str
-) -> None:
+def _pack_with_ray_data(files: list, out: Path, **pack) -> None:
     import ray.data
 
     units = [
@@ -144,12 +142,7 @@ def _pack_with_ray_data(
         _pack_units,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={
-            "files": files,
-            "tokenizer_path": tokenizer_path,
-            "seq_len": seq_len,
-            "text_field": text_field,
-        },
+        fn_kwargs={"files": files, **pack},
     )
     ds.write_parquet(str(out))
 
@@ -173,13 +166,12 @@ def _pack_units(units: dict, *, files: list, **pack) -> dict:
     return {"tokens": np.concatenate(parts)}
 
 
-def _pack_rows(
-    file, start: int, stop: int, *, tokenizer_path: str, seq_len: int, text_field: str
-) -> np.ndarray:
+def _pack_rows(file, start: int, stop: int, **pack) -> np.ndarray:
     """Windows of rows ``start:stop`` of ``file``, packed batch by batch; ``start`` is a
     multiple of the batch size, so the batches are the file's own."""
     import pyarrow.parquet as pq
 
+    text_field, empty = pack["text_field"], np.zeros((0, pack["seq_len"] + 1), dtype=np.int32)
     with file.fs.open_input_file(file.path) as handle:
         parquet = pq.ParquetFile(handle)
         groups, first, at = [], None, 0
@@ -190,28 +182,21 @@ def _pack_rows(
                 first = at if first is None else first
             at += rows
         if not groups:
-            return np.zeros((0, seq_len + 1), dtype=np.int32)
+            return empty
         texts = parquet.read_row_groups(groups, columns=[text_field]).column(text_field)
     texts = texts.slice(start - first, stop - start)
-    parts = [np.zeros((0, seq_len + 1), dtype=np.int32)]
+    parts = [empty]
     for at in range(0, len(texts), DOCS_PER_PACKING_BATCH):
         batch = {text_field: texts.slice(at, DOCS_PER_PACKING_BATCH).to_pylist()}
-        parts.append(
-            _pack_batch(
-                batch, tokenizer_path=tokenizer_path, seq_len=seq_len, text_field=text_field
-            )["tokens"]
-        )
+        parts.append(_pack_batch(batch, **pack)["tokens"])
     return np.concatenate(parts)
 
 
-def _pack_in_process(
-    files: list, out: Path, *, tokenizer_path: str, seq_len: int, text_field: str
-) -> None:
+def _pack_in_process(files: list, out: Path, **pack) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from ray.data.extensions import ArrowTensorArray
 
-    pack = dict(tokenizer_path=tokenizer_path, seq_len=seq_len, text_field=text_field)
     windows = np.concatenate(
         [
             _pack_rows(file, 0, rows, **pack)
