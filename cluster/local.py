@@ -43,9 +43,9 @@ def connect(
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, TimeoutError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise AnnealscaleError(
-                f"--address {address}: cannot connect to a Ray cluster ({first}); check the "
+                f"--address {address}: cannot connect to a Ray cluster ({_first_line(err)}); "
+                "check the "
                 "address and that the cluster is up, or unset RAY_ADDRESS to run locally"
             ) from None
     else:
@@ -53,15 +53,29 @@ def connect(
         for name, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(name, value)  # the local raylet's workers inherit these
         cores = os.cpu_count() or 1
-        ray.init(
-            num_cpus=num_cpus or 2 * cores,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-        )
+        try:
+            ray.init(
+                num_cpus=num_cpus or 2 * cores,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+            )
+        except Exception as err:  # Ray raises a bare Exception when its raylet is slow
+            ray.shutdown()  # stop whatever part of the instance did start
+            raise AnnealscaleError(
+                f"cannot start a local Ray instance ({_first_line(err)}); if the machine is "
+                "busy, retry when it is quieter; run `ray stop` to clear a stale instance, "
+                "or pass --address to use a running cluster"
+            ) from None
     # Ray Data logs its streaming progress at INFO on its own handler; our log lines say
     # what step is running, so keep Ray's libraries to warnings.
     for name in ("ray.data", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return ray.cluster_resources()
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

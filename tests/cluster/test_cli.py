@@ -92,3 +92,26 @@ def test_quick_variant_is_two_sources_two_spends_two_budgets():
     assert {c.train_tokens for c in cells} == set(sorted(spec.grid.train_tokens)[:2])
     full_ids = {c.identity for c in expand_grid(spec)}
     assert {c.identity for c in cells} <= full_ids  # quick cells are reused by a later full run
+
+
+def test_a_local_ray_that_cannot_start_is_one_line(tmp_path):
+    """A real failed start of the local Ray (its temp dir cannot be created), run in a
+    fresh process because this one may already hold the session's Ray."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_TMPDIR": "/dev/null/ray", "RAY_ADDRESS": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "sweep", str(EXAMPLES / "demo.yaml")]
+        + ["--out", str(tmp_path / "out")],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("annealscale: error: cannot start a local Ray instance (")
+    assert "/dev/null/ray" in done.stderr and "Traceback" not in done.stderr
