@@ -688,6 +688,11 @@ class StopCheck:
                 f"P(best) of {self.recommended} reached {self.confidence:.0%} "
                 f"(threshold {self.threshold:.0%}) and the held-out checks pass"
             )
+        elif self.reason == "budget" and self.budget is not None and self.spent < self.budget:
+            why = (
+                f"the budget of ${self.budget:,.4g} is spent: no open cell fits in the "
+                f"${self.budget - self.spent:,.4g} left"
+            )
         elif self.reason == "budget":
             why = f"the budget of ${self.budget:,.4g} is spent"
         elif self.reason == "exhausted":
@@ -774,11 +779,14 @@ def stop_check(
     budget: float | None = None,
     grid_cost: float | None = None,
     remaining: int | None = None,
+    affordable: int | None = None,
     state: DecisionState | None = None,
 ) -> StopCheck:
     """The stop rule: stop when the recommendation's probability reaches ``threshold`` and
     the held-out checks of the contending sources pass (the recommended source must be
-    checkable), when ``spent >= budget``, or when no candidate is left."""
+    checkable), when the budget is spent (``spent >= budget``, or none of the
+    ``remaining`` open cells is ``affordable`` in what is left of it), or when no
+    candidate is left."""
     if not 0.0 < threshold < 1.0:
         raise AnalysisError(f"stop threshold must lie in (0, 1); got {threshold}")
     st = state or proposer.state(finished, candidates)
@@ -792,7 +800,7 @@ def stop_check(
     reason = None
     if confident and ok:
         reason = "confident"
-    elif budget is not None and spent >= budget:
+    elif budget is not None and (spent >= budget or (affordable == 0 and remaining != 0)):
         reason = "budget"
     elif remaining == 0:
         reason = "exhausted"

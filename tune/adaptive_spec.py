@@ -24,7 +24,9 @@ class AdaptiveSpec:
     """Stop when the recommended source's probability of being best reaches this and the
     held-out checks pass (fraction)."""
     budget_fraction: float = 0.6
-    """Stop at the latest when this fraction of the full grid's cost is spent (fraction)."""
+    """A cap on the sweep's cost as a fraction of the full grid's: no cell starts that would
+    take the cost of the finished, failed and running cells above it, and the sweep stops
+    when none fits (fraction)."""
     batch_size: int | None = None
     """Cells proposed jointly (q); default: the sweep's concurrency."""
     law: str = "auto"

@@ -166,10 +166,24 @@ class AdaptiveSearcher(Searcher):
         return [self.cells[r["cell_id"]] for r in self.rows]
 
     @property
-    def spent(self) -> float:
+    def committed(self) -> list[CandidateCell]:
+        """Cells whose cost is spent or being spent: finished, failed and running."""
         running = [self.cells[c] for c in self.live.values()]
         failed = [self.cells[c] for c in sorted(self.failed)]
-        return self.costs.spent([*self.done, *failed, *running])
+        return [*self.done, *failed, *running]
+
+    @property
+    def spent(self) -> float:
+        return self.costs.spent(self.committed)
+
+    def affordable(self, cells: Sequence[CandidateCell]) -> list[CandidateCell]:
+        """Those of ``cells`` that fit in what is left of the budget: the budget is a cap,
+        so a cell that would take the committed cost above it is never started."""
+        if self.budget is None:
+            return list(cells)
+        paid = self.committed
+        left = self.budget - self.costs.spent(paid)
+        return [c for c in cells if self.costs.marginal_cost(c, paid) <= left]
 
     def table(self) -> pd.DataFrame:
         if not self.rows:
@@ -182,24 +196,32 @@ class AdaptiveSearcher(Searcher):
 
     def next_cells(self, n: int) -> list[str]:
         """Cell ids of the next ``n`` proposals (running cells fantasised)."""
-        open_cells = self.open_cells()
+        open_cells = self.affordable(self.open_cells())
         if not open_cells or n < 1:
             return []
         pending = [self.cells[c] for c in self.live.values()]
         proposal = self.proposer.propose(
             self.table(), open_cells, n=n, pending=pending, done=self.done
         )
-        ids = [p.cell.name for p in proposal.cells]
+        cells = list(proposal.cells)
+        if self.budget is not None:  # each fits alone; together they must fit too
+            paid, left, cells = self.committed, self.budget - self.spent, []
+            for p in proposal.cells:
+                cost = self.costs.marginal_cost(p.cell, paid)
+                if cost <= left:
+                    cells.append(p)
+                    paid.append(p.cell)
+                    left -= cost
         self.log.append(
             {
                 "n_finished": len(self.rows),
                 "spent": self.spent,
                 "recommended": proposal.state.recommended,
                 "p_best": dict(proposal.state.p_best),
-                "proposed": [p.to_dict() for p in proposal.cells],
+                "proposed": [p.to_dict() for p in cells],
             }
         )
-        for p in proposal.cells:
+        for p in cells:
             log.info(
                 "adaptive: propose %s spend=%g tokens=%d (%s, gain %.3g, cost $%.3g)",
                 p.cell.source,
@@ -209,12 +231,13 @@ class AdaptiveSearcher(Searcher):
                 p.expected_gain,
                 p.cost,
             )
-        return ids
+        return [p.cell.name for p in cells]
 
     def check(self) -> StopCheck:
         return self._check()
 
     def _check(self) -> StopCheck:
+        open_cells = self.open_cells()
         return stop_check(
             self.proposer,
             self.table(),
@@ -223,7 +246,8 @@ class AdaptiveSearcher(Searcher):
             threshold=self.threshold,
             budget=self.budget,
             grid_cost=self.grid_cost,
-            remaining=len(self.open_cells()),
+            remaining=len(open_cells),
+            affordable=len(self.affordable(open_cells)),
         )
 
     def _record_stop(self, check: StopCheck) -> None:

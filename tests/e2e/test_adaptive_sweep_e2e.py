@@ -75,3 +75,4 @@ def test_killed_adaptive_sweep_resumes_with_its_state(ray_local, tiny_assets, tm
     grid_cells = 2 * 2 * 3
     assert len(table) < grid_cells  # stopped before the full grid
     assert summary["final"]["spent"] < summary["final"]["grid_cost"]
+    assert summary["final"]["spent"] <= summary["final"]["budget"]  # a cap, not a trigger

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from ray.tune.search import Searcher
 
 from analysis.simulate import make_problem
@@ -94,9 +95,27 @@ def test_budget_stop_finishes_the_search_and_records_why(tmp_path):
         s.on_trial_complete(f"t{len(ids) - 1}", result=_result(p, s.cells[cfg["cell_id"]]))
         assert len(ids) < 45
     assert s.stop is not None and s.stop["reason"] == "budget"
-    assert s.stop["spent"] >= 0.05 * p.grid_cost()
-    assert s.stop["saved_fraction"] > 0.5
+    budget = 0.05 * p.grid_cost()
+    # the budget is a cap: spent stays under it, and the search ends when nothing fits
+    assert s.costs.spent([s.cells[i] for i in ids]) == pytest.approx(s.stop["spent"])
+    assert s.stop["spent"] <= budget
+    left = budget - s.stop["spent"]
+    paid = [s.cells[i] for i in ids]
+    assert s.open_cells() and all(s.costs.marginal_cost(c, paid) > left for c in s.open_cells())
+    assert "no open cell fits" in s.stop["message"]
+    assert s.stop["saved_fraction"] > 0.9
     assert s.suggest("late") == Searcher.FINISHED
+
+
+def test_a_batch_never_takes_the_committed_cost_above_the_budget():
+    p = make_problem(5)
+    budget = 0.011 * p.grid_cost()  # less than the seed's first batch of three
+    s = _searcher(p, budget=budget, q=3)
+    started = []
+    while (cfg := s.suggest(f"t{len(started)}")) not in (None, Searcher.FINISHED):
+        started.append(cfg["cell_id"])
+        assert s.spent <= budget  # running cells count in full
+    assert started and s.costs.spent([s.cells[i] for i in started]) <= budget
 
 
 def test_suggest_waits_while_a_full_batch_runs():
