@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ray import tune
@@ -27,7 +28,8 @@ class SweepProgress:
     budget_flops: float
     """Training plus evaluation FLOPs of those cells, as planned."""
     budget_usd: float
-    """Their planned total cost (curation plus compute, USD)."""
+    """Their planned total cost (USD): training per cell, curation once per pool
+    (`planned_usd`)."""
     concurrency: int
     started: float = field(default_factory=time.time)
     running: set[str] = field(default_factory=set)
@@ -77,6 +79,23 @@ class SweepProgress:
         )
 
 
+def pool_of(row: dict) -> tuple[str, float]:
+    """The curated pool a planned cell trains on: its curation is paid once per pool."""
+    return str(row.get("source_identity", row.get("source", ""))), float(row["curation_spend"])
+
+
+def planned_usd(rows: Iterable[dict]) -> float:
+    """What running ``rows`` costs: each cell's training, each pool's curation once (a
+    row's ``total_cost`` holds its pool's whole curation cost, shared by its siblings)."""
+    total, pools = 0.0, set()
+    for row in rows:
+        total += float(row["train_cost"])
+        if pool_of(row) not in pools:
+            pools.add(pool_of(row))
+            total += float(row["total_cost"]) - float(row["train_cost"])
+    return total
+
+
 class ProgressCallback(tune.Callback):
     """Feeds `SweepProgress` from trial events; see the module docstring."""
 
@@ -87,6 +106,7 @@ class ProgressCallback(tune.Callback):
         self._last = 0.0
         self._started_at: dict[str, float] = {}
         self._tokens: dict[str, int] = {}
+        self._paid_pools: set[tuple[str, float]] = set()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         identity = trial.config["cell_id"]
@@ -113,12 +133,16 @@ class ProgressCallback(tune.Callback):
     def _end(self, trial, *, ok: bool):
         identity = trial.config["cell_id"]
         row = self._planned.get(identity, {})
+        usd = 0.0
+        if ok and row:
+            usd = planned_usd([row]) if pool_of(row) not in self._paid_pools else row["train_cost"]
+            self._paid_pools.add(pool_of(row))
         self.progress.end(
             identity,
             ok=ok,
             tokens=self._tokens.pop(trial.trial_id, 0) if ok else 0,
             flops=float(row.get("train_flops", 0.0) + row.get("eval_flops", 0.0)),
-            usd=float(row.get("total_cost", 0.0)),
+            usd=float(usd),
             seconds=time.time() - self._started_at.get(identity, time.time()),
         )
         log.info(self.progress.line())

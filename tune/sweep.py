@@ -24,7 +24,7 @@ from anneal.config import content_hash, to_plain
 from anneal.evaluator import task_metric_names
 from tune.cells import Cell, expand_grid
 from tune.prepare import SweepPlan, inputs_identity, prepare
-from tune.progress import ProgressCallback, SweepProgress
+from tune.progress import ProgressCallback, SweepProgress, planned_usd
 from tune.results import ResultsStore
 from tune.spec import ExperimentSpec, ResourcesSpec
 from tune.storage import StorageLayout
@@ -236,7 +236,7 @@ def _run_trials(
     progress = SweepProgress(
         total=len(plans),
         budget_flops=sum(r["train_flops"] + r["eval_flops"] for r in rows.values()),
-        budget_usd=sum(r["total_cost"] for r in rows.values()),
+        budget_usd=planned_usd(rows.values()),
         concurrency=concurrency,
     )
     writer = _CellRowWriter(plan, store, stamp, store.failed_attempts(set(plans)))

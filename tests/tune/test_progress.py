@@ -28,3 +28,40 @@ def test_eta_is_zero_when_every_cell_ended():
     progress.start("a")
     progress.end("a", ok=True, tokens=1, flops=1.0, usd=1.0, seconds=5.0)
     assert progress.eta_seconds() == 0.0
+
+
+def _row(source: str, spend: float, train: float, curation: float) -> dict:
+    # the planner's row: total_cost holds the pool's whole curation cost (tune.prepare)
+    return {
+        "source": source,
+        "source_identity": f"{source}-id",
+        "curation_spend": spend,
+        "train_cost": train,
+        "total_cost": train + curation,
+        "train_flops": 1e12,
+        "eval_flops": 0.0,
+    }
+
+
+def test_curation_is_counted_once_per_pool_in_the_budget_and_the_spend():
+    from ray.tune.experiment import Trial
+
+    from tune.progress import ProgressCallback, planned_usd
+
+    planned = {
+        "a": _row("web", 0.6, train=1.0, curation=5.0),
+        "b": _row("web", 0.6, train=3.0, curation=5.0),  # same pool as a
+        "c": _row("web", 1.8, train=1.0, curation=7.0),
+    }
+    assert planned_usd(planned.values()) == 1.0 + 3.0 + 1.0 + 5.0 + 7.0
+    progress = SweepProgress(
+        total=3, budget_flops=3e12, budget_usd=planned_usd(planned.values()), concurrency=1
+    )
+    callback = ProgressCallback(progress, planned, every_seconds=60.0)
+    for cell in ("a", "b"):
+        trial = Trial("run_cell", config={"cell_id": cell}, stub=True)
+        callback.on_trial_start(0, [], trial)
+        callback.on_trial_result(0, [], trial, {"train_tokens": 4096})
+        callback.on_trial_complete(0, [], trial)
+    assert progress.usd == 1.0 + 5.0 + 3.0  # b reuses a's pool
+    assert "9.00/17.00 USD" in progress.line()
