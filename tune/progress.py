@@ -39,6 +39,15 @@ class SweepProgress:
     flops: float = 0.0
     usd: float = 0.0
     cell_seconds: list[float] = field(default_factory=list)
+    eta_is_bound: bool = False
+    """An adaptive sweep may stop before ``total`` cells: its ETA is then an upper bound."""
+
+    def as_adaptive(self, budget_left_usd: float | None) -> None:
+        """An adaptive sweep runs at most ``total`` cells and spends at most what is left of
+        its budget: show that cap, and the ETA as a bound."""
+        self.eta_is_bound = True
+        if budget_left_usd is not None:
+            self.budget_usd = min(self.budget_usd, max(budget_left_usd, 0.0))
 
     def start(self, identity: str) -> None:
         self.running.add(identity)
@@ -75,7 +84,11 @@ class SweepProgress:
             f"{self.flops / 1e15:.3g}/{self.budget_flops / 1e15:.3g} PFLOP ({share:.0%}), "
             f"{self.usd:.2f}/{self.budget_usd:.2f} USD; "
             f"{now - self.started:.0f} s elapsed, ETA "
-            + ("unknown" if eta is None else f"{eta:.0f} s")
+            + (
+                "unknown"
+                if eta is None
+                else ("at most " if self.eta_is_bound else "") + f"{eta:.0f} s"
+            )
         )
 
 

@@ -271,8 +271,13 @@ def _run_trials(
         else:
             todo = {i: plans[i] for i in missing}
             param_space = {}
+            searcher = search_alg(plans=todo, store=store, concurrency=concurrency)
+            budget = getattr(searcher, "budget", None)
+            progress.as_adaptive(
+                None if budget is None else budget - getattr(searcher, "spent", 0.0)
+            )
             tune_config = tune.TuneConfig(
-                search_alg=search_alg(plans=todo, store=store, concurrency=concurrency),
+                search_alg=searcher,
                 num_samples=len(todo),
                 max_concurrent_trials=concurrency,
             )

@@ -65,3 +65,15 @@ def test_curation_is_counted_once_per_pool_in_the_budget_and_the_spend():
         callback.on_trial_complete(0, [], trial)
     assert progress.usd == 1.0 + 5.0 + 3.0  # b reuses a's pool
     assert "9.00/17.00 USD" in progress.line()
+
+
+def test_an_adaptive_sweep_shows_its_budget_cap_and_a_bound_on_the_eta():
+    progress = SweepProgress(
+        total=4, budget_flops=4e15, budget_usd=20.0, concurrency=1, started=0.0
+    )
+    progress.as_adaptive(budget_left_usd=12.0)  # the stop rule may end it after any cell
+    progress.start("a")
+    progress.end("a", ok=True, tokens=1, flops=1e15, usd=3.0, seconds=10.0)
+    line = progress.line(now=10.0)
+    assert "3.00/12.00 USD" in line
+    assert "ETA at most 30 s" in line
