@@ -62,7 +62,10 @@ def connect(
                 _node_ip_address="127.0.0.1",
             )
         except Exception as err:  # Ray raises a bare Exception when its raylet is slow
-            ray.shutdown()  # stop whatever part of the instance did start
+            try:
+                ray.shutdown()  # stop whatever part of the instance did start
+            except Exception:  # noqa: BLE001 - the start's error is the one to report
+                pass
             raise AnnealscaleError(
                 f"cannot start a local Ray instance ({_first_line(err)}); if the machine is "
                 "busy, retry when it is quieter; run `ray stop` to clear a stale instance, "

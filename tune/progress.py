@@ -112,14 +112,22 @@ def planned_usd(rows: Iterable[dict]) -> float:
 class ProgressCallback(tune.Callback):
     """Feeds `SweepProgress` from trial events; see the module docstring."""
 
-    def __init__(self, progress: SweepProgress, planned: dict[str, dict], every_seconds: float):
+    def __init__(
+        self,
+        progress: SweepProgress,
+        planned: dict[str, dict],
+        every_seconds: float,
+        paid_pools: set[tuple[str, float]] | None = None,
+    ):
+        """``paid_pools``: pools whose curation is already counted (cells finished by an
+        earlier run, or another callback of this run); shared, and extended in place."""
         self.progress = progress
         self._planned = planned
         self._every = every_seconds
         self._last = 0.0
         self._started_at: dict[str, float] = {}
         self._tokens: dict[str, int] = {}
-        self._paid_pools: set[tuple[str, float]] = set()
+        self._paid_pools = set() if paid_pools is None else paid_pools
 
     def on_trial_start(self, iteration, trials, trial, **info):
         identity = trial.config["cell_id"]

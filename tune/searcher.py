@@ -107,6 +107,8 @@ class AdaptiveSearcher(Searcher):
             if len(self.live) >= self.q:
                 return None
             check = self._check()
+            if check.stop and check.reason == "budget" and self.live:
+                return None  # running cells may still make the decision confident
             if check.stop:
                 self._record_stop(check)
                 return Searcher.FINISHED if not self.live else None
@@ -182,8 +184,14 @@ class AdaptiveSearcher(Searcher):
         if self.budget is None:
             return list(cells)
         paid = self.committed
-        left = self.budget - self.costs.spent(paid)
+        left = self._left(paid)
         return [c for c in cells if self.costs.marginal_cost(c, paid) <= left]
+
+    def _left(self, paid: Sequence[CandidateCell]) -> float:
+        """What is left of the budget after ``paid``, with room for rounding: a cell that
+        costs exactly what is left (``budget_fraction`` 1.0) fits."""
+        assert self.budget is not None
+        return self.budget * (1 + 1e-9) - self.costs.spent(paid)
 
     def table(self) -> pd.DataFrame:
         if not self.rows:
@@ -205,7 +213,8 @@ class AdaptiveSearcher(Searcher):
         )
         cells = list(proposal.cells)
         if self.budget is not None:  # each fits alone; together they must fit too
-            paid, left, cells = self.committed, self.budget - self.spent, []
+            paid, cells = self.committed, []
+            left = self._left(paid)
             for p in proposal.cells:
                 cost = self.costs.marginal_cost(p.cell, paid)
                 if cost <= left:

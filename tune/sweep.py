@@ -24,7 +24,7 @@ from anneal.config import content_hash, to_plain
 from anneal.evaluator import task_metric_names
 from tune.cells import Cell, expand_grid
 from tune.prepare import SweepPlan, inputs_identity, prepare
-from tune.progress import ProgressCallback, SweepProgress, planned_usd
+from tune.progress import ProgressCallback, SweepProgress, planned_usd, pool_of
 from tune.results import ResultsStore
 from tune.spec import ExperimentSpec, ResourcesSpec
 from tune.storage import StorageLayout
@@ -242,10 +242,16 @@ def _run_trials(
     writer = _CellRowWriter(plan, store, stamp, store.failed_attempts(set(plans)))
     name = experiment_name(spec, identities)
 
+    finished = store.read()
+    if len(finished):
+        finished = finished[finished["status"] == "finished"]
+    # pools curated for cells finished earlier are paid; one set for every callback of this run
+    paid_pools = {pool_of(r) for r in finished.to_dict("records")} if len(finished) else set()
+
     def callbacks() -> list:
         return [
             writer,
-            ProgressCallback(progress, rows, spec.tracking.progress_seconds),
+            ProgressCallback(progress, rows, spec.tracking.progress_seconds, paid_pools),
             *tracker_callbacks(spec.tracking, name),
         ]
 

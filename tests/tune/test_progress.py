@@ -77,3 +77,19 @@ def test_an_adaptive_sweep_shows_its_budget_cap_and_a_bound_on_the_eta():
     line = progress.line(now=10.0)
     assert "3.00/12.00 USD" in line
     assert "ETA at most 30 s" in line
+
+
+def test_a_pool_paid_by_an_earlier_run_is_not_counted_again():
+    from ray.tune.experiment import Trial
+
+    from tune.progress import ProgressCallback, pool_of
+
+    planned = {"b": _row("web", 0.6, train=3.0, curation=5.0)}
+    progress = SweepProgress(total=1, budget_flops=1e12, budget_usd=8.0, concurrency=1)
+    paid = {pool_of(planned["b"])}  # cell a of the same pool finished in an earlier run
+    callback = ProgressCallback(progress, planned, every_seconds=60.0, paid_pools=paid)
+    trial = Trial("run_cell", config={"cell_id": "b"}, stub=True)
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {"train_tokens": 4096})
+    callback.on_trial_complete(0, [], trial)
+    assert progress.usd == 3.0

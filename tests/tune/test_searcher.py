@@ -143,3 +143,29 @@ def test_a_trial_reporting_in_parts_is_recorded_from_all_its_results():
     assert searcher.rows[0]["domain_bpb"] == metrics["domain_bpb"]
     assert not searcher.failed
     assert searcher.metric is None  # Tune must not demand the metric in every part
+
+
+def test_a_budget_of_the_whole_grid_runs_every_cell():
+    """A cell costing exactly what is left fits (rounding once refused this problem's last
+    cell, and the search stopped for "budget" one cell short)."""
+    p = make_problem(6)
+    s = _searcher(p, budget=p.grid_cost(), threshold=0.999999, q=1)
+    ran = []
+    while isinstance(cfg := s.suggest(f"t{len(ran)}"), dict):
+        ran.append(cfg["cell_id"])
+        s.on_trial_complete(f"t{len(ran) - 1}", result=_result(p, s.cells[cfg["cell_id"]]))
+    assert len(ran) == len(p.candidates())
+    assert s.stop is not None and s.stop["spent"] == pytest.approx(p.grid_cost())
+
+
+def test_a_budget_stop_waits_for_running_cells_before_it_is_recorded():
+    p = make_problem(3)
+    s = _searcher(p, budget=0.011 * p.grid_cost(), q=3)
+    started = []
+    while isinstance(cfg := s.suggest(f"t{len(started)}"), dict):
+        started.append(cfg["cell_id"])
+    assert s.suggest("late") is None and s.stop is None  # cells still run: not decided yet
+    for i, cell in enumerate(started):
+        s.on_trial_complete(f"t{i}", result=_result(p, s.cells[cell]))
+    assert s.suggest("after") == Searcher.FINISHED
+    assert s.stop is not None and s.stop["reason"] == "budget"
