@@ -97,10 +97,12 @@ def pool_of(row: dict) -> tuple[str, float]:
     return str(row.get("source_identity", row.get("source", ""))), float(row["curation_spend"])
 
 
-def planned_usd(rows: Iterable[dict]) -> float:
-    """What running ``rows`` costs: each cell's training, each pool's curation once (a
-    row's ``total_cost`` holds its pool's whole curation cost, shared by its siblings)."""
-    total, pools = 0.0, set()
+def planned_usd(rows: Iterable[dict], paid_pools: set[tuple[str, float]] | None = None) -> float:
+    """What running ``rows`` costs: each cell's training, and the curation of each pool not
+    in ``paid_pools`` once (a row's ``total_cost`` holds its pool's whole curation cost,
+    shared by its siblings). ``paid_pools`` is extended in place."""
+    pools = set() if paid_pools is None else paid_pools
+    total = 0.0
     for row in rows:
         total += float(row["train_cost"])
         if pool_of(row) not in pools:
@@ -154,10 +156,7 @@ class ProgressCallback(tune.Callback):
     def _end(self, trial, *, ok: bool):
         identity = trial.config["cell_id"]
         row = self._planned.get(identity, {})
-        usd = 0.0
-        if ok and row:
-            usd = planned_usd([row]) if pool_of(row) not in self._paid_pools else row["train_cost"]
-            self._paid_pools.add(pool_of(row))
+        usd = planned_usd([row], self._paid_pools) if ok and row else 0.0
         self.progress.end(
             identity,
             ok=ok,

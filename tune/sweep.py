@@ -242,11 +242,10 @@ def _run_trials(
     writer = _CellRowWriter(plan, store, stamp, store.failed_attempts(set(plans)))
     name = experiment_name(spec, identities)
 
-    finished = store.read()
-    if len(finished):
-        finished = finished[finished["status"] == "finished"]
+    table = store.read()
+    finished = table[table["status"] == "finished"] if len(table) else table
     # pools curated for cells finished earlier are paid; one set for every callback of this run
-    paid_pools = {pool_of(r) for r in finished.to_dict("records")} if len(finished) else set()
+    paid_pools = {pool_of(r) for r in finished.to_dict("records")}
 
     def callbacks() -> list:
         return [
