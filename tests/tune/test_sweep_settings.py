@@ -67,6 +67,9 @@ def test_storage_layout_by_identity_for_paths_and_uris(tmp_path):
 
 
 def test_trackers_missing_packages_fail_before_compute(monkeypatch):
+    """mlflow may be installed (the ``annealscale[mlflow]`` extra) and a test cannot
+    uninstall it, so the package lookup alone is patched to say it is missing; nothing of
+    Ray, torch or DeepSpeed is patched."""
     import importlib.util
 
     real = importlib.util.find_spec
