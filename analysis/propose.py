@@ -15,7 +15,8 @@ by a normal amount of that variance (the preposterior of a linear-Gaussian updat
 Score of a cell = (expected reduction of the probability of a wrong decision at the
 target + ``variance_weight`` x expected fractional reduction of the target predictive
 variance, each source's weighted by its probability of being best) / (marginal cost /
-reference cost) ** ``cost_tempering``. The decision term is a knowledge gradient on the probability of correct selection; the variance term keeps
+reference cost) ** ``cost_tempering`` (1 by default: gain per USD). The decision term is
+a knowledge gradient on the probability of correct selection; the variance term keeps
 learning where the decision is already confident but the curves are not, and because
 the ensemble mixes every fit optimum the data allow, cells that tell optima apart score
 high. Batches of ``q`` are chosen greedily and jointly: each chosen (and each running)
@@ -26,9 +27,11 @@ Seed design (before a source has enough cells to fit): one pool (by default the 
 nearest the geometric middle between its cheapest spend and the target's), at training
 tokens spread over at least a decade where the candidates allow (smallest, geometric
 middle, and the smallest count at least ten times the smallest, else the largest). On the
-simulator the seed's decade of tokens is what makes the decision right; a low cost
-tempering (0.25) then lets the score buy the large-token cells that measure the decision
-instead of many cheap cells that barely move it.
+simulator the seed's decade of tokens is what makes the decision right. After it, gain per
+USD buys the large-token cells that measure the decision rather than cheap cells near
+those already run, because the posterior draws agree with the cells already run
+(`analysis.propose_model.posterior_draws`): a cell the draws already agree on has no
+gain.
 
 References
 ----------
@@ -88,12 +91,12 @@ class ProposerSettings:
     """Weight each source's target variance by its probability of being best, so that
     variance is reduced where it can change the decision (False: plain predictive
     variance, summed over sources)."""
-    cost_tempering: float = 0.25
+    cost_tempering: float = 1.0
     """Exponent of the cost in the score's denominator (0 ignores cost, 1 is gain per USD).
-    On `analysis.simulate` (50 problems, q=3) 0.25 reaches 90 % decision accuracy at 0.23
-    of the grid's compute, 0.5 at 0.29, 1.0 at 0.68 (24 problems): with 1.0 the score
-    keeps buying cheap small-token cells whose gain per USD looks high but which barely
-    constrain the extrapolation to the target."""
+    `benchmarks/adaptive.py` (wide grid, q=3, 150 problems): 1.0 reaches 90 % decision
+    accuracy at 0.092 of the grid's compute, 0.5 at 0.138, 0.25 at 0.163. (With the
+    earlier plain Laplace ensemble, whose draws strayed from the cells already run, cheap
+    repeats looked informative and 0.25 was needed to keep the score off them.)"""
     law_prior: LawPrior | None = None
     """Fixed weakly-informative prior on the law's shape parameters (``beta``,
     ``R_star``), in the fit and the posterior (`analysis.propose_model`;
@@ -104,10 +107,10 @@ class ProposerSettings:
     ``--law-prior`` for what it does to the designs' costs."""
     prior_sd: float = 0.5
     """Prior sd of each log-parameter without a ``law_prior`` around its fitted value."""
-    inflation: float = 1.0
-    """Factor on the Laplace posterior's sd: with a few cells and a nonlinear law the
-    Gaussian approximation is overconfident, and an overconfident belief stops sampling
-    the source that would correct it."""
+    proposal_scale: float = 1.5
+    """Widening of the Laplace Gaussians that propose posterior draws; the draws are
+    reweighted to the exact posterior (`analysis.propose_model.posterior_draws`), so this
+    sets only how well the proposal covers a posterior that bends away from them."""
     contention_floor: float = 0.05
     """Least weight of a source in the variance term (its probability of being best is
     itself an estimate)."""
@@ -134,6 +137,8 @@ class ProposerSettings:
             raise AnalysisError("decision_weight and variance_weight must be non-negative")
         if self.decision_weight == 0 and self.variance_weight == 0:
             raise AnalysisError("decision_weight and variance_weight cannot both be 0")
+        if not self.proposal_scale >= 1.0:
+            raise AnalysisError(f"proposal_scale must be at least 1; got {self.proposal_scale}")
         if not 0.0 <= self.cost_tempering <= 2.0:
             raise AnalysisError(f"cost_tempering must lie in [0, 2]; got {self.cost_tempering}")
         if self.seed_points < 2:
@@ -268,7 +273,7 @@ class Proposer:
             law,
             n_draws=s.n_draws,
             prior_sd=s.prior_sd,
-            inflation=s.inflation,
+            proposal_scale=s.proposal_scale,
             noise_prior=s.noise_prior,
             noise_prior_weight=s.noise_prior_weight,
             seed=s.seed,

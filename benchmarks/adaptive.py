@@ -17,69 +17,53 @@ Methods, all in batches of q cells with the same fits and the same recommendatio
 
 adaptive and variance_only use the same seed design (per source, three token counts over a
 decade on its middle pool) and so run the same cells, with the same states, until the seed
-has run. Narrow grid: the seed is 0.227 of the grid's compute, and on these problems the
-seed alone already gives about 94 % decision accuracy, so their compute_to_90 tie at the
-seed's cost; their scores differ only after it.
+has run; their scores differ only after it.
 
-``--seed-points 2 --law-prior default`` runs the smallest seed the design allows (two
-token counts a decade apart, 1e6 and 1.6e7, per source: 0.197 of the grid's compute) with
-the proposer's weakly-informative prior on ``beta`` and ``R_star``
-(`analysis.propose_model.DEFAULT_LAW_PRIOR`). Without the prior, plain fits of two to four
-cells per source run along a ridge of exact fits and the adaptive design's accuracy dips
-below 90 % after the seed (compute_to_90 0.34 on seeds 0-49); with it the accuracy stays
-up, but the two-point seed alone then gives 88 % (seeds 0-49) and 92 % (seeds 1000-1049)
-decision accuracy, so adaptive and variance_only, which share it, still tie (q=3: 0.22
-and 0.20; random 0.83 / 0.73, cheapest first 0.60 / 0.52).
+Wide grid (``--grid wide``, the default): the seed's decade (1e6 ... 1e7 tokens on each
+source's middle pool) is the cheap end of the grid, 0.041 of its compute, and gives 77 %
+decision accuracy; the designs differ in the cells they buy after it. Measured
+2026-11-24 (150 problems, q=3, 0.0025 steps; compute_to_90 as a fraction of the grid's
+compute, median over the resamples; in brackets the share of resamples in which the
+adaptive design is strictly cheaper / dearer than variance_only):
 
-Wide grid (``--grid wide``): the seed's decade (1e6 ... 1e7 tokens on each source's middle
-pool) is the cheap end of the grid, 0.041 of its compute, and gives 84-88 % decision
-accuracy; the designs differ in the cells they buy after it. Measured (50 problems, q=3,
-seed_points 3; compute_to_90 as a fraction of the grid's compute; grid accuracy 0.98,
-1.0 on seeds 2000-2049):
+=====================  ========  =============  ======  ==============  =============
+seeds, cost tempering  adaptive  variance_only  random  cheapest_first  (cheaper/dearer)
+=====================  ========  =============  ======  ==============  =============
+0-149, 1.0 (default)   0.092     0.117          0.32    0.175           (78 % / 16 %)
+1000-1149, 1.0         0.135     0.160          0.42    0.297           (88 % / 8 %)
+0-149, 0.5             0.138     0.145          0.32    0.175           (61 % / 30 %)
+0-149, 0.25 (*)        0.163     0.120          0.32    0.175           (1 % / 88 %)
+0-149, 1.0, q=1        0.105     0.107          0.31    0.205           (55 % / 34 %)
+=====================  ========  =============  ======  ==============  =============
 
-=============================  ========  =============  ======  ==============
-set, law prior                 adaptive  variance_only  random  cheapest_first
-=============================  ========  =============  ======  ==============
-seeds 0-49, default prior      0.10      0.12           0.32    0.18
-seeds 1000-1049, default prior 0.10      0.10           0.43    0.30
-seeds 2000-2049, default prior 0.10      0.10           0.35    0.13
-seeds 0-49, no prior           0.34      0.25           0.33    0.21
-seeds 1000-1049, no prior      0.19      0.24           0.32    0.38
-=============================  ========  =============  ======  ==============
+(*) measured with a first version of the sampler that clipped proposals to the law's
+bounds instead of discarding them (the default row with it: 0.098 against 0.117).
+Accuracy at a tenth / a third of the grid's compute, default row: adaptive 0.90 / 0.97,
+variance_only 0.89 / 0.97, cheapest_first 0.83 / 0.92. A lower cost tempering makes both
+scored designs buy 1e8-token cells on the largest pools first and wait longer for them;
+one cell at a time (q=1, the demo's ``batch_size``) the two scored designs nearly tie.
 
-The table above used 0.01 steps of the grid's compute. Pooled, seeds 0-149, with the
-defaults and 0.0025 steps (2026-11-24, 319 s): adaptive 0.095, variance_only 0.095,
-cheapest_first 0.175, random 0.318; decision accuracy at 10 % / 33 % of the grid's
-compute: adaptive 0.92 / 0.99, variance_only 0.90 / 0.96, cheapest_first 0.88 / 0.94. Over
-the same 200 resamples the adaptive design is strictly cheaper to 90 % than variance_only
-in 34 % of them, than cheapest_first in 94 %, than random in all.
+What changed the ranking (2026-11-24): the posterior draws. A plain Laplace ensemble left
+the curved ridge of fits that three cells on four parameters allow; its draws predicted
+the seed cells with a 5 % sd where they were measured with 1 %, so re-running a cell
+looked nearly as informative as extrapolating, and only a low tempering (0.25) kept the
+score off such cells. Then adaptive and variance_only tied at 0.095 (both bought the
+same first batch, 4.6e7-token cells, and crossed 90 % at that shared step), and at q=1
+variance_only was the cheaper (0.095 against 0.105). With the draws reweighted to the
+exact posterior (`analysis.propose_model.posterior_draws`), a cell the draws agree on has
+no gain, gain per USD is what buys, and the decision term pays off. Its P(best) is also
+closer to its accuracy in the middle: on 1,050 states (150 problems, the seed plus random
+cells in threes) the states with P(best) in [0.7, 0.8) were right in 75 % (Laplace draws:
+87 %), in [0.8, 0.9) in 88 % (93 %); but at P(best) >= 0.99 in 98.7 % (99.6 %), and the
+recommendation was right in 88.5 % of the states against 90.1 % (see the limit in
+`analysis.propose_model.posterior_draws`).
 
-Why they tie: accuracy is 0.79 once the seed (0.041 of the grid) has run and about 0.95
-after the first scored batch (adaptive 0.953, variance_only 0.933). That batch buys a
-4.6e7-token cell on each contending source; the adaptive design leaves out the source
-that cannot win (variance_only buys it too), but in the median problem both batches end
-at 0.094 of the grid, and that shared step is where both curves cross 90 %. The adaptive
-design is ahead at equal compute, not at the crossing.
+The narrow grid (``--grid narrow``) is a harder test of the seed than of the design: its
+seed already holds the grid's dearest budget (0.23 of its compute).
 
-One cell at a time (``--q 1``, the demo's ``batch_size``; seeds 0-149, 0.0025 steps) the
-variance-only design is the cheaper: adaptive 0.105, variance_only 0.095 (cheapest_first
-0.175, random 0.308); accuracy at 10 % of the grid 0.88 against 0.95.
-
-(``--seed-points 2`` with the prior, 0.0025 steps, seeds 0-149: adaptive 0.115,
-variance_only 0.093; the adaptive curve reaches 90 % at 0.063 but dips one problem below
-it between 0.10 and 0.115. Cost tempering 0.5 for both designs: adaptive 0.113,
-variance_only 0.087. Earlier, at 0.01 steps and seeds 0-49 / 1000-1049, cost tempering 0.1,
-variance weight 0.05 or 1, posterior inflation 1.5 and the cheapest seed pool gave the
-adaptive design no better cost on both sets.)
-
-With the prior that sweeps use (`tune.adaptive`: ``law_prior=DEFAULT_LAW_PRIOR``) the
-adaptive design needs a tenth of the grid on every set and beats random and cheapest
-first, but not the variance-only design (see above; accuracy at 10 % of the grid on the
-three sets of 50: adaptive 0.90 / 0.94 / 0.96, variance_only 0.88 / 0.94 / 0.92). Without
-the prior, plain fits of three to five cells are overconfident:
-on seeds 0-49 the decision score then trusts a wrong leader at P(best) near 1 and stops
-sampling the true best for a long stretch (problems 7, 11, 23, 36), which the
-variance-only and cheapest-first designs, not steered by the leader, avoid.
+Without the law prior (``--law-prior none``) plain fits of three to five cells are
+overconfident and steer the decision term to a wrong leader; sweeps fit with the prior
+(`tune.adaptive`), and so does the default here.
 
 Printed: the definition of decision accuracy, the accuracy curves, and as the last line
 JSON with each method's compute to reach 90 % decision accuracy as a fraction of the

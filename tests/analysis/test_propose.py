@@ -288,8 +288,9 @@ def test_law_prior_keeps_the_decision_steady_after_a_two_point_seed():
     """Known answer on a simulated problem: after the smallest seed (two token counts a
     decade apart per source) the posterior-mode fits recommend the true best at every
     batch up to 0.45 of the grid's compute; plain least squares on the same cells runs along
-    the ridge of exact fits and recommends a wrong source in between."""
-    p = make_problem(45)
+    the ridge of exact fits and recommends a wrong source in between (curated right after
+    the seed, on this problem)."""
+    p = make_problem(5)
     prior = ProposerSettings(seed_points=2, law_prior=DEFAULT_LAW_PRIOR)
     steady = run_policy(p, "adaptive", q=3, max_fraction=0.45, settings=prior)
     seed_end = 15.6 / p.grid_cost()  # curation 1.5 + 0.9 + 3.0, training 3 x 1.7e7 x 2e-7
@@ -323,11 +324,68 @@ def test_wide_grid_spans_two_decades_and_its_seed_stays_on_the_cheapest_decade()
 
 def test_adaptive_design_on_the_wide_grid_is_right_with_a_fifth_of_it():
     """Known answer on the wide grid, with the law prior sweeps use: on problems whose
-    ranking flips, the design is right after at most a fifth of the grid's compute."""
+    ranking flips, the design is right from a tenth of the grid's compute on, up to a
+    fifth of it."""
     settings = ProposerSettings(law_prior=DEFAULT_LAW_PRIOR)
-    for seed in (1, 4):
+    for seed in (0, 2, 4):
         p = make_problem(seed, grid="wide")
         assert p.flips()
-        steps = run_policy(p, "adaptive", q=3, max_fraction=0.15, settings=settings)
+        steps = run_policy(p, "adaptive", q=3, max_fraction=0.2, settings=settings)
         assert steps[2].n_cells == 9 and steps[2].spent < 0.05  # the seed: a decade, cheap
-        assert at_fraction(steps, 0.2).recommended == p.true_best()
+        assert at_fraction(steps, 0.1) is not None
+        assert all(s.recommended == p.true_best() for s in steps if s.spent >= 0.1)
+
+
+def test_importance_sampler_corrects_a_misplaced_too_narrow_proposal():
+    """Known answer: a correlated Gaussian target, proposed from a Gaussian that is off
+    its centre and far too narrow (what a Laplace step at the wrong end of a ridge looks
+    like). The reweighted draws, with the proposal refitted to them, recover the target's
+    mean and covariance; the first proposal alone is off by several of its sds."""
+    from analysis.propose_model import GaussianProposal, importance_sample, resample
+
+    mean = np.array([1.0, -0.5])
+    cov = np.array([[0.5, 0.3], [0.3, 0.4]])
+    precision = np.linalg.inv(cov)
+
+    def log_target(u):
+        d = u - mean
+        return -0.5 * np.einsum("ni,ij,nj->n", d, precision, d)
+
+    narrow = GaussianProposal(mean=np.zeros(2), chol=np.diag([5.0, 5.0]), weight=1.0)  # sd 0.2
+    rng = np.random.default_rng(0)
+    u, w = importance_sample(log_target, [narrow], n=4096, scale=1.5, ess_goal=1024, rng=rng)
+    assert 1.0 / np.sum(w**2) >= 1024  # the refitted proposal reached the goal
+    draws = resample(u, w, 2048, rng)
+    assert draws.mean(axis=0) == pytest.approx(mean, abs=0.06)
+    assert np.cov(draws, rowvar=False) == pytest.approx(cov, abs=0.06)
+    assert len(np.unique(draws, axis=0)) > 800  # not collapsed onto a few proposals
+
+
+def test_posterior_draws_predict_the_cells_already_run_within_their_noise():
+    """Three seed cells on one pool, four law parameters: the posterior is a curved ridge.
+    The ensemble must agree with the cells it was fitted to (predictive sd there about the
+    noise, as for any posterior of a model that fits them), so that running them again
+    is worth nothing; a plain Laplace ensemble spread 4x the noise there (0.053 vs 0.012
+    on this problem) and priced repeats like extrapolation."""
+    p = make_problem(0, grid="wide")
+    seeds = seed_design(p.candidates(), pd.DataFrame(), [], p.costs, points=3)
+    table = p.observe(seeds)
+    law = get_law("effective_data")
+    posts, sigma = fit_posteriors(
+        table,
+        known_pools(table, p.candidates()),
+        law,
+        n_draws=256,
+        prior_sd=0.5,
+        noise_prior=0.01,
+        noise_prior_weight=4.0,
+        seed=0,
+        prior=DEFAULT_LAW_PRIOR,
+    )
+    post = posts["curated"]
+    mine = [c for c in seeds if c.source == "curated"]
+    at_cells = post.log_draws([c.train_tokens for c in mine], [c.curation_spend for c in mine])
+    assert np.all(at_cells.std(axis=0) < 1.5 * sigma)
+    target = post.log_draws(4e8, 3.0)[:, 0]
+    assert target.std() > 2 * sigma  # the extrapolation stays uncertain
+    assert len(np.unique(post.theta, axis=0)) > 32

@@ -147,8 +147,9 @@ def test_a_trial_reporting_in_parts_is_recorded_from_all_its_results():
 
 def test_a_budget_of_the_whole_grid_runs_every_cell():
     """A cell costing exactly what is left fits (rounding once refused this problem's last
-    cell, and the search stopped for "budget" one cell short)."""
-    p = make_problem(6)
+    cell, and the search stopped for "budget" one cell short). On this problem P(best) stays
+    below the threshold until the last cell."""
+    p = make_problem(1)
     s = _searcher(p, budget=p.grid_cost(), threshold=0.999999, q=1)
     ran = []
     while isinstance(cfg := s.suggest(f"t{len(ran)}"), dict):
