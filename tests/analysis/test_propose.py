@@ -213,6 +213,29 @@ def test_stop_rule_reasons_and_savings():
         stop_check(proposer, table, cands, spent=0.0, threshold=1.5)
 
 
+def test_confident_stop_waits_until_every_source_has_passed_a_held_out_check():
+    """Known answer (problem 0, narrow grid): with the whole grid of the two others, the
+    worst source's two cheapest cells leave P(best) of the true best at 1.0, but that
+    source's fit has never predicted a cell it did not see, so the rule does not stop;
+    its third cell, predicted within the interval, lets it stop."""
+    p = make_problem(0)
+    cands = p.candidates()
+    proposer = Proposer(
+        target=p.target, costs=p.costs, settings=ProposerSettings(law_prior=DEFAULT_LAW_PRIOR)
+    )
+    assert p.true_best() == "curated"
+    rest = [c for c in cands if c.source != "narrow"]
+    middle = sorted({c.curation_spend for c in cands if c.source == "narrow"})[1]
+    narrow = [c for c in cands if c.source == "narrow" and c.curation_spend == middle]
+    two = stop_check(proposer, p.observe(rest + narrow[:2]), cands, spent=1.0, threshold=0.9)
+    assert two.confidence >= 0.9 and two.recommended == "curated"
+    assert not two.stop and not two.held_out_ok
+    assert "narrow" not in {c.source for c in two.held_out}
+    three = stop_check(proposer, p.observe(rest + narrow[:3]), cands, spent=1.0, threshold=0.9)
+    assert three.stop and three.reason == "confident"
+    assert {c.source for c in three.held_out} == {"curated", "diverse", "narrow"}
+
+
 def test_settings_are_validated():
     with pytest.raises(AnalysisError, match="both be 0"):
         ProposerSettings(decision_weight=0.0, variance_weight=0.0)
