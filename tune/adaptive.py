@@ -115,15 +115,30 @@ class SearcherFactory:
 
 
 def stop_message(record: dict) -> str:
-    """One sentence for the report: why the adaptive sweep stopped and what it saved."""
+    """One sentence for the report: why the adaptive sweep stopped, how sure the proposer
+    was of its pick then, and what the stop saved.
+
+    The proposer's probability is its posterior's (with the law prior), not the decision
+    table's bootstrap P(best); the two differ on few cells, so the sentence names it."""
     final = record.get("final", record)
-    why = {
-        "confident": f"the probability that {record.get('recommended')} is best reached "
-        f"{record.get('confidence', 0):.0%} (threshold {record.get('threshold', 0):.0%}) and "
-        "the held-out checks passed",
-        "budget": "its budget was spent",
-        "exhausted": "every cell had run",
-    }.get(record.get("reason"), "the sweep ended before the stop rule fired")
+    rec, conf = record.get("recommended"), record.get("confidence")
+    threshold = record.get("threshold", 0.0)
+    sure = (
+        f"the proposer's posterior probability that {rec} is best was {conf:.0%}"
+        if rec is not None and conf is not None
+        else None
+    )
+    reason = record.get("reason")
+    if reason == "confident":
+        why = f"{sure} (threshold {threshold:.0%}) and every source's held-out check passed"
+    elif reason in ("budget", "exhausted"):
+        why = "its budget was spent" if reason == "budget" else "every cell had run"
+        if sure is not None and conf >= threshold and not record.get("held_out_ok"):
+            why += f"; {sure}, but not every source's fit had passed a held-out check"
+        elif sure is not None:
+            why += f"; {sure}, short of the {threshold:.0%} threshold"
+    else:
+        why = "the sweep ended before the stop rule fired"
     spent, grid = final.get("spent"), final.get("grid_cost")
     text = f"Adaptive sweep: stopped because {why}."
     if spent is not None and grid:
