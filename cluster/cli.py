@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     propose.add_argument(
         "--tokens", type=float, nargs="*", default=(), help="extra training budgets to consider"
     )
+    propose.add_argument(
+        "--law-prior",
+        choices=("default", "none"),
+        default="default",
+        help="prior on the law's shape parameters, as sweeps fit with it (none: plain fits, "
+        "overconfident on few cells)",
+    )
     propose.set_defaults(func=_cmd_propose)
 
     analyze = sub.add_parser("analyze", help="fit laws and write the report for a results table")
@@ -180,6 +187,7 @@ def _cmd_sweep(args) -> int:
 def _cmd_propose(args) -> int:
     from analysis.compare import Target
     from analysis.errors import AnalysisError
+    from analysis.propose import ProposerSettings
     from analysis.propose_table import format_proposal, propose_from_results
 
     if args.target_tokens is None and args.target_spend is None and args.target_cost is None:
@@ -191,11 +199,11 @@ def _cmd_propose(args) -> int:
         curation_spend=args.target_spend,
         total_cost=args.target_cost,
     )
-    print(
-        format_proposal(
-            propose_from_results(args.results, target=target, n=args.n, extra_tokens=args.tokens)
-        )
+    settings = None if args.law_prior == "default" else ProposerSettings(law_prior=None)
+    proposal = propose_from_results(
+        args.results, target=target, n=args.n, extra_tokens=args.tokens, settings=settings
     )
+    print(format_proposal(proposal))
     return 0
 
 

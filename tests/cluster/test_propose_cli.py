@@ -90,3 +90,30 @@ def test_propose_on_a_table_without_costs_says_so(tmp_path, capsys):
     code = main(["propose", str(path), "--target-tokens", "1e7", "--tokens", "8e6"])
     err = capsys.readouterr().err
     assert code == 2 and "propose needs costs" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_propose_fits_with_the_law_prior_sweeps_use(seed, tmp_path, capsys):
+    """Known answer: after a two-cell seed per source, plain fits call a wrong source best
+    at P(best) >= 0.98 on these problems; with the prior sweeps fit with (the default) the
+    true best is recommended. ``--law-prior none`` gives the plain fits back."""
+    from analysis.propose import Proposer, ProposerSettings
+
+    p = make_problem(seed)
+    cands = p.candidates()
+    seed_cells = Proposer(
+        target=p.target, costs=p.costs, settings=ProposerSettings(seed_points=2)
+    ).propose(pd.DataFrame(), cands, n=9, done=[])
+    table = p.observe([c.cell for c in seed_cells.cells])
+    table["total_cost"] = table["curation_cost"] + table["train_cost"]
+    path = tmp_path / "results.parquet"
+    table.to_parquet(path, index=False)
+    args = ["propose", str(path), "--target-tokens", f"{p.target.train_tokens:g}", "-n", "1"]
+    args += ["--tokens", *(f"{t:g}" for t in sorted({c.train_tokens for c in cands}))]
+
+    assert main(args) == 0
+    assert f"recommended {p.true_best()} " in capsys.readouterr().out
+    assert main([*args, "--law-prior", "none"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"recommended {p.true_best()} " not in first
+    assert "P(best): " in first and (" 99%" in first or " 100%" in first)
