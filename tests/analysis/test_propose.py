@@ -288,17 +288,7 @@ def test_law_prior_settles_an_underdetermined_fit_at_its_centre_and_yields_to_a_
     assert (params["beta"], params["R_star"]) == pytest.approx((0.3, 15.4), rel=1e-3)
     assert fit.sse[0] < 1e-12  # still an exact fit of both cells
     grid = p.observe([c for c in p.candidates() if c.source == "narrow"])
-    posts, sigma = fit_posteriors(
-        grid,
-        known_pools(grid, []),
-        law,
-        n_draws=64,
-        prior_sd=0.5,
-        noise_prior=0.01,
-        noise_prior_weight=4.0,
-        seed=0,
-        prior=DEFAULT_LAW_PRIOR,
-    )
+    posts, sigma = _posteriors(grid, known_pools(grid, []), law, n_draws=64)
     fitted = law.params_dict(posts["narrow"].fit.theta)
     assert sigma == pytest.approx(p.noise, rel=0.5)
     assert 2.5 / 1.5 < fitted["R_star"] < 2.5 * 1.5
@@ -414,17 +404,7 @@ def test_posterior_draws_predict_the_cells_already_run_within_their_noise():
     seeds = seed_design(p.candidates(), pd.DataFrame(), [], p.costs, points=3)
     table = p.observe(seeds)
     law = get_law("effective_data")
-    posts, sigma = fit_posteriors(
-        table,
-        known_pools(table, p.candidates()),
-        law,
-        n_draws=256,
-        prior_sd=0.5,
-        noise_prior=0.01,
-        noise_prior_weight=4.0,
-        seed=0,
-        prior=DEFAULT_LAW_PRIOR,
-    )
+    posts, sigma = _posteriors(table, known_pools(table, p.candidates()), law, n_draws=256)
     post = posts["curated"]
     mine = [c for c in seeds if c.source == "curated"]
     at_cells = post.log_draws([c.train_tokens for c in mine], [c.curation_spend for c in mine])
@@ -432,3 +412,18 @@ def test_posterior_draws_predict_the_cells_already_run_within_their_noise():
     target = post.log_draws(4e8, 3.0)[:, 0]
     assert target.std() > 2 * sigma  # the extrapolation stays uncertain
     assert len(np.unique(post.theta, axis=0)) > 32
+
+
+def _posteriors(table, pools, law, n_draws):
+    """Posteriors with the law prior and noise settings sweeps use."""
+    return fit_posteriors(
+        table,
+        pools,
+        law,
+        n_draws=n_draws,
+        prior_sd=0.5,
+        noise_prior=0.01,
+        noise_prior_weight=4.0,
+        seed=0,
+        prior=DEFAULT_LAW_PRIOR,
+    )
