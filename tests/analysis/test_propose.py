@@ -415,15 +415,18 @@ def test_posterior_draws_predict_the_cells_already_run_within_their_noise():
 
 
 def _posteriors(table, pools, law, n_draws):
-    """Posteriors with the law prior and noise settings sweeps use."""
+    """Posteriors with the law prior and the proposer's default noise and sampler settings
+    (what sweeps use)."""
+    s = ProposerSettings(law_prior=DEFAULT_LAW_PRIOR)
     return fit_posteriors(
         table,
         pools,
         law,
         n_draws=n_draws,
-        prior_sd=0.5,
-        noise_prior=0.01,
-        noise_prior_weight=4.0,
-        seed=0,
-        prior=DEFAULT_LAW_PRIOR,
+        prior_sd=s.prior_sd,
+        proposal_scale=s.proposal_scale,
+        noise_prior=s.noise_prior,
+        noise_prior_weight=s.noise_prior_weight,
+        seed=s.seed,
+        prior=s.law_prior,
     )
