@@ -11,8 +11,11 @@ TORCH_CPU_VERSION ?= 2.13.0
 # starts, so two overlap well even on a 2-core machine. A module runs in one process, so
 # a module's shared sweep is never run twice.
 TEST_WORKERS ?= 2
+# Each test has its own timeout (pyproject.toml); this caps the whole run, so that a lost
+# xdist worker can never keep CI waiting.
+TEST_RUN_SECONDS ?= 3600
 
-.PHONY: demo demo-quick test lint format clean venv
+.PHONY: demo demo-quick test lint format docs clean venv
 
 venv: $(STAMP)
 
@@ -33,7 +36,9 @@ demo-quick: $(STAMP)
 	$(BIN)/annealscale demo --quick --out runs/demo-quick
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
+	timeout --kill-after=30 $(TEST_RUN_SECONDS) \
+	  $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 \
+	  || { rc=$$?; [ $$rc -eq 124 ] && echo "make test: stopped after $(TEST_RUN_SECONDS) s"; exit $$rc; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -42,6 +47,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+docs: $(STAMP)
+	$(BIN)/annealscale schema --markdown > docs/spec-reference.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -16,17 +16,24 @@ laws: LAWS, Law, user_law, get_law, power_law_d, effective_tokens, D_REF
 
 from __future__ import annotations
 
-from analysis import laws
-from analysis.bootstrap import Bootstrap, bootstrap_law
-from analysis.budget import Allocation, CostModel, Frontier, Split
-from analysis.compare import Crossover, Decision, Target, TargetDecision
-from analysis.errors import AnalysisError, NotFittedError
-from analysis.fit import FLAG_DESCRIPTIONS, FitResult, LawFit, fit_law
-from analysis.laws import LAWS, Law, effective_tokens, get_law, power_law_d, user_law
-from analysis.report import AnalysisResult, analyze
-from analysis.sources import GroupFit, PoolModel, SourceFits
-from analysis.table import REQUIRED_COLUMNS, load_results
-from analysis.validate import Validation
+from annealscale.analysis import laws
+from annealscale.analysis.bootstrap import Bootstrap, bootstrap_law
+from annealscale.analysis.budget import Allocation, CostModel, Frontier, Split
+from annealscale.analysis.compare import Crossover, Decision, Target, TargetDecision
+from annealscale.analysis.errors import AnalysisError, NotFittedError
+from annealscale.analysis.fit import FLAG_DESCRIPTIONS, FitResult, LawFit, fit_law
+from annealscale.analysis.laws import LAWS, Law, effective_tokens, get_law, power_law_d, user_law
+from annealscale.analysis.report import AnalysisResult, analyze
+from annealscale.analysis.sources import GroupFit, PoolModel, SourceFits
+from annealscale.analysis.table import REQUIRED_COLUMNS, load_results
+from annealscale.analysis.validate import Validation
+
+if (
+    __name__ != "annealscale.analysis"
+):  # the folder sits at the repository root: one module identity
+    raise ImportError(
+        f"import annealscale.analysis, not {__name__} (annealscale installs one namespace)"
+    )
 
 __all__ = [
     "FLAG_DESCRIPTIONS",

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.laws import Law, get_law
+from annealscale.analysis.solve import best_starts, log_bounds, objective, refine
 from numpy.typing import ArrayLike
-
-from analysis.errors import AnalysisError
-from analysis.laws import Law, get_law
-from analysis.solve import best_starts, log_bounds, objective, refine
 
 BOOT_GRID = 16
 """Grid points per nonlinear parameter when screening resamples (the full-data optimum

@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from annealscale.analysis.sources import SourceFits
+from annealscale.analysis.table import ResultsTable
 from scipy.optimize import minimize_scalar, nnls
-
-from analysis.sources import SourceFits
-from analysis.table import ResultsTable
 
 SPEND_GRID = 48
 """Curation spends tried per source when splitting a budget (log-spaced)."""

@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from analysis.budget import Allocation, CostModel, Frontier, allocate
-from analysis.errors import AnalysisError
-from analysis.sources import SourceFits
+from annealscale.analysis.budget import Allocation, CostModel, Frontier, allocate
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.sources import SourceFits
 
 CROSSOVER_GRID = 160
 """Points of the log grid on which pairwise crossovers are searched."""

@@ -1,9 +1,12 @@
-"""The one error type of the analysis package."""
+"""The error type of the analysis package: the project's error, so the CLI reports it as
+one line, and a ValueError, as numerical libraries raise for bad input."""
 
 from __future__ import annotations
 
+from annealscale.core.errors import AnnealscaleError
 
-class AnalysisError(ValueError):
+
+class AnalysisError(AnnealscaleError, ValueError):
     """Invalid input to the analysis: the message names what is wrong and what to do."""
 
 

@@ -32,13 +32,12 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+from annealscale.analysis.bootstrap import Bootstrap, bootstrap_law
+from annealscale.analysis.errors import AnalysisError, NotFittedError
+from annealscale.analysis.laws import Law, get_law
+from annealscale.analysis.solve import huber, log_bounds, screen
 from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
-
-from analysis.bootstrap import Bootstrap, bootstrap_law
-from analysis.errors import AnalysisError, NotFittedError
-from analysis.laws import Law, get_law
-from analysis.solve import huber, log_bounds, screen
 
 FLAG_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
     {

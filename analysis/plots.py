@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from annealscale.analysis.budget import Frontier
+from annealscale.analysis.compare import TargetDecision, format_tokens
+from annealscale.analysis.fit import FitResult
+from annealscale.analysis.sources import SourceFits
+from annealscale.analysis.validate import Validation
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-
-from analysis.budget import Frontier
-from analysis.compare import TargetDecision, format_tokens
-from analysis.fit import FitResult
-from analysis.sources import SourceFits
-from analysis.validate import Validation
 
 _PANEL_W, _PANEL_H = 4.2, 3.4  # inches
 _DPI = 110

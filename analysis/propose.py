@@ -54,19 +54,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtr
-
-from analysis.compare import Target
-from analysis.errors import AnalysisError
-from analysis.laws import Law, get_law
-from analysis.propose_costs import CandidateCell, CellCostModel, PoolReuseCosts
-from analysis.propose_model import (
+from annealscale.analysis.compare import Target
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.laws import Law, get_law
+from annealscale.analysis.propose_costs import CandidateCell, CellCostModel, PoolReuseCosts
+from annealscale.analysis.propose_model import (
     FitCache,
     LawPrior,
     SourcePosterior,
     fit_posteriors,
     known_pools,
 )
+from scipy.special import ndtr
 
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(16)
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()

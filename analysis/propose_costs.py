@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
-from analysis.errors import AnalysisError
+from annealscale.analysis.errors import AnalysisError
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,11 +48,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-from analysis.errors import AnalysisError
-from analysis.laws import Law
-from analysis.solve import log_bounds, refine, screen
-from analysis.sources import PoolModel, law_inputs, pool_model
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.laws import Law
+from annealscale.analysis.solve import log_bounds, refine, screen
+from annealscale.analysis.sources import PoolModel, law_inputs, pool_model
 
 _OPTIMA_KEEP = 8.0
 """Optima whose squared log error exceeds the best by more than this many noise

@@ -16,14 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-
-from analysis.budget import cost_model
-from analysis.compare import Target, format_tokens
-from analysis.errors import AnalysisError
-from analysis.propose import Proposal, Proposer, ProposerSettings
-from analysis.propose_costs import CandidateCell, PoolReuseCosts
-from analysis.propose_model import DEFAULT_LAW_PRIOR
-from analysis.table import load_results
+from annealscale.analysis.budget import cost_model
+from annealscale.analysis.compare import Target, format_tokens
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.propose import Proposal, Proposer, ProposerSettings
+from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts
+from annealscale.analysis.propose_model import DEFAULT_LAW_PRIOR
+from annealscale.analysis.table import load_results
 
 
 def table_costs(finished: pd.DataFrame, table) -> PoolReuseCosts:

@@ -15,13 +15,12 @@ from html import escape
 from pathlib import Path
 
 import pandas as pd
-
-from analysis.budget import CostModel
-from analysis.compare import Decision, TargetDecision, format_tokens
-from analysis.fit import FLAG_DESCRIPTIONS
-from analysis.sources import GroupFit, SourceFits
-from analysis.table import ResultsTable
-from analysis.validate import Validation
+from annealscale.analysis.budget import CostModel
+from annealscale.analysis.compare import Decision, TargetDecision, format_tokens
+from annealscale.analysis.fit import FLAG_DESCRIPTIONS
+from annealscale.analysis.sources import GroupFit, SourceFits
+from annealscale.analysis.table import ResultsTable
+from annealscale.analysis.validate import Validation
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;

@@ -15,16 +15,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from analysis import plots as plotting
-from analysis.budget import CostModel, Frontier, cost_model, frontier
-from analysis.compare import Decision, Target, decide, decide_target
-from analysis.errors import AnalysisError
-from analysis.laws import DEFAULT_CANDIDATES, Law, get_law
-from analysis.render import render_report
-from analysis.sources import POOL_NOTE, POOLED_NOTE, SourceFits, fit_sources
-from analysis.table import ResultsTable, cell_means, load_results
-from analysis.validate import Validation, candidate_laws, validate_laws
+from annealscale.analysis import plots as plotting
+from annealscale.analysis.budget import CostModel, Frontier, cost_model, frontier
+from annealscale.analysis.compare import Decision, Target, decide, decide_target
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.laws import DEFAULT_CANDIDATES, Law, get_law
+from annealscale.analysis.render import render_report
+from annealscale.analysis.sources import POOL_NOTE, POOLED_NOTE, SourceFits, fit_sources
+from annealscale.analysis.table import ResultsTable, cell_means, load_results
+from annealscale.analysis.validate import Validation, candidate_laws, validate_laws
 
 SCHEMA_VERSION = 2
 METRIC = "domain_bpb"

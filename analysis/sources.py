@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from annealscale.analysis.bootstrap import Bootstrap, bootstrap_law
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.fit import FitResult, fit_law
+from annealscale.analysis.laws import POWER_LAW_D, Law, get_law
 from numpy.typing import ArrayLike
-
-from analysis.bootstrap import Bootstrap, bootstrap_law
-from analysis.errors import AnalysisError
-from analysis.fit import FitResult, fit_law
-from analysis.laws import POWER_LAW_D, Law, get_law
 
 POOLED_NOTE = (
     "fitted on all finished cells of the source, every curation spend together; "

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from analysis.laws import Law, get_law
-from analysis.sources import fit_group, source_seed
-from analysis.table import ResultsTable, cell_key
+from annealscale.analysis.laws import Law, get_law
+from annealscale.analysis.sources import fit_group, source_seed
+from annealscale.analysis.table import ResultsTable, cell_key
 
 SELECTION_MARGIN = 0.1
 

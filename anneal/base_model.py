@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from annealscale.anneal.documents import read_texts
+from annealscale.anneal.schedule import linear_decay_lr, warmup_steps_for
 
-from anneal.config import content_hash
-from anneal.documents import read_texts
-from anneal.schedule import linear_decay_lr, warmup_steps_for
+from annealscale.core.hashing import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class BaseModelConfig:
 
 def build_base_model(general_docs: str, cache_dir: Path, config: BaseModelConfig) -> Path:
     """Train tokenizer and model on ``general_docs`` unless cached; return the model dir."""
-    from anneal.documents import files_identity
+    from annealscale.anneal.documents import files_identity
 
     key = content_hash({"config": asdict(config), "docs": files_identity(general_docs)})
     out = Path(cache_dir) / f"base-{key}"
@@ -137,7 +137,7 @@ def _init_model(config: BaseModelConfig, tokenizer):
 
 
 def _windows(texts: list[str], tokenizer, config: BaseModelConfig) -> np.ndarray:
-    from anneal.packing import pack_token_lists
+    from annealscale.anneal.packing import pack_token_lists
 
     needed = math.ceil(config.pretrain_tokens / config.seq_len)
     ids: list[list[int]] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
 
 
 class HashedNgramClassifier:

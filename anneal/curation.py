@@ -29,11 +29,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from anneal.config import content_hash
-from anneal.documents import ReadReport
-from anneal.errors import AnnealscaleError
-from anneal.sources import (
+from annealscale.anneal.documents import ReadReport
+from annealscale.anneal.sources import (
     SOURCE_KINDS,
     STEP_KINDS,
     CurationContext,
@@ -44,6 +41,9 @@ from anneal.sources import (
     SourceSpec,
     token_counter,
 )
+
+from annealscale.core.errors import AnnealscaleError
+from annealscale.core.hashing import content_hash
 
 log = logging.getLogger(__name__)
 

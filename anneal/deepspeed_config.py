@@ -17,8 +17,9 @@ import json
 import logging
 from pathlib import Path
 
-from anneal.errors import AnnealscaleError
-from anneal.run_spec import TrainSpec
+from annealscale.anneal.run_spec import TrainSpec
+
+from annealscale.core.errors import AnnealscaleError
 
 log = logging.getLogger(__name__)
 

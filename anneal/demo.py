@@ -13,9 +13,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anneal.base_model import BaseModelConfig, build_base_model
-from anneal.demo_corpus import SPLITS, DemoCorpus, DemoCorpusConfig, build_demo_corpus
-from anneal.errors import AnnealscaleError
+from annealscale.anneal.base_model import BaseModelConfig, build_base_model
+from annealscale.anneal.demo_corpus import SPLITS, DemoCorpus, DemoCorpusConfig, build_demo_corpus
+
+from annealscale.core.errors import AnnealscaleError
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def files_identity(path: str) -> str:
     or model directory): full paths, sizes and modification times. Changes when any file
     is replaced, so caches and cell identities keyed on it never serve stale data. A hub
     dataset is identified by its name only."""
-    from anneal.config import content_hash
+    from annealscale.core.hashing import content_hash
 
     if path.startswith(HUB_PREFIX):
         return content_hash(path)

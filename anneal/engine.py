@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from anneal.deepspeed_config import build_optimizer, deepspeed_config, uses_bf16
-from anneal.schedule import lr_multiplier
+from annealscale.anneal.deepspeed_config import build_optimizer, deepspeed_config, uses_bf16
+from annealscale.anneal.schedule import lr_multiplier
 
 
 @dataclass
@@ -59,8 +59,7 @@ def build_engine(job, *, world_size: int, use_gpu: bool) -> Engine:
     """Load the base model and wrap it in DeepSpeed as the job's train section says."""
     import deepspeed
     import torch
-
-    from anneal.model import load_model
+    from annealscale.anneal.model import load_model
 
     if use_gpu:
         device = torch.device("cuda", torch.cuda.current_device())

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from anneal.evaluate import bits_per_byte, choice_metrics, nll_and_bytes, score_choices
-from anneal.tasks import EncodedTask
+from annealscale.anneal.evaluate import bits_per_byte, choice_metrics, nll_and_bytes, score_choices
+from annealscale.anneal.tasks import EncodedTask
 
 
 def task_metric_names(job) -> list[str]:
@@ -27,7 +26,7 @@ class Evaluator:
     """Evaluates ``job``'s held-out sets and tasks on this worker's share."""
 
     def __init__(self, job, *, rank: int, world: int, device, batch_size: int):
-        from anneal.packing import read_windows
+        from annealscale.anneal.packing import read_windows
 
         self.job = job
         self.rank, self.world = rank, world

@@ -46,8 +46,3 @@ def train_flops(shape: ModelShape, tokens: int, context: int) -> float:
 def eval_flops(shape: ModelShape, tokens: int, context: int) -> float:
     """Evaluation FLOPs for ``tokens`` tokens (forward only)."""
     return forward_flops_per_token(shape, context) * tokens
-
-
-def flops_to_usd(flops: float, usd_per_pflop: float) -> float:
-    """Money for ``flops`` at a price in USD per 10^15 FLOPs."""
-    return flops / 1e15 * usd_per_pflop

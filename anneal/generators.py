@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from annealscale.anneal.ngram_generator import generate as generate_ngram
+from annealscale.anneal.synthetic_math import generate_math_document
 
-from anneal.errors import AnnealscaleError
-from anneal.ngram_generator import generate as generate_ngram
-from anneal.synthetic_math import generate_math_document
+from annealscale.core.errors import AnnealscaleError
 
 
 def programmatic_document(params: Any, state: dict, index: int) -> str:
@@ -50,9 +50,8 @@ class HfGenerator:
     """A causal LM from ``transformers`` that continues prompts in batches."""
 
     def __init__(self, path: str, *, device: str):
+        from annealscale.anneal.model import model_shape
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from anneal.model import model_shape
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
@@ -83,9 +82,8 @@ class HfGenerator:
         keep_prompt: bool,
     ) -> Generated:
         import torch
+        from annealscale.anneal.flops import forward_flops_per_token
         from transformers import GenerationConfig, LogitsProcessorList
-
-        from anneal.flops import forward_flops_per_token
 
         tok = self.tokenizer
         enc = tok(list(prompts), return_tensors="pt", padding=True).to(self.device)

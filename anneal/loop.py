@@ -11,12 +11,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
-from anneal.checkpoint import Start, WorkerState, checkpoint_name, discard
-from anneal.checkpoint import load as load_checkpoint
-from anneal.checkpoint import save as save_checkpoint
-from anneal.mixture import RowStream, domain_counts, epochs_over
-from anneal.run_spec import ScheduleSpec, TrainSpec
+from annealscale.anneal.checkpoint import Start, WorkerState, checkpoint_name, discard
+from annealscale.anneal.checkpoint import load as load_checkpoint
+from annealscale.anneal.checkpoint import save as save_checkpoint
+from annealscale.anneal.mixture import RowStream, domain_counts, epochs_over
+from annealscale.anneal.run_spec import ScheduleSpec, TrainSpec
 
 ROWS_PER_READ = 64
 SHUFFLE_BUFFER_ROWS = 256
@@ -77,13 +76,12 @@ class AnnealJob:
 def anneal_worker(config: dict) -> None:
     """Ray Train worker entry point: ``config["job"]`` is an `AnnealJob`."""
     job: AnnealJob = config["job"]
-    from anneal.engine import build_engine, prepare_threads
+    from annealscale.anneal.engine import build_engine, prepare_threads
 
     use_gpu = prepare_threads(job.threads_per_worker)
     import ray.train
     import torch
-
-    from anneal.evaluator import Evaluator
+    from annealscale.anneal.evaluator import Evaluator
 
     torch.manual_seed(job.seed)
     context = ray.train.get_context()

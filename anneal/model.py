@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+from annealscale.anneal.flops import ModelShape
 
-from anneal.errors import AnnealscaleError
-from anneal.flops import ModelShape
+from annealscale.core.errors import AnnealscaleError
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):

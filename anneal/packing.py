@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anneal.config import content_hash
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
+from annealscale.core.hashing import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def pack_token_lists(token_lists: list[list[int]], eos_id: int, seq_len: int) ->
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(path: str):
-    from anneal.model import load_tokenizer
+    from annealscale.anneal.model import load_tokenizer
 
     return load_tokenizer(path)
 
@@ -68,7 +68,7 @@ def _pack_batch(batch: dict, *, tokenizer_path: str, seq_len: int, text_field: s
 
 def packed_dir_for(docs_path: str, tokenizer_path: str, seq_len: int, cache_dir: Path) -> Path:
     """Cache location of a packed copy of ``docs_path`` for this tokenizer and length."""
-    from anneal.documents import files_identity
+    from annealscale.anneal.documents import files_identity
 
     key = [files_identity(docs_path), files_identity(tokenizer_path), seq_len, PACKING_LAYOUT]
     return Path(cache_dir) / "packed" / content_hash(key)
@@ -93,7 +93,7 @@ def pack_documents(
     `DOCS_PER_PACKING_BATCH` documents are cut per file, so the windows never depend on how
     the cluster splits the work.
     """
-    from anneal.documents import locate
+    from annealscale.anneal.documents import locate
 
     out = packed_dir_for(docs_path, tokenizer_path, seq_len, cache_dir)
     if (out / "_SUCCESS").exists():

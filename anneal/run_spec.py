@@ -1,20 +1,21 @@
 """Spec pieces that describe one anneal: model, data, schedule, optimisation, prices.
 
-They are frozen, keyword-only dataclasses validated on construction; `tune.spec`
+They are frozen spec models (`annealscale.core.spec_model`) validated on construction; `tune.spec`
 composes them into the experiment spec. Where the work runs (workers, CPUs, GPUs) is not
 here: it does not change the result and lives in the resources section.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
-from anneal.config import check
+from pydantic import Field
+
+from annealscale.core.errors import check
+from annealscale.core.spec_model import SpecModel
 
 
-@dataclass(frozen=True, kw_only=True)
-class ModelSpec:
+class ModelSpec(SpecModel):
     """The base checkpoint every anneal starts from."""
 
     path: str
@@ -23,8 +24,7 @@ class ModelSpec:
     """Run model code shipped with the checkpoint; only for checkpoints you trust."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class DataSpec:
+class DataSpec(SpecModel):
     """A set of documents on disk."""
 
     path: str
@@ -33,8 +33,7 @@ class DataSpec:
     """Column (Parquet) or key (JSONL) holding the text."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class TaskSpec:
+class TaskSpec(SpecModel):
     """A multiple-choice task scored by the log-likelihood of each choice.
 
     JSONL, one question per line: ``{"question": str, "choices": [str, ...], "answer": int}``
@@ -50,7 +49,7 @@ class TaskSpec:
     max_questions: int | None = None
     """Score only the first this many questions (all when absent)."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(
             self.name.isidentifier() and self.name.isascii(),
             "name",
@@ -63,8 +62,7 @@ class TaskSpec:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class EvalSpec:
+class EvalSpec(SpecModel):
     """Held-out sets; neither may overlap any training pool."""
 
     domain: DataSpec
@@ -80,7 +78,7 @@ class EvalSpec:
     tasks: tuple[TaskSpec, ...] = ()
     """Multiple-choice tasks scored at the end of each anneal (and on the base model)."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(self.max_tokens > 0, "max_tokens", "must be a positive number of tokens")
         check(self.every_steps >= 0, "every_steps", "must be 0 (end only) or a step count")
         names = [t.name for t in self.tasks]
@@ -88,8 +86,7 @@ class EvalSpec:
         check(not dupes, "tasks", f"task names must be unique; repeated: {', '.join(dupes)}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ScheduleSpec:
+class ScheduleSpec(SpecModel):
     """Learning-rate schedule of the anneal."""
 
     kind: Literal["linear", "wsd"] = "linear"
@@ -113,7 +110,7 @@ class ScheduleSpec:
     """``wsd`` only: train the constant-rate trunk once per (source, spend, seed) and run
     each budget's cooldown from its checkpoint; off runs every cell from the base model."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(0 < self.peak_lr < 1, "peak_lr", f"must be in (0, 1), got {self.peak_lr}")
         check(
             0 <= self.warmup_fraction < 1,
@@ -134,8 +131,7 @@ class ScheduleSpec:
             )
 
 
-@dataclass(frozen=True, kw_only=True)
-class OptimizerSpec:
+class OptimizerSpec(SpecModel):
     """The optimizer built when no DeepSpeed JSON names one; its peak learning rate is
     ``schedule.peak_lr`` and its weight decay ``train.weight_decay``."""
 
@@ -146,7 +142,7 @@ class OptimizerSpec:
     eps: float = 1e-8
     """Adam denominator epsilon."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "betas",
@@ -155,8 +151,7 @@ class OptimizerSpec:
         check(self.eps > 0, "eps", f"must be positive, got {self.eps}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainSpec:
+class TrainSpec(SpecModel):
     """Optimisation settings; the global batch is fixed so results do not depend on how
     many workers share it."""
 
@@ -174,12 +169,13 @@ class TrainSpec:
     """Gradient-norm clipping threshold (0 disables)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto``: bf16 on GPUs, fp32 on CPU."""
-    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    """The optimizer built when ``deepspeed_config`` names none."""
     deepspeed_config: str | None = None
     """A DeepSpeed JSON file passed through (validated; batch sizes must agree with this
     section; what it leaves out is filled from this section)."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(self.seq_len >= 8, "seq_len", f"must be at least 8 tokens, got {self.seq_len}")
         check(self.batch_size > 0, "batch_size", "must be a positive number of sequences")
         check(self.micro_batch_size > 0, "micro_batch_size", "must be positive")
@@ -199,8 +195,7 @@ class TrainSpec:
         return self.batch_size * self.seq_len
 
 
-@dataclass(frozen=True, kw_only=True)
-class CheckpointSpec:
+class CheckpointSpec(SpecModel):
     """Periodic checkpoints of each anneal, for recovery from a lost worker.
 
     Not part of any cell's identity: checkpoints change where a restarted anneal resumes,
@@ -215,7 +210,7 @@ class CheckpointSpec:
     keep: int = 2
     """Checkpoints kept per anneal (the newest); trunk branch points are always kept."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(
             self.every_steps is None or self.every_tokens is None,
             "every_steps",
@@ -242,12 +237,11 @@ class CheckpointSpec:
         return 0
 
 
-@dataclass(frozen=True, kw_only=True)
-class PricesSpec:
+class PricesSpec(SpecModel):
     """Prices that turn compute into money, so every cost is reported in both."""
 
     usd_per_pflop: float
     """Price of 10^15 FLOPs of training or evaluation compute (USD)."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(self.usd_per_pflop > 0, "usd_per_pflop", "must be positive (USD per PFLOP)")

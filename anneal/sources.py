@@ -7,11 +7,12 @@ cost stays within ``c``, so the pool bought by a larger spend always contains th
 a smaller one, in the same order (nested pools). Judging runs as a Ray Data job on an
 actor pool (see `anneal.curation`); offering runs on the driver and should be cheap.
 
-A new kind is a few lines: a subclass of `SourceKind` with a frozen ``Params`` dataclass,
-an ``offers`` and a ``judge`` method, registered with `register_source_kind`::
+A new kind is a few lines: a subclass of `SourceKind` with a ``Params`` spec model (a
+`annealscale.core.spec_model.SpecModel`: frozen, unknown fields rejected, field docstrings
+in ``annealscale schema``), an ``offers`` and a ``judge`` method, registered with
+`register_source_kind`::
 
-    @dataclass(frozen=True, kw_only=True)
-    class ShoutParams:
+    class ShoutParams(SpecModel):
         path: str
         usd_per_doc: float
 
@@ -35,14 +36,17 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from annealscale.anneal.documents import ReadReport, read_texts
+from pydantic import Field, model_validator
 
-from anneal.config import check, content_hash, from_mapping, to_plain
-from anneal.documents import ReadReport, read_texts
+from annealscale.core.errors import check
+from annealscale.core.hashing import content_hash, to_plain
+from annealscale.core.spec_model import SpecModel, from_mapping
 
 SOURCE_KINDS: dict[str, type[SourceKind]] = {}
 STEP_KINDS: dict[str, type[CurationStep]] = {}
@@ -52,6 +56,7 @@ def register_source_kind(name: str) -> Callable[[type[SourceKind]], type[SourceK
     """Class decorator that makes a `SourceKind` available as ``kind: name`` in specs."""
 
     def wrap(cls: type[SourceKind]) -> type[SourceKind]:
+        _check_params(cls, name)
         cls.kind = name
         SOURCE_KINDS[name] = cls
         return cls
@@ -63,6 +68,7 @@ def register_curation_step(name: str) -> Callable[[type[CurationStep]], type[Cur
     """Class decorator that makes a `CurationStep` available as ``steps: [{kind: name}]``."""
 
     def wrap(cls: type[CurationStep]) -> type[CurationStep]:
+        _check_params(cls, name)
         cls.kind = name
         STEP_KINDS[name] = cls
         return cls
@@ -70,80 +76,86 @@ def register_curation_step(name: str) -> Callable[[type[CurationStep]], type[Cur
     return wrap
 
 
-def _parse_params(registry: Mapping[str, type], kind: str, params: Any, what: str) -> Any:
+def _check_params(cls: type, name: str) -> None:
+    params = getattr(cls, "Params", None)
+    if not (isinstance(params, type) and issubclass(params, SpecModel)):
+        raise TypeError(
+            f"{cls.__name__} (kind '{name}'): Params must be a SpecModel subclass "
+            "(annealscale.core.spec_model), so its fields are validated and documented"
+        )
+
+
+def _with_params(registry: Mapping[str, type], what: str, data: Any) -> Any:
+    """``data`` with ``params`` validated against the registered kind's ``Params`` model."""
+    if not isinstance(data, Mapping) or "kind" not in data:
+        return data  # the base model reports what is missing or malformed
+    kind = data["kind"]
     check(
-        kind in registry,
+        isinstance(kind, str) and kind in registry,
         "kind",
-        f"unknown {what} '{kind}'; known kinds: {', '.join(sorted(registry))}",
+        f"unknown {what} {kind!r}; known kinds: {', '.join(sorted(registry))}",
     )
-    params_cls = registry[kind].Params
-    raw = params if isinstance(params, params_cls) else dict(params)
-    return from_mapping(params_cls, raw, "params")
+    params = from_mapping(registry[kind].Params, data.get("params", {}), "params")
+    return {**data, "params": params}
 
 
-@dataclass(frozen=True, kw_only=True)
-class StepSpec:
+class StepSpec(SpecModel):
     """One curation step applied after a source's own judgement."""
 
     kind: str
     """A registered step: ``dedup`` or a plugin's."""
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: Any = Field(default_factory=dict, json_schema_extra={"type": "object"})
+    """Step-specific settings, validated against the step's ``Params`` model."""
 
-    def __post_init__(self):
-        object.__setattr__(
-            self, "params", _parse_params(STEP_KINDS, self.kind, self.params, "curation step")
-        )
+    @model_validator(mode="before")
+    @classmethod
+    def _params(cls, data: Any) -> Any:
+        return _with_params(STEP_KINDS, "curation step", data)
 
 
-@dataclass(frozen=True, kw_only=True)
-class CurationResources:
+class CurationResources(SpecModel):
     """Where curation runs; not part of any identity (it changes speed, not documents)."""
 
     actors: int | None = None
     """Ray Data actor-pool size; by default the cluster's CPUs (GPUs with
     ``gpus_per_actor``) divided by the per-actor share, at most 8."""
     cpus_per_actor: float = 1.0
+    """CPUs per actor (fractions allowed)."""
     gpus_per_actor: float = 0.0
     """GPUs per actor; above 0 the classifier or generator runs on CUDA."""
     batch_size: int = 256
     """Candidates per ``map_batches`` batch (also the generation batch)."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(self.actors is None or self.actors >= 1, "actors", "must be at least 1")
         check(self.cpus_per_actor > 0, "cpus_per_actor", "must be positive")
         check(self.gpus_per_actor >= 0, "gpus_per_actor", "must not be negative")
         check(self.batch_size >= 1, "batch_size", "must be at least 1")
 
 
-@dataclass(frozen=True, kw_only=True)
-class SourceSpec:
+class SourceSpec(SpecModel):
     """One candidate data source as written in the spec."""
 
     name: str
     """Unique name used in results and reports."""
     kind: str
     """A registered source kind: as_is, classifier_filter, synthetic, or a plugin's."""
-    params: Mapping[str, Any] = field(default_factory=dict)
-    """Kind-specific settings, validated against the kind's ``Params`` class."""
+    params: Any = Field(default_factory=dict, json_schema_extra={"type": "object"})
+    """Kind-specific settings, validated against the kind's ``Params`` model."""
     steps: tuple[StepSpec, ...] = ()
     """Curation steps after the kind's judgement, in order (e.g. ``dedup``)."""
     curation_spend: tuple[float, ...] | None = None
     """Spends (USD) for this source; the grid's spends when absent."""
-    resources: CurationResources = field(default_factory=CurationResources)
+    resources: CurationResources = Field(default_factory=CurationResources)
+    """Where this source's curation runs (actors, CPUs/GPUs per actor, batch size)."""
 
-    def __post_init__(self):
+    @model_validator(mode="before")
+    @classmethod
+    def _params(cls, data: Any) -> Any:
+        return _with_params(SOURCE_KINDS, "source kind", data)
+
+    def validate_spec(self) -> None:
         check(bool(self.name.strip()), "name", "must not be empty")
-        object.__setattr__(
-            self, "params", _parse_params(SOURCE_KINDS, self.kind, self.params, "source kind")
-        )
-        if not isinstance(self.resources, CurationResources):
-            resources = from_mapping(CurationResources, self.resources, "resources")
-            object.__setattr__(self, "resources", resources)
-        steps = tuple(
-            s if isinstance(s, StepSpec) else from_mapping(StepSpec, s, f"steps[{i}]")
-            for i, s in enumerate(self.steps)
-        )
-        object.__setattr__(self, "steps", steps)
         if self.curation_spend is not None:
             check(len(self.curation_spend) > 0, "curation_spend", "must list at least one spend")
             check(
@@ -288,15 +300,15 @@ class CurationStep(abc.ABC):
 # --- as_is -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class AsIsParams:
+class AsIsParams(SpecModel):
     path: str
     """Documents sold as they are (see `anneal.documents`; ``demo:NAME`` for the demo)."""
     usd_per_token: float
     """Price per token bought (USD)."""
     text_field: str = "text"
+    """Column (Parquet, CSV) or key (JSONL) holding the text."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(self.usd_per_token > 0, "usd_per_token", "must be positive (USD per token)")
 
 
@@ -318,8 +330,7 @@ class AsIs(SourceKind):
 # --- classifier_filter -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class ClassifierFilterParams:
+class ClassifierFilterParams(SpecModel):
     raw_path: str
     """The raw pool the classifier scores (a web crawl)."""
     usd_per_doc_scored: float
@@ -346,11 +357,13 @@ class ClassifierFilterParams:
     the first ``calibration_docs`` raw documents, so every spend uses the same threshold
     and pools stay nested. Calibration scoring is paid for once, at setup."""
     calibration_docs: int = 1000
+    """Raw documents scored once to set the ``top_fraction`` threshold (documents)."""
     n_features: int = 2**18
     """Hashed word 1-2 gram features."""
     text_field: str = "text"
+    """Column (Parquet, CSV) or key (JSONL) holding the text of every input."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(self.usd_per_doc_scored > 0, "usd_per_doc_scored", "must be positive (USD)")
         seeds = bool(self.positives_path or self.positives) and bool(
             self.negatives_path or self.negatives
@@ -384,7 +397,7 @@ class ClassifierFilter(SourceKind):
         return self.params.usd_per_doc_scored
 
     def setup(self) -> Setup:
-        from anneal.classifiers import HashedNgramClassifier
+        from annealscale.anneal.classifiers import HashedNgramClassifier
 
         p = self.params
         if p.model_path is not None:
@@ -416,7 +429,7 @@ class ClassifierFilter(SourceKind):
         return {"text": self.read_input(self.params.raw_path, self.params.text_field)[start:stop]}
 
     def open(self, state: Any) -> None:
-        from anneal.classifiers import HfSequenceClassifier
+        from annealscale.anneal.classifiers import HfSequenceClassifier
 
         self._threshold = state.get("threshold")
         if state["kind"] == "hf":
@@ -449,8 +462,7 @@ class ClassifierFilter(SourceKind):
 GENERATORS = ("math_worked_examples", "ngram_lm", "hf_causal_lm")
 
 
-@dataclass(frozen=True, kw_only=True)
-class SyntheticParams:
+class SyntheticParams(SpecModel):
     generator: str = "math_worked_examples"
     """``math_worked_examples`` (templated problems with worked solutions), ``ngram_lm``
     (a word n-gram model fitted on ``seed_path``: the offline stand-in for an LLM), or
@@ -467,6 +479,7 @@ class SyntheticParams:
     seed: int = 0
     """Document ``i`` depends only on (seed, i), so larger spends extend the sequence."""
     text_field: str = "text"
+    """Column (Parquet, CSV) or key (JSONL) holding the text of every input."""
     model_path: str | None = None
     """``hf_causal_lm``: a ``save_pretrained`` directory or hub id."""
     prompts: tuple[str, ...] = ()
@@ -476,6 +489,7 @@ class SyntheticParams:
     max_new_tokens: int = 128
     """``hf_causal_lm``: tokens generated per document (at most)."""
     temperature: float = 1.0
+    """``hf_causal_lm``: sampling temperature (1 samples the model as it is)."""
     top_k: int = 0
     """Sample among the k most likely tokens (0: all)."""
     top_p: float = 1.0
@@ -486,7 +500,7 @@ class SyntheticParams:
     """``hf_causal_lm``: the document is prompt plus continuation instead of the
     continuation alone."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(self.usd_per_token > 0, "usd_per_token", "must be positive (USD per token)")
         check(
             self.generator in GENERATORS,
@@ -521,7 +535,7 @@ class Synthetic(SourceKind):
     Params = SyntheticParams
 
     def setup(self) -> Setup:
-        from anneal.ngram_generator import fit_ngram
+        from annealscale.anneal.ngram_generator import fit_ngram
 
         p = self.params
         if p.generator == "ngram_lm":
@@ -541,12 +555,12 @@ class Synthetic(SourceKind):
     def open(self, state: Any) -> None:
         self._state = state
         if self.params.generator == "hf_causal_lm":
-            from anneal.generators import HfGenerator
+            from annealscale.anneal.generators import HfGenerator
 
             self._hf = HfGenerator(state["model_path"], device=self.device)
 
     def judge(self, batch: dict[str, list]) -> dict[str, Any]:
-        from anneal.generators import programmatic_document
+        from annealscale.anneal.generators import programmatic_document
 
         p = self.params
         if p.generator != "hf_causal_lm":
@@ -578,8 +592,7 @@ class Synthetic(SourceKind):
 # --- dedup -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class DedupParams:
+class DedupParams(SpecModel):
     threshold: float = 0.8
     """Estimated Jaccard similarity of word shingles at which a document duplicates an
     earlier kept one."""
@@ -588,10 +601,11 @@ class DedupParams:
     shingle: int = 5
     """Words per shingle."""
     seed: int = 0
+    """Seed of the MinHash permutations (part of the pool's identity)."""
     usd_per_doc: float = 0.0
     """Price of hashing one document (USD); its compute is always in the ledger."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(0.0 < self.threshold <= 1.0, "threshold", "must be in (0, 1]")
         check(8 <= self.num_perm <= 1024, "num_perm", "must be 8 to 1024")
         check(self.shingle >= 1, "shingle", "must be at least 1 word")
@@ -611,12 +625,12 @@ class Dedup(CurationStep):
         return self.params.usd_per_doc > 0
 
     def open(self) -> None:
-        from anneal.minhash import permutations
+        from annealscale.anneal.minhash import permutations
 
         self._a, self._b = permutations(self.params.num_perm, self.params.seed)
 
     def judge(self, columns: dict[str, Any]) -> None:
-        from anneal.minhash import shingle_hashes, signature, signature_flops
+        from annealscale.anneal.minhash import shingle_hashes, signature, signature_flops
 
         p = self.params
         n = len(columns["text"])
@@ -631,8 +645,7 @@ class Dedup(CurationStep):
 
     def sequential(self, rows, history):
         import pyarrow as pa
-
-        from anneal.minhash import LshIndex, choose_bands
+        from annealscale.anneal.minhash import LshIndex, choose_bands
 
         p = self.params
         bands, per_band = choose_bands(p.num_perm, p.threshold)
@@ -671,7 +684,7 @@ def _signatures(column, num_perm: int) -> np.ndarray:
 
 def curate(source: SourceSpec, spend: float, ctx: CurationContext, *, inputs: str = ""):
     """Buy ``spend`` USD of ``source`` (see `anneal.curation.curate`)."""
-    from anneal.curation import curate as run
+    from annealscale.anneal.curation import curate as run
 
     return run(source, spend, ctx, inputs=inputs)
 

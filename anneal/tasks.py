@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anneal.config import content_hash
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
+from annealscale.core.hashing import content_hash
 
 
 @dataclass(frozen=True)

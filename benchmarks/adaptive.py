@@ -113,9 +113,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.propose import ProposerSettings  # noqa: E402
-from analysis.propose_model import DEFAULT_LAW_PRIOR  # noqa: E402
-from analysis.simulate import GRIDS, at_fraction, make_problem, run_policy  # noqa: E402
+from annealscale.analysis.propose import ProposerSettings  # noqa: E402
+from annealscale.analysis.propose_model import DEFAULT_LAW_PRIOR  # noqa: E402
+from annealscale.analysis.simulate import GRIDS, at_fraction, make_problem, run_policy  # noqa: E402
 
 METHODS = ("adaptive", "grid", "random", "cheapest_first", "variance_only")
 # Steps of 1/400 of the grid: a cell costs 0.001 to 0.08 of it, and 0.01 steps hid which
@@ -189,7 +189,7 @@ def main() -> None:
     truths = {seed: make_problem(seed, grid=args.grid).true_best() for seed in seeds}
     flips = np.mean([make_problem(seed, grid=args.grid).flips() for seed in seeds])
 
-    from analysis.simulate import Step
+    from annealscale.analysis.simulate import Step
 
     correct = {m: np.zeros((args.problems, len(FRACTIONS))) for m in METHODS}
     err10 = {m: np.ones(args.problems) for m in METHODS}

@@ -62,7 +62,7 @@ def english(rng: random.Random) -> str:
 
 def crawl(n: int, seed: int = 0) -> list[str]:
     """``n`` raw documents, about 40 % math worked examples, a few hundred words each."""
-    from anneal.synthetic_math import generate_math_document
+    from annealscale.anneal.synthetic_math import generate_math_document
 
     rng = random.Random(seed)
     docs = []
@@ -82,10 +82,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
-
-    from anneal.base_model import BaseModelConfig, train_tokenizer
-    from anneal.curation import judge_batch, run_judging
-    from anneal.sources import (
+    from annealscale.anneal.base_model import BaseModelConfig, train_tokenizer
+    from annealscale.anneal.curation import judge_batch, run_judging
+    from annealscale.anneal.sources import (
         SOURCE_KINDS,
         STEP_KINDS,
         CurationContext,
@@ -93,8 +92,8 @@ def main() -> None:
         SourceSpec,
         token_counter,
     )
-    from anneal.synthetic_math import generate_math_document
-    from cluster.local import connect
+    from annealscale.anneal.synthetic_math import generate_math_document
+    from annealscale.cluster.local import connect
 
     cores = os.cpu_count() or 1
     actors = args.actors or cores

@@ -21,10 +21,9 @@ import statistics
 import time
 
 import numpy as np
-
-from analysis.bootstrap import bootstrap_law
-from analysis.fit import fit_law
-from analysis.laws import effective_data_law, power_law_d
+from annealscale.analysis.bootstrap import bootstrap_law
+from annealscale.analysis.fit import fit_law
+from annealscale.analysis.laws import effective_data_law, power_law_d
 
 SPENDS = (100.0, 400.0, 1600.0)  # USD
 BUDGETS = np.geomspace(1e6, 1e8, 6)  # training tokens

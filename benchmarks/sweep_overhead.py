@@ -27,7 +27,6 @@ The last stdout line is JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -56,15 +55,14 @@ PARTS = (
 
 
 def _specs(storage: Path, empty_cells: int):
-    from cluster.cli import EXAMPLES, quick_variant
-    from tune.spec import GridSpec, load_spec
+    from annealscale.cluster.cli import EXAMPLES, quick_variant
+    from annealscale.tune.spec import GridSpec, load_spec
 
     quick = quick_variant(load_spec(EXAMPLES / "demo.yaml"))
-    resources = dataclasses.replace(quick.resources, max_concurrent_trials=1)
+    resources = quick.resources.replace(max_concurrent_trials=1)
     spend = min(quick.grid.curation_spend)
-    source = dataclasses.replace(quick.sources[0], curation_spend=None)
-    empty = dataclasses.replace(
-        quick,
+    source = quick.sources[0].replace(curation_spend=None)
+    empty = quick.replace(
         name="overhead-empty",
         sources=(source,),
         grid=GridSpec(
@@ -72,12 +70,11 @@ def _specs(storage: Path, empty_cells: int):
             train_tokens=(quick.train.tokens_per_step,),
             seeds=tuple(range(empty_cells)),
         ),
-        eval=dataclasses.replace(quick.eval, max_tokens=quick.train.seq_len),
+        eval=quick.eval.replace(max_tokens=quick.train.seq_len),
         resources=resources,
         storage_path=str(storage),
     )
-    cells = dataclasses.replace(
-        quick,
+    cells = quick.replace(
         name="overhead-quick",
         sources=(source,),
         grid=GridSpec(curation_spend=(spend,), train_tokens=quick.grid.train_tokens, seeds=(0,)),
@@ -128,9 +125,8 @@ def _noop(config: dict) -> None:
 def measure(assets, root: Path, empty_cells: int) -> dict:
     import pandas as pd
     import ray
-
-    from cluster.local import connect
-    from tune.sweep import run_sweep
+    from annealscale.cluster.local import connect
+    from annealscale.tune.sweep import run_sweep
 
     storage = root / "storage"
     empty, quick = _specs(storage, empty_cells)
@@ -168,7 +164,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING)
-    from anneal.demo import DemoAssets
+    from annealscale.anneal.demo import DemoAssets
 
     assets = DemoAssets()
     assets.base_model()

@@ -31,9 +31,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import numpy as np  # noqa: E402
+from annealscale.anneal.run_spec import ScheduleSpec, TrainSpec  # noqa: E402
 
-from anneal.config import from_mapping  # noqa: E402
-from anneal.run_spec import ScheduleSpec, TrainSpec  # noqa: E402
+from annealscale.core.spec_model import from_mapping  # noqa: E402
 
 DEMO_TRAIN = {"seq_len": 128, "batch_size": 16, "micro_batch_size": 16, "zero_stage": 1}
 """The demo spec's train section (examples/demo.yaml)."""
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--zero-stage", type=int, default=1)
     args = parser.parse_args()
 
-    from anneal.demo import DemoAssets
+    from annealscale.anneal.demo import DemoAssets
 
     assets = DemoAssets()
     model_path = assets.resolve("demo:base")
@@ -56,8 +56,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="train-throughput-"))
 
     import ray
-
-    from cluster.local import connect
+    from annealscale.cluster.local import connect
 
     connect(num_cpus=max(2, os.cpu_count() or 2))
     dirs = _packed(assets, model_path, train.seq_len, work)
@@ -89,8 +88,8 @@ def main() -> None:
 
 
 def _packed(assets, model_path: str, seq_len: int, work: Path) -> dict[str, str]:
-    from anneal.documents import as_parquet
-    from anneal.packing import pack_documents
+    from annealscale.anneal.documents import as_parquet
+    from annealscale.anneal.packing import pack_documents
 
     cache = work / "cache"
     out = {}
@@ -108,7 +107,7 @@ def _packed(assets, model_path: str, seq_len: int, work: Path) -> dict[str, str]
 
 
 def _windows(packed_dir: str, rows: int) -> np.ndarray:
-    from anneal.packing import read_windows
+    from annealscale.anneal.packing import read_windows
 
     return read_windows(Path(packed_dir))[:rows]
 
@@ -116,10 +115,9 @@ def _windows(packed_dir: str, rows: int) -> np.ndarray:
 def _bare(model_path, train: TrainSpec, schedule: ScheduleSpec, windows, steps, threads) -> float:
     """Tokens per second of a plain PyTorch loop (after its first step)."""
     import torch
-
-    from anneal.deepspeed_config import build_optimizer
-    from anneal.model import load_model
-    from anneal.schedule import linear_decay_lr, warmup_steps_for
+    from annealscale.anneal.deepspeed_config import build_optimizer
+    from annealscale.anneal.model import load_model
+    from annealscale.anneal.schedule import linear_decay_lr, warmup_steps_for
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -158,11 +156,10 @@ def _bare(model_path, train: TrainSpec, schedule: ScheduleSpec, windows, steps, 
 def _stack(model_path, train, schedule, dirs, steps, threads, work: Path) -> float:
     """Tokens per second of the anneal path (Ray Train + DeepSpeed + Ray Data)."""
     import ray.data
+    from annealscale.anneal.loop import AnnealJob, anneal_worker
+    from annealscale.anneal.packing import count_windows
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from anneal.loop import AnnealJob, anneal_worker
-    from anneal.packing import count_windows
 
     job = AnnealJob(
         model_path=model_path,
@@ -221,7 +218,7 @@ def _keep_final_metrics(path: str):
 
 
 def _token_bytes(model_path: str, work: Path) -> str:
-    from anneal.model import token_byte_lengths
+    from annealscale.anneal.model import token_byte_lengths
 
     path = work / "token-bytes.npy"
     np.save(path, token_byte_lengths(model_path))

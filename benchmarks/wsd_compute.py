@@ -19,39 +19,30 @@ import argparse
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.helpers
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 STEPS = (10, 20, 40, 80)
-TOKENS_PER_STEP = 8 * 64
 GOAL_RATIO = 0.65
 
 
 def spec_data(storage: str, share_trunk: bool) -> dict:
-    return {
-        "name": f"wsd-bench-{'shared' if share_trunk else 'alone'}",
-        "base_model": {"path": "demo:base"},
-        "replay": {"path": "demo:general_train"},
-        "eval": {
-            "domain": {"path": "demo:math_eval"},
-            "general": {"path": "demo:general_eval"},
-            "max_tokens": 4096,
-        },
-        "sources": [
-            {
-                "name": "textbook",
-                "kind": "as_is",
-                "params": {"path": "demo:math_train", "usd_per_token": 1e-5},
-            }
-        ],
-        "grid": {"curation_spend": [0.4], "train_tokens": [s * TOKENS_PER_STEP for s in STEPS]},
-        "domain_fraction": 0.5,
-        "schedule": {
+    from tests.helpers import TOKENS_PER_STEP, eval_section, sweep_spec
+
+    return sweep_spec(
+        storage,
+        name=f"wsd-bench-{'shared' if share_trunk else 'alone'}",
+        eval=eval_section(4096),
+        grid={"curation_spend": [0.4], "train_tokens": [s * TOKENS_PER_STEP for s in STEPS]},
+        schedule={
             "kind": "wsd",
             "peak_lr": 2e-3,
             "warmup_steps": 2,
@@ -59,11 +50,8 @@ def spec_data(storage: str, share_trunk: bool) -> dict:
             "cooldown_shape": "1-sqrt",
             "share_trunk": share_trunk,
         },
-        "train": {"seq_len": 64, "batch_size": 8, "micro_batch_size": 8, "zero_stage": 1},
-        "resources": {"max_concurrent_trials": 2},
-        "prices": {"usd_per_pflop": 500.0},
-        "storage_path": storage,
-    }
+        resources={"max_concurrent_trials": 2},
+    )
 
 
 def main() -> None:
@@ -72,14 +60,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import pandas as pd
-
-    from cluster.local import connect
-    from tune.spec import parse_spec
-    from tune.sweep import run_sweep
-    from tune.trunks import planned_train_steps
+    from annealscale.cluster.local import connect
+    from annealscale.tune.spec import parse_spec
+    from annealscale.tune.sweep import run_sweep
+    from annealscale.tune.trunks import planned_train_steps
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wsd-bench-"))
-    from anneal.demo import DemoAssets
+    from annealscale.anneal.demo import DemoAssets
 
     assets = DemoAssets.tiny(work / "assets")
     assets.base_model()

@@ -7,14 +7,18 @@ no traceback. ``--debug`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+import annealscale.examples
+
+from annealscale.core.units import pflops
+
+EXAMPLES = Path(annealscale.examples.__file__).resolve().parent
+"""The example specs, shipped inside the package (the demo runs from an installed wheel)."""
 
 log = logging.getLogger("annealscale")
 
@@ -23,12 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.quiet or getattr(args, "sweep_quiet", False), args.debug)
-    from analysis.errors import AnalysisError
-    from anneal.errors import AnnealscaleError
+    from annealscale.core.errors import AnnealscaleError
 
     try:
         return args.func(args)
-    except (AnnealscaleError, AnalysisError) as err:
+    except AnnealscaleError as err:
         if args.debug:
             raise
         print(f"annealscale: error: {err}", file=sys.stderr)
@@ -52,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output directory")
     demo.add_argument("--spec", default=str(EXAMPLES / "demo.yaml"), help=argparse.SUPPRESS)
     demo.set_defaults(func=_cmd_demo)
+
+    schema = sub.add_parser(
+        "schema",
+        help="print the spec's JSON Schema (for editors), or with --markdown its reference page",
+    )
+    schema.add_argument(
+        "--markdown", action="store_true", help="the spec reference page (docs/spec-reference.md)"
+    )
+    schema.set_defaults(func=_cmd_schema)
 
     base = sub.add_parser("base", help="build (or find cached) the demo corpus and base model")
     base.set_defaults(func=_cmd_base)
@@ -117,8 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("spec")
     validate.set_defaults(func=_cmd_validate)
 
-    from cluster.jobs import add_job_commands
-    from cluster.launch import add_cluster_commands
+    from annealscale.cluster.jobs import add_job_commands
+    from annealscale.cluster.launch import add_cluster_commands
 
     add_job_commands(sub)
     add_cluster_commands(sub)
@@ -128,14 +140,13 @@ def _parser() -> argparse.ArgumentParser:
 def quick_variant(spec):
     """The ``--quick`` demo: the first two sources, the smallest and largest spend, the two
     smallest training budgets."""
-    from tune.spec import GridSpec
+    from annealscale.tune.spec import GridSpec
 
     spends = sorted(spec.grid.curation_spend)
     tokens = sorted(spec.grid.train_tokens)
-    return dataclasses.replace(
-        spec,
+    return spec.replace(
         name=spec.name + "-quick",
-        sources=tuple(dataclasses.replace(s, curation_spend=None) for s in spec.sources[:2]),
+        sources=tuple(s.replace(curation_spend=None) for s in spec.sources[:2]),
         grid=GridSpec(
             curation_spend=(spends[0], spends[-1]),
             train_tokens=tuple(tokens[:2]),
@@ -145,8 +156,8 @@ def quick_variant(spec):
 
 
 def _cmd_demo(args) -> int:
-    from anneal.demo import DemoAssets
-    from tune.spec import load_spec
+    from annealscale.anneal.demo import DemoAssets
+    from annealscale.tune.spec import load_spec
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never touches the network
     spec = load_spec(args.spec)
@@ -159,8 +170,15 @@ def _cmd_demo(args) -> int:
     return _sweep_and_report(spec, Path(args.out), assets.resolve, address=None, analyze=True)
 
 
+def _cmd_schema(args) -> int:
+    from annealscale.tune.spec_schema import spec_json_schema_text, spec_reference
+
+    sys.stdout.write(spec_reference() if args.markdown else spec_json_schema_text())
+    return 0
+
+
 def _cmd_base(args) -> int:
-    from anneal.demo import DemoAssets
+    from annealscale.anneal.demo import DemoAssets
 
     assets = DemoAssets()
     print(f"corpus: {assets.corpus().root}")
@@ -169,8 +187,8 @@ def _cmd_base(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from anneal.demo import DemoAssets
-    from tune.spec import load_spec
+    from annealscale.anneal.demo import DemoAssets
+    from annealscale.tune.spec import load_spec
 
     spec = load_spec(args.spec)
     return _sweep_and_report(
@@ -185,10 +203,10 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_propose(args) -> int:
-    from analysis.compare import Target
-    from analysis.errors import AnalysisError
-    from analysis.propose import ProposerSettings
-    from analysis.propose_table import format_proposal, propose_from_results
+    from annealscale.analysis.compare import Target
+    from annealscale.analysis.errors import AnalysisError
+    from annealscale.analysis.propose import ProposerSettings
+    from annealscale.analysis.propose_table import format_proposal, propose_from_results
 
     if args.target_tokens is None and args.target_spend is None and args.target_cost is None:
         raise AnalysisError(
@@ -208,7 +226,7 @@ def _cmd_propose(args) -> int:
 
 
 def _cmd_analyze(args) -> int:
-    from analysis import analyze
+    from annealscale.analysis import analyze
 
     result = analyze(
         args.results,
@@ -223,8 +241,8 @@ def _cmd_analyze(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from tune.cells import expand_grid
-    from tune.spec import load_spec
+    from annealscale.tune.cells import expand_grid
+    from annealscale.tune.spec import load_spec
 
     spec = load_spec(args.spec)
     cells = expand_grid(spec)
@@ -247,15 +265,15 @@ def _sweep_and_report(
     resume: bool = False,
     adaptive: bool = False,
 ) -> int:
-    from cluster.local import connect
-    from cluster.storage_check import check_shared_storage
-    from tune.sweep import run_sweep
+    from annealscale.cluster.local import connect
+    from annealscale.cluster.storage_check import check_shared_storage
+    from annealscale.tune.sweep import run_sweep
 
     connect(address)
     check_shared_storage(spec.storage_path)
     factory, messages, target = None, [], {}
     if adaptive:
-        from tune.adaptive import SearcherFactory, adaptive_target
+        from annealscale.tune.adaptive import SearcherFactory, adaptive_target
 
         factory = SearcherFactory(spec, out)
         t = adaptive_target(spec)
@@ -272,17 +290,17 @@ def _sweep_and_report(
     )
     if outcome.independent_train_flops:
         print(
-            f"training compute: {outcome.spent_train_flops / 1e15:.4g} PFLOP spent, "
-            f"{outcome.independent_train_flops / 1e15:.4g} PFLOP for the same cells run "
+            f"training compute: {pflops(outcome.spent_train_flops):.4g} PFLOP spent, "
+            f"{pflops(outcome.independent_train_flops):.4g} PFLOP for the same cells run "
             f"independently ({outcome.spent_train_flops / outcome.independent_train_flops:.2f}x)"
         )
     if factory is not None and factory.searcher is not None:
-        from tune.adaptive import stop_message
+        from annealscale.tune.adaptive import stop_message
 
         messages.append(stop_message(factory.summary()))
         print(messages[-1])
     if analyze:
-        from analysis import analyze as run_analysis
+        from annealscale.analysis import analyze as run_analysis
 
         result = run_analysis(outcome.results_path, out, extra_messages=messages, **target)
         print(result.decision.messages[0])

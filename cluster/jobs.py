@@ -1,9 +1,12 @@
 """Sweeps as Ray jobs: ``annealscale submit`` and ``annealscale jobs status|logs|stop``.
 
-A submitted sweep runs ``python -m cluster.cli sweep SPEC --out OUT`` on the cluster, in a
-copy of the local working directory that the Ray Jobs API uploads to the head (so the
-cluster runs the code and spec the user has, without a network fetch). Results go to
-``--out``, an absolute path on the cluster's storage: the uploaded copy is temporary.
+A submitted sweep runs ``python -m annealscale.cluster.cli sweep SPEC --out OUT`` on the
+cluster, in a copy of the local working directory that the Ray Jobs API uploads to the
+head. The annealscale package itself travels beside it as a ``py_modules`` entry (a copy
+of the package this process imports, staged by `stage_package`), so the cluster runs the
+code the user has, whether or not its image has annealscale installed, without a network
+fetch. Results go to ``--out``, an absolute path on the cluster's storage: the uploaded
+copy is temporary.
 
 Token authentication (Ray's ``RAY_AUTH_MODE=token``): the token is looked up the way Ray
 looks it up (``RAY_AUTH_TOKEN``, then the file named by ``RAY_AUTH_TOKEN_PATH``, then
@@ -17,17 +20,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import importlib.util
 import logging
 import os
 import re
 import shlex
+import shutil
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +201,10 @@ def plan_submission(
     The default submission id is a hash of the spec and ``--out``: submitting the same
     sweep twice finds the first job instead of starting a second one writing the same table.
     """
-    from anneal.config import content_hash
-    from cluster.storage_check import is_local_path
-    from tune.spec import load_spec
+    from annealscale.cluster.storage_check import is_local_path
+    from annealscale.tune.spec import load_spec
+
+    from annealscale.core.hashing import content_hash
 
     spec = load_spec(spec_path)
     if is_local_path(spec.storage_path) and not os.path.isabs(spec.storage_path):
@@ -229,12 +238,19 @@ def plan_submission(
     runtime_env: dict = {
         "working_dir": str(working_dir),
         "excludes": list(WORKING_DIR_EXCLUDES),
+        "py_modules": [str(stage_package())],
     }
     if env:
         runtime_env["env_vars"] = env
     if requirements is not None:
         runtime_env["pip"] = _requirements(Path(requirements))
-    args = ["python", "-m", "cluster.cli", "sweep", str(spec_file.relative_to(working_dir))]
+    args = [
+        "python",
+        "-m",
+        "annealscale.cluster.cli",
+        "sweep",
+        str(spec_file.relative_to(working_dir)),
+    ]
     args += ["--out", out] + ([] if analyze else ["--no-analyze"])
     if submission_id is None:
         submission_id = (
@@ -249,6 +265,33 @@ def plan_submission(
         entrypoint_memory=memory,
         metadata={"annealscale_spec": spec.name, "annealscale_out": out},
     )
+
+
+PACKAGE_PARTS = ("core", "cluster", "tune", "anneal", "analysis", "examples")
+"""Subpackages of annealscale; in an editable install they live in separate folders."""
+
+
+def stage_package(root: Path | None = None) -> Path:
+    """A copy of the annealscale package this process imports, as one folder Ray's
+    ``py_modules`` can upload: a wheel install already is one; an editable install maps
+    the subpackages from the repository's top-level folders, which are gathered here.
+    The copy is removed when this process exits unless ``root`` is given."""
+    if root is None:
+        root = Path(tempfile.mkdtemp(prefix="annealscale-job-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    target = root / "annealscale"
+    shutil.copytree(_package_dir("annealscale"), target, ignore=skip, dirs_exist_ok=True)
+    for part in PACKAGE_PARTS:
+        source = _package_dir(f"annealscale.{part}")
+        if source != target / part:
+            shutil.copytree(source, target / part, ignore=skip, dirs_exist_ok=True)
+    return target
+
+
+def _package_dir(name: str) -> Path:
+    found = importlib.util.find_spec(name)
+    return Path(next(iter(found.submodule_search_locations)))
 
 
 def _requirements(path: Path) -> list[str]:
@@ -279,16 +322,30 @@ def submit(client, submission: Submission) -> tuple[str, bool]:
             f"submission id {submission.submission_id}: a job with this id ended {existing}; "
             "pass --submission-id NEW to run the sweep again (finished cells are reused)"
         )
-    client.submit_job(
-        entrypoint=submission.entrypoint,
-        submission_id=submission.submission_id,
-        runtime_env=submission.runtime_env,
-        metadata=submission.metadata,
-        entrypoint_num_cpus=submission.entrypoint_num_cpus,
-        entrypoint_num_gpus=submission.entrypoint_num_gpus,
-        entrypoint_memory=submission.entrypoint_memory,
-    )
-    return submission.submission_id, True
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            client.submit_job(
+                entrypoint=submission.entrypoint,
+                submission_id=submission.submission_id,
+                runtime_env=submission.runtime_env,
+                metadata=submission.metadata,
+                entrypoint_num_cpus=submission.entrypoint_num_cpus,
+                entrypoint_num_gpus=submission.entrypoint_num_gpus,
+                entrypoint_memory=submission.entrypoint_memory,
+            )
+            return submission.submission_id, True
+        except RuntimeError as err:
+            if NO_AGENT not in str(err) or time.monotonic() > deadline:
+                raise
+            log.warning("the head's job agent is not up yet; retrying the submission")
+            time.sleep(2.0)
+
+
+AGENT_WAIT_S = 90.0
+"""How long a submission waits for the head's job agent, which starts after the dashboard
+answers: a cluster started moments ago (or a busy head) says "No available agent"."""
+NO_AGENT = "No available agent to submit job"
 
 
 def _job_status_or_none(client, job_id: str) -> str | None:

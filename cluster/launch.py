@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
 
 
 def check_launcher_config(path: str | Path) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,11 @@ LOCAL_TRAIN_ENV = {
 }
 """Ray Train settings for the embedded local instance, unless already set in the
 environment (``benchmarks/sweep_overhead.py`` measures a cell's fixed costs)."""
+
+
+LOCAL_START_ATTEMPTS = 3
+SLOW_START = "timed out during startup"
+"""What Ray says when its raylet registered too late, the one start failure worth retrying."""
 
 
 def connect(
@@ -53,24 +58,30 @@ def connect(
         for name, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(name, value)  # the local raylet's workers inherit these
         cores = os.cpu_count() or 1
-        try:
-            ray.init(
-                num_cpus=num_cpus or 2 * cores,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-                _node_ip_address="127.0.0.1",
-            )
-        except Exception as err:  # Ray raises a bare Exception when its raylet is slow
+        for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
             try:
-                ray.shutdown()  # stop whatever part of the instance did start
-            except Exception:  # noqa: BLE001 - the start's error is the one to report
-                pass
-            raise AnnealscaleError(
-                f"cannot start a local Ray instance ({_first_line(err)}); if the machine is "
-                "busy, retry when it is quieter; run `ray stop` to clear a stale instance, "
-                "or pass --address to use a running cluster"
-            ) from None
+                ray.init(
+                    num_cpus=num_cpus or 2 * cores,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                    _node_ip_address="127.0.0.1",
+                )
+                break
+            except Exception as err:  # Ray raises a bare Exception when its raylet is slow
+                try:
+                    ray.shutdown()  # stop whatever part of the instance did start
+                except Exception:  # noqa: BLE001 - the start's error is the one to report
+                    pass
+                # Ray waits a fixed 30 s for its raylet; a busy machine can take longer.
+                if SLOW_START in str(err) and attempt < LOCAL_START_ATTEMPTS:
+                    log.warning("local Ray did not start within Ray's 30 s; trying again")
+                    continue
+                raise AnnealscaleError(
+                    f"cannot start a local Ray instance ({_first_line(err)}); if the machine "
+                    "is busy, retry when it is quieter; run `ray stop` to clear a stale "
+                    "instance, or pass --address to use a running cluster"
+                ) from None
     # Ray Data logs its streaming progress at INFO on its own handler; our log lines say
     # what step is running, so keep Ray's libraries to warnings.
     for name in ("ray.data", "ray.tune", "ray.train"):

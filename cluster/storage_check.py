@@ -14,7 +14,7 @@ import re
 import uuid
 from pathlib import Path
 
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
 
 READ_TIMEOUT_S = 120.0
 """A node that cannot start a task this long is reported as unable to read the path."""

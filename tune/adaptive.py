@@ -9,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from analysis.compare import Target
-from analysis.propose import ProposerSettings
-from analysis.propose_costs import CandidateCell, PoolReuseCosts
-from analysis.propose_model import DEFAULT_LAW_PRIOR
-from tune.prepare import CellPlan
-from tune.results import ResultsStore
-from tune.searcher import AdaptiveSearcher
-from tune.spec import ExperimentSpec
+from annealscale.analysis.compare import Target
+from annealscale.analysis.propose import ProposerSettings
+from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts
+from annealscale.analysis.propose_model import DEFAULT_LAW_PRIOR
+from annealscale.tune.prepare import CellPlan
+from annealscale.tune.results import ResultsStore
+from annealscale.tune.searcher import AdaptiveSearcher
+from annealscale.tune.spec import ExperimentSpec
 
 STATE_FILE = "adaptive_state.json"
 SUMMARY_FILE = "adaptive.json"

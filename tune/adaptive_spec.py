@@ -4,13 +4,12 @@ cells and when it stops."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from anneal.config import check
+from annealscale.core.errors import check
+from annealscale.core.spec_model import SpecModel
 
 
-@dataclass(frozen=True, kw_only=True)
-class AdaptiveSpec:
+class AdaptiveSpec(SpecModel):
     """Target, stop rule and batch size of an adaptive sweep (not part of any cell identity)."""
 
     target_tokens: int | None = None
@@ -32,7 +31,7 @@ class AdaptiveSpec:
     law: str = "auto"
     """Law the proposer fits (`analysis.laws`), or ``auto``."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(0.5 <= self.threshold < 1.0, "threshold", "must lie in [0.5, 1) (probability)")
         check(
             0.0 < self.budget_fraction <= 1.0,

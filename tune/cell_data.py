@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
 
 IN_MEMORY_BYTES = 256 * 2**20
 """Largest (uncompressed) read that goes through the driver's memory instead of a Ray Data

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from anneal.config import content_hash
-from tune.spec import ExperimentSpec
+from annealscale.tune.spec import ExperimentSpec
+
+from annealscale.core.hashing import content_hash
 
 
 @dataclass(frozen=True, kw_only=True)

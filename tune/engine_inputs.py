@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from anneal.config import content_hash
-from anneal.deepspeed_config import deepspeed_config, load_user_config, uses_bf16
-from anneal.evaluate import choice_metrics, score_choices
-from anneal.tasks import EncodedTask, encode_task_file
-from tune.spec import ExperimentSpec
+from annealscale.anneal.deepspeed_config import deepspeed_config, load_user_config, uses_bf16
+from annealscale.anneal.evaluate import choice_metrics, score_choices
+from annealscale.anneal.tasks import EncodedTask, encode_task_file
+from annealscale.tune.spec import ExperimentSpec
+
+from annealscale.core.hashing import content_hash
 
 
 def check_deepspeed(spec: ExperimentSpec, resolve: Callable[[str], str]) -> dict | None:

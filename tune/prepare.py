@@ -15,29 +15,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from anneal.config import content_hash, to_plain
-from anneal.documents import as_parquet, files_identity, is_uri
-from anneal.errors import AnnealscaleError
-from anneal.evaluate import bits_per_byte, nll_and_bytes
-from anneal.flops import eval_flops, flops_to_usd, train_flops
-from anneal.loop import AnnealJob
-from anneal.mixture import domain_counts
-from anneal.model import (
+from annealscale.anneal.documents import as_parquet, files_identity, is_uri
+from annealscale.anneal.evaluate import bits_per_byte, nll_and_bytes
+from annealscale.anneal.flops import eval_flops, train_flops
+from annealscale.anneal.loop import AnnealJob
+from annealscale.anneal.mixture import domain_counts
+from annealscale.anneal.model import (
     load_model,
     load_model_config,
     load_tokenizer,
     model_shape,
     token_byte_lengths,
 )
-from anneal.packing import count_windows, pack_documents, read_windows
-from anneal.sources import CurationContext, curate
-from tune.cells import Cell
-from tune.engine_inputs import base_task_scores, check_deepspeed, encode_tasks, evaluation_steps
-from tune.spec import ExperimentSpec
+from annealscale.anneal.packing import count_windows, pack_documents, read_windows
+from annealscale.anneal.sources import CurationContext, curate
+from annealscale.tune.cells import Cell
+from annealscale.tune.engine_inputs import (
+    base_task_scores,
+    check_deepspeed,
+    encode_tasks,
+    evaluation_steps,
+)
+from annealscale.tune.spec import ExperimentSpec
+
+from annealscale.core.errors import AnnealscaleError
+from annealscale.core.hashing import content_hash, to_plain
+from annealscale.core.units import flops_to_usd
 
 if TYPE_CHECKING:
-    from tune.trunks import TrunkPlan
+    from annealscale.tune.trunks import TrunkPlan
 
 log = logging.getLogger(__name__)
 

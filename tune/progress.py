@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from ray import tune
 
+from annealscale.core.units import pflops
+
 log = logging.getLogger("annealscale.progress")
 
 
@@ -81,7 +83,7 @@ class SweepProgress:
         return (
             f"progress: {self.finished}/{self.total} done, {len(self.running)} running, "
             f"{self.failed} failed; {self.tokens:,} tokens trained; compute "
-            f"{self.flops / 1e15:.3g}/{self.budget_flops / 1e15:.3g} PFLOP ({share:.0%}), "
+            f"{pflops(self.flops):.3g}/{pflops(self.budget_flops):.3g} PFLOP ({share:.0%}), "
             f"{self.usd:.2f}/{self.budget_usd:.2f} USD; "
             f"{now - self.started:.0f} s elapsed, ETA "
             + (
@@ -142,7 +144,7 @@ class ProgressCallback(tune.Callback):
             self._tokens[trial.trial_id] = int(result["train_tokens"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from tune.trial import SKIPPED
+        from annealscale.tune.trial import SKIPPED
 
         if SKIPPED in (trial.last_result or {}):
             self.progress.running.discard(trial.config["cell_id"])

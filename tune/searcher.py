@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from annealscale.analysis.compare import Target
+from annealscale.analysis.propose import Proposer, ProposerSettings, StopCheck, stop_check
+from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts
 from ray.tune.search import Searcher
-
-from analysis.compare import Target
-from analysis.propose import Proposer, ProposerSettings, StopCheck, stop_check
-from analysis.propose_costs import CandidateCell, PoolReuseCosts
 
 log = logging.getLogger(__name__)
 

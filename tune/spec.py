@@ -1,4 +1,4 @@
-"""The experiment spec: one YAML file, loaded into frozen dataclasses and validated before
+"""The experiment spec: one YAML file, loaded into frozen spec models and validated before
 any compute starts. Errors name the field path and the fix, e.g.
 ``sources[1].params.usd_per_token: must be positive (USD per token)``.
 """
@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Literal
 
-import yaml
-
-from anneal.config import SpecError, check, from_mapping
-from anneal.run_spec import (
+from annealscale.anneal.run_spec import (
     CheckpointSpec,
     DataSpec,
     EvalSpec,
@@ -24,13 +19,17 @@ from anneal.run_spec import (
     ScheduleSpec,
     TrainSpec,
 )
-from anneal.schedule import branch_step
-from anneal.sources import SourceSpec
-from tune.adaptive_spec import AdaptiveSpec
+from annealscale.anneal.schedule import branch_step
+from annealscale.anneal.sources import SourceSpec
+from annealscale.tune.adaptive_spec import AdaptiveSpec
+from pydantic import Field
+
+from annealscale.core.errors import check
+from annealscale.core.spec_model import SpecModel, from_mapping
+from annealscale.core.spec_yaml import load_yaml
 
 
-@dataclass(frozen=True, kw_only=True)
-class GridSpec:
+class GridSpec(SpecModel):
     """The cells: every source x curation spend x training tokens x seed."""
 
     curation_spend: tuple[float, ...]
@@ -40,7 +39,7 @@ class GridSpec:
     seeds: tuple[int, ...] = (0,)
     """Replicates of each cell."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(len(self.curation_spend) > 0, "curation_spend", "must list at least one spend")
         check(
             all(0 < c < math.inf for c in self.curation_spend),
@@ -61,8 +60,7 @@ class GridSpec:
         check(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ResourcesSpec:
+class ResourcesSpec(SpecModel):
     """Where each anneal runs; not part of any identity hash."""
 
     num_workers: int = 1
@@ -73,7 +71,7 @@ class ResourcesSpec:
     """GPUs per worker; 0 trains on CPU (gloo, fp32)."""
     max_concurrent_trials: int | None = None
     """Cap on simultaneous anneals; derived from the cluster's resources when absent."""
-    driver_resources: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    driver_resources: Mapping[str, float] = Field(default_factory=dict)
     """Custom Ray resources each trial's driver asks for, e.g. ``{on_demand: 0.001}`` with
     that resource declared only on non-preemptible nodes, so a spot node going away takes
     workers (which Train restarts) but never a driver."""
@@ -81,7 +79,7 @@ class ResourcesSpec:
     """Process-group backend: ``auto`` is nccl with GPUs and gloo without; gloo lets
     logical GPUs (CPU nodes declaring GPU resources, as in tests) schedule like real ones."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(self.num_workers >= 1, "num_workers", "must be at least 1")
         check(self.cpus_per_worker >= 1, "cpus_per_worker", "must be at least 1")
         check(self.gpus_per_worker >= 0, "gpus_per_worker", "must not be negative")
@@ -99,8 +97,7 @@ class ResourcesSpec:
             check(amount > 0, f"driver_resources.{name}", "must be a positive amount")
 
 
-@dataclass(frozen=True, kw_only=True)
-class RetrySpec:
+class RetrySpec(SpecModel):
     """How often a failing anneal is retried, at each layer; not part of any identity."""
 
     worker_failures: int = 1
@@ -110,13 +107,12 @@ class RetrySpec:
     """Reruns of a failed Ray Tune trial (its driver, or a Train run out of restarts) before
     the cell is recorded as failed. A later sweep or ``--resume`` tries it again."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(self.worker_failures >= 0, "worker_failures", "must be 0 or more")
         check(self.trial_failures >= 0, "trial_failures", "must be 0 or more")
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrackingSpec:
+class TrackingSpec(SpecModel):
     """Optional experiment trackers fed by Ray Tune's logger callbacks; all off by default.
     Not part of any identity."""
 
@@ -132,38 +128,48 @@ class TrackingSpec:
     """Seconds between live progress lines (cells done/running/failed, tokens, compute
     against the budget, ETA); ``--quiet`` silences them."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(self.progress_seconds > 0, "progress_seconds", "must be positive (seconds)")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ExperimentSpec:
+class ExperimentSpec(SpecModel):
     """A whole experiment: what to anneal, on which sources, over which grid."""
 
     name: str
+    """Name of the experiment, used in reports and job ids (not part of any identity)."""
     base_model: ModelSpec
+    """The checkpoint every anneal starts from."""
     replay: DataSpec
     """General documents replayed beside the domain data (the pre-training distribution)."""
     eval: EvalSpec
+    """Held-out sets and tasks every anneal (and the base model) is measured on."""
     sources: tuple[SourceSpec, ...]
+    """The candidate data sources, compared with each other (names unique)."""
     grid: GridSpec
+    """The cells: curation spends x training tokens x seeds, for every source."""
     domain_fraction: float
     """Fraction r of training tokens drawn from the curated pool; the rest is replay."""
     schedule: ScheduleSpec
+    """Learning-rate schedule of every anneal."""
     prices: PricesSpec
-    train: TrainSpec = field(default_factory=TrainSpec)
-    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
-    retries: RetrySpec = field(default_factory=RetrySpec)
-    tracking: TrackingSpec = field(default_factory=TrackingSpec)
-    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    """Prices that turn compute into USD, so every cost is reported in both."""
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    """Optimisation settings: context, global and micro batch, ZeRO stage, precision."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """Workers, CPUs and GPUs per anneal, concurrency (not part of any identity)."""
+    retries: RetrySpec = Field(default_factory=RetrySpec)
+    """Retries of lost workers and failed trials (not part of any identity)."""
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Experiment trackers and progress lines (not part of any identity)."""
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """Periodic checkpoints for recovery; not part of any identity."""
     storage_path: str = "runs/storage"
     """Where results, checkpoints, curated pools and packed data go, laid out by identity:
     a local or mounted directory, or an ``s3://`` / ``gs://`` URI (shared by all nodes)."""
-    adaptive: AdaptiveSpec = field(default_factory=AdaptiveSpec)
+    adaptive: AdaptiveSpec = Field(default_factory=AdaptiveSpec)
     """Target, stop rule and batch size of ``sweep --adaptive`` (ignored by a grid sweep)."""
 
-    def __post_init__(self):
+    def validate_spec(self) -> None:
         check(bool(self.name.strip()), "name", "must not be empty")
         check(len(self.sources) > 0, "sources", "list at least one source")
         names = [s.name for s in self.sources]
@@ -221,19 +227,7 @@ class ExperimentSpec:
 
 def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and validate the YAML spec at ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        problem = (
-            "is a directory; give the spec's YAML file" if path.is_dir() else "spec file not found"
-        )
-        raise SpecError(str(path), problem)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise SpecError(str(path), f"not valid YAML{where}") from None
-    return parse_spec(data)
+    return parse_spec(load_yaml(path))
 
 
 def parse_spec(data: object) -> ExperimentSpec:

@@ -25,8 +25,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from anneal.config import content_hash
-from anneal.errors import AnnealscaleError
+from annealscale.core.errors import AnnealscaleError
+from annealscale.core.hashing import content_hash
 
 
 def is_uri(path: str) -> bool:
@@ -68,7 +68,7 @@ class StorageLayout:
         path itself, or for a URI a local stand-in (file operations; see the module doc)."""
         if not is_uri(self.root):
             return Path(self.root)
-        from anneal.demo import default_cache_dir
+        from annealscale.anneal.demo import default_cache_dir
 
         return default_cache_dir() / "storage" / content_hash(self.root)
 

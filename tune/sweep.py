@@ -18,18 +18,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from annealscale.anneal.evaluator import task_metric_names
+from annealscale.tune.cells import Cell, expand_grid
+from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
+from annealscale.tune.progress import ProgressCallback, SweepProgress, planned_usd, pool_of
+from annealscale.tune.results import ResultsStore
+from annealscale.tune.spec import ExperimentSpec, ResourcesSpec
+from annealscale.tune.storage import StorageLayout
+from annealscale.tune.tracking import check_trackers, tracker_callbacks
+from annealscale.tune.trunks import attach_trunks
 from ray import tune
 
-from anneal.config import content_hash, to_plain
-from anneal.evaluator import task_metric_names
-from tune.cells import Cell, expand_grid
-from tune.prepare import SweepPlan, inputs_identity, prepare
-from tune.progress import ProgressCallback, SweepProgress, planned_usd, pool_of
-from tune.results import ResultsStore
-from tune.spec import ExperimentSpec, ResourcesSpec
-from tune.storage import StorageLayout
-from tune.tracking import check_trackers, tracker_callbacks
-from tune.trunks import attach_trunks
+from annealscale.core.hashing import content_hash, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +213,7 @@ def _run_trials(
 ) -> tuple[int, bool]:
     """Run ``plan``'s cells as Tune trials; returns (cells run, experiment restored)."""
     import ray
-
-    from tune.trial import DRIVER_CPUS, TrialSettings, run_cell
+    from annealscale.tune.trial import DRIVER_CPUS, TrialSettings, run_cell
 
     cluster = ray.cluster_resources()
     concurrency = spec.resources.max_concurrent_trials or max_concurrent_trials(
@@ -339,8 +338,7 @@ def _restorable(experiment_dir: str) -> bool:
     """Whether a Tune experiment was started there and saved its trials' state at least
     once (a driver killed earlier leaves only ``tuner.pkl``: nothing to restore)."""
     import pyarrow.fs as pafs
-
-    from tune.storage import filesystem
+    from annealscale.tune.storage import filesystem
 
     if not tune.Tuner.can_restore(experiment_dir):
         return False
@@ -405,7 +403,7 @@ class _CellRowWriter(tune.Callback):
         self._metrics[trial.trial_id] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from tune.trial import FINAL
+        from annealscale.tune.trial import FINAL
 
         # The worker's metrics and the driver's last report arrive as separate results.
         metrics = self._metrics.setdefault(trial.trial_id, {})
@@ -417,7 +415,7 @@ class _CellRowWriter(tune.Callback):
             self._write(trial, dict(metrics), "finished", None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from tune.trial import SKIPPED
+        from annealscale.tune.trial import SKIPPED
 
         metrics = {**self._metrics.pop(trial.trial_id, {}), **(trial.last_result or {})}
         if trial.config["cell_id"] in self.written:  # at the driver's last report

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 
-from anneal.errors import AnnealscaleError
-from tune.spec import TrackingSpec
+from annealscale.tune.spec import TrackingSpec
+
+from annealscale.core.errors import AnnealscaleError
 
 DISABLE_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 

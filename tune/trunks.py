@@ -38,12 +38,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from anneal.config import content_hash
-from anneal.mixture import domain_counts
-from anneal.schedule import branch_step
-from tune.cells import shared_identity
-from tune.prepare import CellPlan, InputsIdentity, SweepPlan
-from tune.spec import ExperimentSpec
+from annealscale.anneal.mixture import domain_counts
+from annealscale.anneal.schedule import branch_step
+from annealscale.tune.cells import shared_identity
+from annealscale.tune.prepare import CellPlan, InputsIdentity, SweepPlan
+from annealscale.tune.spec import ExperimentSpec
+
+from annealscale.core.hashing import content_hash
 
 log = logging.getLogger(__name__)
 

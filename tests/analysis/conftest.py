@@ -7,8 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
-
-from analysis.laws import effective_data_law, power_law_d
+from annealscale.analysis.laws import effective_data_law, power_law_d
 
 # Two sources whose curves cross: A leads at small D, B at large D.
 # At 1e6 tokens A = 1.30, B = 1.60; at 1e8 tokens A = 1.119, B = 0.88.

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from analysis.bootstrap import bootstrap_law
-from analysis.errors import AnalysisError
-from analysis.fit import fit_law
-from analysis.laws import power_law_d
+from annealscale.analysis.bootstrap import bootstrap_law
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.fit import fit_law
+from annealscale.analysis.laws import power_law_d
 
 TRUE = {"E": 0.8, "B": 1.0, "beta": 0.5}
 BUDGETS = np.geomspace(1e6, 1e8, 6)  # the last one is held out

@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-
-from analysis import analyze
-from analysis.budget import allocate, best_split, cost_model, frontier, pareto_cells
-from analysis.sources import fit_sources
-from analysis.table import cell_means, load_results
+from annealscale.analysis import analyze
+from annealscale.analysis.budget import allocate, best_split, cost_model, frontier, pareto_cells
+from annealscale.analysis.sources import fit_sources
+from annealscale.analysis.table import cell_means, load_results
 
 POWER = {
     "a": {"params": {"E": 1.0, "B": 0.3, "beta": 0.2}},

@@ -3,8 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from analysis.compare import (
+from annealscale.analysis.compare import (
     Target,
     TargetDecision,
     decide,
@@ -14,9 +13,9 @@ from analysis.compare import (
     micro_annealing,
     probability_best,
 )
-from analysis.errors import AnalysisError
-from analysis.sources import fit_sources
-from analysis.table import cell_means, load_results
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.sources import fit_sources
+from annealscale.analysis.table import cell_means, load_results
 
 
 def _cells(rows: list[tuple[str, float, float, float, float]]) -> pd.DataFrame:

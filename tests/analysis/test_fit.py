@@ -4,10 +4,9 @@ import math
 
 import numpy as np
 import pytest
-
-from analysis.errors import AnalysisError
-from analysis.fit import LawFit, fit_law, huber
-from analysis.laws import LAWS, effective_data_law, power_law_d, user_law
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.fit import LawFit, fit_law, huber
+from annealscale.analysis.laws import LAWS, effective_data_law, power_law_d, user_law
 
 TRUE = {"E": 0.8, "B": 1.0, "beta": 0.5}
 D6 = np.geomspace(1e6, 1e8, 6)  # 6 values over 2 decades

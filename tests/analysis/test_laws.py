@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from analysis.errors import AnalysisError
-from analysis.laws import (
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.laws import (
     D_REF,
     EFFECTIVE_DATA,
     LAWS,

@@ -8,11 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-
-from analysis.compare import Target
-from analysis.errors import AnalysisError
-from analysis.laws import get_law
-from analysis.propose import (
+from annealscale.analysis.compare import Target
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.laws import get_law
+from annealscale.analysis.propose import (
     Proposer,
     ProposerSettings,
     _expected_p_correct,
@@ -20,15 +19,21 @@ from analysis.propose import (
     seed_design,
     stop_check,
 )
-from analysis.propose_costs import CandidateCell, PoolReuseCosts, TrunkSharingCosts
-from analysis.propose_model import (
+from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts, TrunkSharingCosts
+from annealscale.analysis.propose_model import (
     DEFAULT_LAW_PRIOR,
     LawPrior,
     fit_posteriors,
     known_pools,
     map_fit,
 )
-from analysis.simulate import SimProblem, SimSource, at_fraction, make_problem, run_policy
+from annealscale.analysis.simulate import (
+    SimProblem,
+    SimSource,
+    at_fraction,
+    make_problem,
+    run_policy,
+)
 
 
 def _cell(source="a", spend=1.0, tokens=1e6, u=1e6):
@@ -352,7 +357,7 @@ def test_importance_sampler_corrects_a_misplaced_too_narrow_proposal():
     its centre and far too narrow (what a Laplace step at the wrong end of a ridge looks
     like). The reweighted draws, with the proposal refitted to them, recover the target's
     mean and covariance; the first proposal alone is off by several of its sds."""
-    from analysis.propose_model import GaussianProposal, importance_sample, resample
+    from annealscale.analysis.propose_model import GaussianProposal, importance_sample, resample
 
     mean = np.array([1.0, -0.5])
     cov = np.array([[0.5, 0.3], [0.3, 0.4]])
@@ -375,9 +380,8 @@ def test_importance_sampler_corrects_a_misplaced_too_narrow_proposal():
 def test_proposal_mixture_density_matches_scipy():
     """The importance weights divide by this density: two components of different shape,
     weight and widening, against scipy's normal densities."""
+    from annealscale.analysis.propose_model import GaussianProposal, _mixture_logpdf
     from scipy.stats import multivariate_normal
-
-    from analysis.propose_model import GaussianProposal, _mixture_logpdf
 
     covs = [np.array([[0.5, 0.2], [0.2, 0.3]]), np.array([[0.1, -0.05], [-0.05, 0.4]])]
     means = [np.array([0.0, 1.0]), np.array([-1.0, 0.5])]

@@ -3,9 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from analysis.errors import AnalysisError
-from analysis.table import CELL_KEY, cell_means, load_results
+from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.table import CELL_KEY, cell_means, load_results
 
 
 def test_only_finished_rows_with_finite_bpb_are_kept(results):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from analysis.laws import LAWS, effective_data_law
-from analysis.table import load_results
-from analysis.validate import candidate_laws, validate_laws
+from annealscale.analysis.laws import LAWS, effective_data_law
+from annealscale.analysis.table import load_results
+from annealscale.analysis.validate import candidate_laws, validate_laws
 
 # Small pools (1e4 tokens per USD at $10-$160): the largest anneals repeat a pool up to
 # 500 times, so spend matters and a law in D alone cannot describe the cells.

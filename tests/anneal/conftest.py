@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from anneal.synthetic_math import generate_math_document
+from annealscale.anneal.synthetic_math import generate_math_document
 
 _WORDS = (
     "the a river house garden letter morning train city window music story friend "
@@ -35,7 +34,7 @@ def english_document():
 @pytest.fixture(scope="session")
 def tokenizer():
     """A byte-level BPE (300 tokens) trained on math and English text, as the demo does."""
-    from anneal.base_model import BaseModelConfig, train_tokenizer
+    from annealscale.anneal.base_model import BaseModelConfig, train_tokenizer
 
     texts = [generate_math_document(100, i) for i in range(150)]
     texts += [_english_document(100, i) for i in range(150)]

@@ -9,10 +9,10 @@ import math
 
 import numpy as np
 import pytest
+from annealscale.anneal.evaluate import choice_metrics, score_choices
+from annealscale.anneal.tasks import EncodedTask, encode_questions, read_questions
 
-from anneal.errors import AnnealscaleError
-from anneal.evaluate import choice_metrics, score_choices
-from anneal.tasks import EncodedTask, encode_questions, read_questions
+from annealscale.core.errors import AnnealscaleError
 
 
 class _Bigram:
@@ -114,13 +114,13 @@ def test_batched_padded_scores_equal_one_pair_at_a_time_on_a_real_model(tokenize
 
 
 def read_questions_from_items(items):
-    from anneal.tasks import Question
+    from annealscale.anneal.tasks import Question
 
     return [Question(q, tuple(c), a) for q, c, a in items]
 
 
 def test_long_questions_are_cut_from_the_left_and_choices_kept(tokenizer):
-    from anneal.tasks import Question
+    from annealscale.anneal.tasks import Question
 
     long_question = " ".join(["the river"] * 100)
     task = encode_questions([Question(long_question, ("flows", "rests"), 0)], tokenizer, 16)

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
+from annealscale.anneal.curation import curate, cut_point
+from annealscale.anneal.minhash import jaccard
+from annealscale.anneal.sources import CurationContext, SourceSpec
+from annealscale.anneal.synthetic_math import generate_math_document
 
-from anneal.curation import curate, cut_point
-from anneal.errors import AnnealscaleError
-from anneal.minhash import jaccard
-from anneal.sources import CurationContext, SourceSpec
-from anneal.synthetic_math import generate_math_document
+from annealscale.core.errors import AnnealscaleError
 
 needs_ray = pytest.mark.usefixtures("ray_local")  # curation jobs run on Ray Data
 
@@ -183,7 +183,7 @@ def tiny_hf(tokenizer, tmp_path_factory):
 def test_hf_classifier_top_fraction_nests_and_matches_direct_scoring(
     crawl, tiny_hf, tokenizer, tmp_path
 ):
-    from anneal.classifiers import HfSequenceClassifier
+    from annealscale.anneal.classifiers import HfSequenceClassifier
 
     source = SourceSpec(
         name="hf-web",
@@ -328,7 +328,7 @@ def test_dedup_removes_near_duplicates_and_keeps_pools_nested(tokenizer, tmp_pat
 
 
 def test_minhash_estimates_jaccard():
-    from anneal.minhash import permutations, signature
+    from annealscale.anneal.minhash import permutations, signature
 
     a, b = permutations(256, 0)
     x = " ".join(f"w{i}" for i in range(200))
@@ -436,7 +436,7 @@ def test_bad_inputs_name_the_file(tokenizer, tmp_path):
 
 
 def test_inputs_by_uri_glob_saved_dataset_and_hub(tmp_path):
-    from anneal.documents import read_texts
+    from annealscale.anneal.documents import read_texts
 
     (tmp_path / "shards").mkdir()
     pq.write_table(pa.table({"text": ["p1", "p2"]}), tmp_path / "shards" / "a.parquet")
@@ -462,7 +462,7 @@ def test_inputs_by_uri_glob_saved_dataset_and_hub(tmp_path):
 
 
 def test_spec_errors_name_the_field():
-    from anneal.config import SpecError
+    from annealscale.core.errors import SpecError
 
     with pytest.raises(SpecError, match="params.model_path: give either"):
         SourceSpec(

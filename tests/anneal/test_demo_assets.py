@@ -8,11 +8,10 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from anneal.demo_corpus import DemoCorpusConfig, build_demo_corpus
-from anneal.evaluate import bits_per_byte, nll_and_bytes
-from anneal.model import load_model, load_tokenizer, model_shape, token_byte_lengths
-from anneal.packing import pack_texts
+from annealscale.anneal.demo_corpus import DemoCorpusConfig, build_demo_corpus
+from annealscale.anneal.evaluate import bits_per_byte, nll_and_bytes
+from annealscale.anneal.model import load_model, load_tokenizer, model_shape, token_byte_lengths
+from annealscale.anneal.packing import pack_texts
 
 SMALL = DemoCorpusConfig(
     math_packages=("mpmath",),
@@ -110,9 +109,8 @@ def test_bits_per_byte_matches_the_model_loss(tiny_assets):
 
 
 def test_tied_and_untied_models_of_one_shape_cost_the_same():
+    from annealscale.anneal.flops import train_flops
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from anneal.flops import train_flops
 
     def shape(tied: bool):
         config = LlamaConfig(

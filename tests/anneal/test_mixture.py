@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from anneal.mixture import RowStream, domain_counts, epochs_over
+from annealscale.anneal.mixture import RowStream, domain_counts, epochs_over
 
 # Dyadic fractions are exact in binary, so ties (x.5) are real ties and round half up
 # (the documented floor(x + 1/2)) can be checked exactly.

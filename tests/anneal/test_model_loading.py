@@ -4,10 +4,10 @@ padding, and the shape the FLOP formulas read, for three architectures."""
 from __future__ import annotations
 
 import pytest
+from annealscale.anneal.flops import forward_flops_per_token, train_flops
+from annealscale.anneal.model import load_model, load_tokenizer, model_shape
 
-from anneal.errors import AnnealscaleError
-from anneal.flops import forward_flops_per_token, train_flops
-from anneal.model import load_model, load_tokenizer, model_shape
+from annealscale.core.errors import AnnealscaleError
 
 
 def _config(arch: str, vocab: int):

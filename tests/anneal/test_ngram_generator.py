@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from anneal.ngram_generator import fit_ngram, generate
+from annealscale.anneal.ngram_generator import fit_ngram, generate
 
 SEEDS = [
     "Return the determinant of the matrix.\n\nExamples\n========\n\n>>> Matrix([[1, 2], [3, 4]]).det()\n-2",

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from annealscale.anneal.documents import as_parquet, document_files, read_texts
+from annealscale.anneal.packing import pack_texts, pack_token_lists
 
-from anneal.documents import as_parquet, document_files, read_texts
-from anneal.errors import AnnealscaleError
-from anneal.packing import pack_texts, pack_token_lists
+from annealscale.core.errors import AnnealscaleError
 
 # --- pack_token_lists ---------------------------------------------------------------------
 
@@ -215,8 +215,8 @@ def test_in_process_and_ray_data_packing_give_the_same_windows(
     """Whatever share of a file a Ray Data task packs (``unit`` documents: the 520-document
     file is split over two tasks, one reading from the middle of a row group), the windows
     are those of the file's own batches, as packed in this process."""
-    from anneal import packing
-    from anneal.packing import DOCS_PER_PACKING_BATCH, pack_documents, read_windows
+    from annealscale.anneal import packing
+    from annealscale.anneal.packing import DOCS_PER_PACKING_BATCH, pack_documents, read_windows
 
     if unit is not None:
         monkeypatch.setattr(packing, "DOCS_PER_PACKING_UNIT", unit)
@@ -243,7 +243,7 @@ def test_in_process_and_ray_data_packing_give_the_same_windows(
 def test_too_little_text_to_pack_is_a_clear_error_either_way(
     ray_local, tokenizer_dir, tmp_path, in_process_bytes
 ):
-    from anneal.packing import pack_documents
+    from annealscale.anneal.packing import pack_documents
 
     docs = _parquet(tmp_path / "docs" / "part-0.parquet", text=["x = 1", "y"])
     with pytest.raises(AnnealscaleError, match="packing produced no windows of 65 tokens"):

@@ -6,16 +6,14 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from anneal.evaluate import bits_per_byte
-from anneal.flops import (
+from annealscale.anneal.evaluate import bits_per_byte
+from annealscale.anneal.flops import (
     ModelShape,
     eval_flops,
-    flops_to_usd,
     forward_flops_per_token,
     train_flops,
 )
-from anneal.schedule import linear_decay_lr, warmup_steps_for
+from annealscale.anneal.schedule import linear_decay_lr, warmup_steps_for
 
 
 def test_linear_decay_hand_computed():
@@ -96,12 +94,6 @@ def test_train_flops_is_six_n_plus_attention_per_token():
     assert eval_flops(SHAPE, tokens, context) == (2e6 + 2 * 4 * 256 * 128) * tokens
 
 
-def test_flops_to_usd():
-    assert flops_to_usd(1e15, 500.0) == pytest.approx(500.0)
-    assert flops_to_usd(3e12, 500.0) == pytest.approx(1.5)
-    assert flops_to_usd(0.0, 500.0) == 0.0
-
-
 # --- bits per byte ------------------------------------------------------------------------
 
 
@@ -120,7 +112,7 @@ def test_bits_per_byte_without_bytes_is_nan():
 
 
 def test_wsd_linear_cooldown_hand_computed():
-    from anneal.schedule import wsd_lr
+    from annealscale.anneal.schedule import wsd_lr
 
     # 10 steps, 2 warmup, 4 cooldown: ramp 1/3, 2/3, hold, cooldown from step 6:
     # (10 - s) / 4 of the peak
@@ -131,7 +123,7 @@ def test_wsd_linear_cooldown_hand_computed():
 
 
 def test_wsd_one_minus_sqrt_cooldown_hand_computed():
-    from anneal.schedule import wsd_lr
+    from annealscale.anneal.schedule import wsd_lr
 
     lrs = [
         wsd_lr(s, 8, peak_lr=2.0, warmup_steps=0, cooldown_steps=4, shape="1-sqrt")
@@ -156,7 +148,7 @@ def test_wsd_one_minus_sqrt_cooldown_hand_computed():
 
 @pytest.mark.parametrize("total", [5, 8, 16, 33, 64, 1000])
 def test_wsd_runs_of_any_length_share_the_trunk(total):
-    from anneal.schedule import branch_step, cooldown_steps_for, trunk_lr, wsd_lr
+    from annealscale.anneal.schedule import branch_step, cooldown_steps_for, trunk_lr, wsd_lr
 
     warmup, fraction = 2, 0.2
     cooldown = cooldown_steps_for(total, fraction)
@@ -174,7 +166,7 @@ def test_wsd_runs_of_any_length_share_the_trunk(total):
 
 
 def test_wsd_rejects_bad_arguments():
-    from anneal.schedule import wsd_lr
+    from annealscale.anneal.schedule import wsd_lr
 
     with pytest.raises(ValueError, match="cooldown_steps"):
         wsd_lr(0, 10, peak_lr=1.0, warmup_steps=0, cooldown_steps=0)
@@ -183,8 +175,8 @@ def test_wsd_rejects_bad_arguments():
 
 
 def test_lr_multiplier_dispatches_on_the_spec():
-    from anneal.run_spec import ScheduleSpec
-    from anneal.schedule import lr_multiplier
+    from annealscale.anneal.run_spec import ScheduleSpec
+    from annealscale.anneal.schedule import lr_multiplier
 
     linear = ScheduleSpec(kind="linear", peak_lr=1e-3, warmup_fraction=0.2)
     assert [lr_multiplier(linear, s, 10) for s in range(10)] == pytest.approx(

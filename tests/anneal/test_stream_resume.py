@@ -7,9 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from anneal.loop import _epochs
-from anneal.mixture import RowStream, domain_counts
+from annealscale.anneal.loop import _epochs
+from annealscale.anneal.mixture import RowStream, domain_counts
 
 WIDTH = 9
 

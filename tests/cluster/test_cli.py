@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-
-from cluster.cli import EXAMPLES, main, quick_variant
-from tune.cells import expand_grid
-from tune.spec import load_spec
+from annealscale.cluster.cli import EXAMPLES, main, quick_variant
+from annealscale.tune.cells import expand_grid
+from annealscale.tune.spec import load_spec
 
 
 def _bad_spec(tmp_path: Path) -> Path:
@@ -103,7 +102,7 @@ def test_a_local_ray_that_cannot_start_is_one_line(tmp_path):
 
     env = {**os.environ, "RAY_TMPDIR": "/dev/null/ray", "RAY_ADDRESS": ""}
     done = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "sweep", str(EXAMPLES / "demo.yaml")]
+        [sys.executable, "-m", "annealscale.cluster.cli", "sweep", str(EXAMPLES / "demo.yaml")]
         + ["--out", str(tmp_path / "out")],
         cwd=Path(__file__).resolve().parents[2],
         env=env,

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from anneal.errors import AnnealscaleError
-from cluster.cli import EXAMPLES, main
-from cluster.jobs import (
+from annealscale.cluster.cli import EXAMPLES, main
+from annealscale.cluster.jobs import (
     WORKING_DIR_EXCLUDES,
     AuthToken,
     find_token,
     jobs_address,
     plan_submission,
 )
+
+from annealscale.core.errors import AnnealscaleError
 
 # -- the token -----------------------------------------------------------------------------
 
@@ -96,14 +96,28 @@ def test_submission_runs_the_sweep_on_the_uploaded_spec(project):
         analyze=False,
     )
     assert sub.entrypoint == (
-        "python -m cluster.cli sweep specs/demo.yaml --out /mnt/shared/results --no-analyze"
+        "python -m annealscale.cluster.cli sweep specs/demo.yaml --out /mnt/shared/results --no-analyze"
     )
+    staged = Path(sub.runtime_env.pop("py_modules")[0])
     assert sub.runtime_env == {
         "working_dir": str(project),
         "excludes": list(WORKING_DIR_EXCLUDES),
         "env_vars": {"HF_HUB_OFFLINE": "1"},
         "pip": ["sympy==1.13", "mpmath"],
     }
+    # the package travels whole, as one importable folder, whatever the install layout
+    assert staged.name == "annealscale"
+    for module in (
+        "__init__.py",
+        "core/errors.py",
+        "cluster/cli.py",
+        "tune/spec.py",
+        "anneal/loop.py",
+        "analysis/fit.py",
+        "examples/demo.yaml",
+    ):
+        assert (staged / module).is_file(), module
+    assert not list(staged.rglob("__pycache__"))
     assert (sub.entrypoint_num_cpus, sub.entrypoint_num_gpus, sub.entrypoint_memory) == (
         1,
         0.5,

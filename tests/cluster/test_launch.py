@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from cluster.cli import main
-from cluster.launch import check_launcher_config, launcher_command
+from annealscale.cluster.cli import main
+from annealscale.cluster.launch import check_launcher_config, launcher_command
 
 LAUNCHER = Path(__file__).resolve().parents[2] / "cluster" / "launcher"
 
@@ -28,7 +27,7 @@ def recorded(monkeypatch):
         calls.append(command)
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr("cluster.launch.subprocess.run", fake_run)
+    monkeypatch.setattr("annealscale.cluster.launch.subprocess.run", fake_run)
     return calls
 
 
@@ -49,7 +48,7 @@ def test_without_yes_ray_asks_for_confirmation(recorded):
 
 def test_launcher_exit_code_is_passed_on(monkeypatch):
     monkeypatch.setattr(
-        "cluster.launch.subprocess.run",
+        "annealscale.cluster.launch.subprocess.run",
         lambda command, check=False: subprocess.CompletedProcess(command, 3),
     )
     assert main(["cluster", "down", str(LAUNCHER / "aws.yaml"), "--yes"]) == 3

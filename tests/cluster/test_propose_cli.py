@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
-from analysis.propose_costs import CandidateCell
-from analysis.simulate import make_problem
-from cluster.cli import main
+from annealscale.analysis.propose_costs import CandidateCell
+from annealscale.analysis.simulate import make_problem
+from annealscale.cluster.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +49,8 @@ def test_propose_prints_k_unfinished_cells_with_gain_and_cost(results, capsys):
 
 
 def test_propose_gain_and_cost_match_the_proposer(results):
-    from analysis.compare import Target
-    from analysis.propose_table import propose_from_results
+    from annealscale.analysis.compare import Target
+    from annealscale.analysis.propose_table import propose_from_results
 
     path, table = results
     prop = propose_from_results(path, target=Target(train_tokens=6.4e7), n=2, extra_tokens=[8e6])
@@ -92,12 +91,22 @@ def test_propose_on_a_table_without_costs_says_so(tmp_path, capsys):
     assert code == 2 and "propose needs costs" in err and err.count("\n") == 1
 
 
+def _p_best(first_line: str) -> dict[str, float]:
+    """``At ...: recommended a (P(best): a 80%, b 20%); law ...`` -> {"a": 0.8, "b": 0.2}."""
+    listed = first_line.split("(P(best): ", 1)[1].split(")", 1)[0]
+    return {
+        name: float(share.rstrip("%")) / 100
+        for name, share in (item.rsplit(" ", 1) for item in listed.split(", "))
+    }
+
+
 @pytest.mark.parametrize("seed", [4, 5])
 def test_propose_fits_with_the_law_prior_sweeps_use(seed, tmp_path, capsys):
     """Known answer: after a two-cell seed per source, plain fits call a wrong source best
-    at P(best) >= 0.98 on these problems; with the prior sweeps fit with (the default) the
-    true best is recommended. ``--law-prior none`` gives the plain fits back."""
-    from analysis.propose import Proposer, ProposerSettings
+    on these problems (at P(best) 0.76 to 0.99, depending on the machine's BLAS); with the
+    prior sweeps fit with (the default) the true best is recommended. ``--law-prior none``
+    gives the plain fits back, more confident in the wrong source than the prior fit."""
+    from annealscale.analysis.propose import Proposer, ProposerSettings
 
     p = make_problem(seed)
     cands = p.candidates()
@@ -112,8 +121,10 @@ def test_propose_fits_with_the_law_prior_sweeps_use(seed, tmp_path, capsys):
     args += ["--tokens", *(f"{t:g}" for t in sorted({c.train_tokens for c in cands}))]
 
     assert main(args) == 0
-    assert f"recommended {p.true_best()} " in capsys.readouterr().out
+    with_prior = capsys.readouterr().out.splitlines()[0]
+    assert f"recommended {p.true_best()} " in with_prior
     assert main([*args, "--law-prior", "none"]) == 0
-    first = capsys.readouterr().out.splitlines()[0]
-    assert f"recommended {p.true_best()} " not in first
-    assert "P(best): " in first and (" 99%" in first or " 100%" in first)
+    plain = capsys.readouterr().out.splitlines()[0]
+    wrong = plain.split("recommended ", 1)[1].split(" ", 1)[0]
+    assert wrong != p.true_best()
+    assert _p_best(plain)[wrong] > _p_best(with_prior)[wrong]

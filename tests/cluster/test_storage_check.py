@@ -14,15 +14,15 @@ import socket
 import uuid
 
 import pytest
-
-from anneal.errors import AnnealscaleError
-from cluster.storage_check import (
+from annealscale.cluster.storage_check import (
     check_shared_storage,
     is_local_path,
     needs_check,
     nodes_seeing,
     storage_problem,
 )
+
+from annealscale.core.errors import AnnealscaleError
 
 
 @pytest.mark.parametrize(
@@ -70,9 +70,8 @@ def test_a_node_reads_a_marker_it_can_see_and_not_one_it_cannot(ray_local, tmp_p
 def test_on_a_multi_node_cluster(tmp_path):
     """Three real nodes (ray.cluster_utils.Cluster) on this machine's shared filesystem."""
     import ray
+    from annealscale.cluster.local import connect
     from ray.cluster_utils import Cluster
-
-    from cluster.local import connect
 
     was_running = ray.is_initialized()
     ray.shutdown()

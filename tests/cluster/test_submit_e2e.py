@@ -32,7 +32,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-PACKAGES = ("cluster", "anneal", "tune", "analysis")
 
 
 def _free_port() -> int:
@@ -145,11 +144,9 @@ def token_head():
 
 
 def _project(root: Path, tiny_assets, storage: Path) -> Path:
-    """A user's project directory: the code and a spec whose inputs are absolute paths."""
-    for package in PACKAGES:
-        shutil.copytree(
-            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
+    """A user's project directory: a spec whose inputs are absolute paths (the annealscale
+    package travels beside it as the job's ``py_modules``)."""
+    root.mkdir(parents=True)
     (root / "runs").mkdir()
     (root / "runs" / "big-local-output.bin").write_bytes(b"\0" * 1024)  # excluded from upload
     resolve = tiny_assets.resolve
@@ -187,7 +184,7 @@ def _cli(args: list[str], cwd: Path, **env_extra: str) -> subprocess.CompletedPr
     env["PYTHONPATH"] = str(REPO)
     env.update(env_extra)
     return subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args],
+        [sys.executable, "-m", "annealscale.cluster.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -247,9 +244,10 @@ def test_job_ran_the_uploaded_copy_with_the_excludes(submitted):
     client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
     info = client.get_job_info("jobs-e2e-1")
     assert info.entrypoint == (
-        f"python -m cluster.cli sweep specs/sweep.yaml --out {root / 'results'} --no-analyze"
+        f"python -m annealscale.cluster.cli sweep specs/sweep.yaml --out {root / 'results'} --no-analyze"
     )
     assert info.runtime_env["working_dir"].startswith("gcs://")  # uploaded, not a local path
+    assert [m[:6] for m in info.runtime_env["py_modules"]] == ["gcs://"]  # the package too
     assert "runs/" in info.runtime_env["excludes"]
     assert info.metadata == {"annealscale_spec": "jobs-e2e", "annealscale_out": str(out)}
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from cluster.local import LOCAL_TRAIN_ENV
+from annealscale.cluster.local import LOCAL_TRAIN_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +71,7 @@ def cli_env(tmp_path: Path) -> dict:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cluster.cli", *args]
+    return [sys.executable, "-m", "annealscale.cluster.cli", *args]
 
 
 def run_cli(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:

@@ -11,9 +11,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from tune.spec import parse_spec
-from tune.sweep import run_sweep
+from annealscale.tune.spec import parse_spec
+from annealscale.tune.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -4,17 +4,18 @@ Ray; its curation ledger lands in results.parquet and matches the data."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import pandas as pd
 import pytest
+from annealscale.anneal.documents import read_texts
+from annealscale.anneal.model import load_tokenizer
+from annealscale.anneal.sources import SourceKind, register_source_kind
+from annealscale.tune.spec import parse_spec
+from annealscale.tune.sweep import run_sweep
 from ray import cloudpickle
 
-from anneal.documents import read_texts
-from anneal.model import load_tokenizer
-from anneal.sources import SourceKind, register_source_kind
-from tune.spec import parse_spec
-from tune.sweep import run_sweep
+from annealscale.core.spec_model import SpecModel
+from tests.helpers import sweep_spec
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +23,7 @@ USD_PER_DOC = 2.0**-10
 SPEND = 48 * USD_PER_DOC  # buys exactly 48 documents
 
 
-@dataclass(frozen=True, kw_only=True)
-class EvenLengthParams:
+class EvenLengthParams(SpecModel):
     path: str
     usd_per_doc: float
 
@@ -54,16 +54,10 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def spec(storage: str) -> dict:
-    return {
-        "name": "plugin",
-        "base_model": {"path": "demo:base"},
-        "replay": {"path": "demo:general_train"},
-        "eval": {
-            "domain": {"path": "demo:math_eval"},
-            "general": {"path": "demo:general_eval"},
-            "max_tokens": 2048,
-        },
-        "sources": [
+    return sweep_spec(
+        storage,
+        name="plugin",
+        sources=[
             {
                 "name": "mine",
                 "kind": "even_length",
@@ -71,13 +65,10 @@ def spec(storage: str) -> dict:
                 "resources": {"actors": 2, "batch_size": 16},
             }
         ],
-        "grid": {"curation_spend": [SPEND], "train_tokens": [2048]},
-        "domain_fraction": 0.5,
-        "schedule": {"peak_lr": 2e-3, "warmup_fraction": 0.1},
-        "train": {"seq_len": 64, "batch_size": 16, "micro_batch_size": 16, "zero_stage": 1},
-        "prices": {"usd_per_pflop": 500.0},
-        "storage_path": storage,
-    }
+        grid={"curation_spend": [SPEND], "train_tokens": [2048]},
+        schedule={"peak_lr": 2e-3, "warmup_fraction": 0.1},
+        train={"seq_len": 64, "batch_size": 16, "micro_batch_size": 16, "zero_stage": 1},
+    )
 
 
 def test_a_registered_plugin_kind_runs_in_a_sweep_with_its_ledger(ray_local, tiny_assets, tmp_path):

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from annealscale.tune.results import REQUIRED_COLUMNS
+from annealscale.tune.spec import parse_spec
+from annealscale.tune.sweep import run_sweep
 
-from tune.results import REQUIRED_COLUMNS
-from tune.spec import parse_spec
-from tune.sweep import run_sweep
+from tests.helpers import TEXTBOOK, eval_section, sweep_spec
 
 pytestmark = pytest.mark.slow
 
@@ -21,30 +22,18 @@ TOKENS = (4096, 32768)
 
 
 def tiny_spec(storage: str) -> dict:
-    return {
-        "name": "e2e",
-        "base_model": {"path": "demo:base"},
-        "replay": {"path": "demo:general_train"},
-        "eval": {
-            "domain": {"path": "demo:math_eval"},
-            "general": {"path": "demo:general_eval"},
-            "max_tokens": 4096,
-        },
-        "sources": [
-            {
-                "name": "textbook",
-                "kind": "as_is",
-                "params": {"path": "demo:math_train", "usd_per_token": 1e-5},
-            },
+    return sweep_spec(
+        storage,
+        name="e2e",
+        eval=eval_section(4096),
+        sources=[
+            TEXTBOOK,
             {"name": "synthetic", "kind": "synthetic", "params": {"usd_per_token": 4e-6}},
         ],
-        "grid": {"curation_spend": list(SPENDS), "train_tokens": list(TOKENS)},
-        "domain_fraction": 0.5,
-        "schedule": {"peak_lr": 2e-3, "warmup_fraction": 0.1},
-        "train": {"seq_len": 64, "batch_size": 16, "micro_batch_size": 8, "zero_stage": 1},
-        "prices": {"usd_per_pflop": 500.0},
-        "storage_path": storage,
-    }
+        grid={"curation_spend": list(SPENDS), "train_tokens": list(TOKENS)},
+        schedule={"peak_lr": 2e-3, "warmup_fraction": 0.1},
+        train={"seq_len": 64, "batch_size": 16, "micro_batch_size": 8, "zero_stage": 1},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +100,7 @@ def test_anneals_learn_the_domain(sweep):
 
 def test_analysis_outputs(sweep):
     _, out, _ = sweep
-    from analysis import analyze
+    from annealscale.analysis import analyze
 
     result = analyze(out / "results.parquet", out)
     fits = json.loads(result.fits_json.read_text())

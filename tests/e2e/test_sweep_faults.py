@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from tune.spec import parse_spec
-from tune.sweep import run_sweep
+from annealscale.tune.spec import parse_spec
+from annealscale.tune.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -100,8 +99,8 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_or_losing_a_cell(
 def test_cells_that_always_fail_are_recorded_after_retries_and_the_rest_finish(
     tmp_path, tools, resolve
 ):
-    from tune.cells import expand_grid
-    from tune.prepare import inputs_identity
+    from annealscale.tune.cells import expand_grid
+    from annealscale.tune.prepare import inputs_identity
 
     # Two deterministic faults. "tiny" is a licensed corpus of one short document: too
     # few tokens for one training window, so its cells fail while being prepared. The

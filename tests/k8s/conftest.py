@@ -12,8 +12,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 K8S = REPO / "k8s"
-# CI runs a fresh clone with the shared directory beside it (../shared).
-CRD_DIR = REPO.parent / "shared" / "schemas" / "kuberay"
+# Vendored KubeRay CRDs (source, commit and licence in crds/README.md): no test reads
+# outside the repository.
+CRD_DIR = HERE / "crds"
 
 
 def load_helper(name: str) -> ModuleType:
@@ -39,8 +40,6 @@ def schemas() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def validator(schemas):
-    if not CRD_DIR.is_dir():
-        pytest.skip(f"KubeRay CRD schemas not found at {CRD_DIR} (the shared/ checkout)")
     return schemas.Validator(CRD_DIR)
 
 

@@ -1,7 +1,7 @@
 """Offline schema validation for the manifests in ``k8s/``.
 
 Custom resources (``ray.io/v1`` RayCluster, RayJob) are checked against the
-``openAPIV3Schema`` of the KubeRay CRDs in ``../shared/schemas/kuberay/`` made strict:
+``openAPIV3Schema`` of the KubeRay CRDs vendored in ``tests/k8s/crds/`` made strict:
 every object schema that lists ``properties`` rejects other keys, unless it sets
 ``x-kubernetes-preserve-unknown-fields`` (the API server prunes or rejects unknown fields;
 a typo such as ``rayStartParms`` would otherwise be dropped silently). Their

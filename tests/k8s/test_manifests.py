@@ -410,7 +410,7 @@ def test_service_accounts(kustomization, rendered):
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_mounted_spec_is_a_valid_sweep_that_fits_the_cluster(kustomization, rendered):
-    from tune.spec import parse_spec
+    from annealscale.tune.spec import parse_spec
 
     objs = rendered[kustomization]
     spec = parse_spec(yaml.safe_load(_one(objs, "ConfigMap")["data"]["spec.yaml"]))

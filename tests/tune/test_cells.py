@@ -3,15 +3,13 @@ changes exactly when something that changes the result changes."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from pathlib import Path
 
 import pytest
 import yaml
-
-from tune.cells import expand_grid
-from tune.spec import ExperimentSpec, parse_spec
+from annealscale.tune.cells import expand_grid
+from annealscale.tune.spec import ExperimentSpec, parse_spec
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
@@ -36,8 +34,8 @@ def _ids_by_source(spec: ExperimentSpec) -> dict[int, list[str]]:
 
 def _replace_source(spec: ExperimentSpec, index: int, **changes) -> ExperimentSpec:
     sources = list(spec.sources)
-    sources[index] = dataclasses.replace(sources[index], **changes)
-    return dataclasses.replace(spec, sources=tuple(sources))
+    sources[index] = sources[index].replace(**changes)
+    return spec.replace(sources=tuple(sources))
 
 
 def test_one_cell_per_source_spend_tokens_seed_in_stable_order(spec):
@@ -68,12 +66,10 @@ def test_identities_are_unique_and_stable(spec):
 @pytest.mark.parametrize(
     "change",
     [
-        pytest.param(lambda s: dataclasses.replace(s, name="another-name"), id="experiment-name"),
+        pytest.param(lambda s: s.replace(name="another-name"), id="experiment-name"),
         pytest.param(
-            lambda s: dataclasses.replace(
-                s,
-                resources=dataclasses.replace(
-                    s.resources,
+            lambda s: s.replace(
+                resources=s.resources.replace(
                     num_workers=s.train.batch_size // s.train.micro_batch_size,
                     cpus_per_worker=4,
                     gpus_per_worker=1,
@@ -82,7 +78,7 @@ def test_identities_are_unique_and_stable(spec):
             ),
             id="resources",
         ),
-        pytest.param(lambda s: dataclasses.replace(s, storage_path="/mnt/shared/x"), id="storage"),
+        pytest.param(lambda s: s.replace(storage_path="/mnt/shared/x"), id="storage"),
         pytest.param(lambda s: _replace_source(s, 0, name="licensed-books"), id="source-name"),
     ],
 )
@@ -91,25 +87,24 @@ def test_identity_ignores_where_and_what_it_is_called(spec, change):
 
 
 def test_identity_ignores_source_order_and_other_cells(spec):
-    reordered = dataclasses.replace(spec, sources=spec.sources[::-1])
+    reordered = spec.replace(sources=spec.sources[::-1])
     assert set(_ids(reordered)) == set(_ids(spec))
 
-    more_tokens = dataclasses.replace(
-        spec,
-        grid=dataclasses.replace(
-            spec.grid, train_tokens=(*spec.grid.train_tokens, 4 * spec.grid.train_tokens[-1])
+    more_tokens = spec.replace(
+        grid=spec.grid.replace(
+            train_tokens=(*spec.grid.train_tokens, 4 * spec.grid.train_tokens[-1])
         ),
     )
     assert set(_ids(spec)) < set(_ids(more_tokens))
 
-    one_source = dataclasses.replace(spec, sources=spec.sources[:1])
+    one_source = spec.replace(sources=spec.sources[:1])
     assert set(_ids(one_source)) == set(_ids_by_source(spec)[0])
 
 
 def test_source_param_changes_only_that_sources_cells(spec):
     params = spec.sources[0].params
     changed = _replace_source(
-        spec, 0, params=dataclasses.replace(params, usd_per_token=2 * params.usd_per_token)
+        spec, 0, params=params.replace(usd_per_token=2 * params.usd_per_token)
     )
     before, after = _ids_by_source(spec), _ids_by_source(changed)
     assert set(after[0]).isdisjoint(before[0])
@@ -119,20 +114,18 @@ def test_source_param_changes_only_that_sources_cells(spec):
 
 def test_source_params_given_as_mapping_or_params_hash_alike(spec):
     source = spec.sources[1]
-    as_mapping = dataclasses.replace(source, params=dataclasses.asdict(source.params))
+    as_mapping = source.replace(params=source.params.model_dump())
     assert as_mapping.identity == source.identity
-    assert dataclasses.replace(source, name="other").identity == source.identity
-    threshold = dataclasses.replace(source.params, threshold=0.7)
-    assert dataclasses.replace(source, params=threshold).identity != source.identity
+    assert source.replace(name="other").identity == source.identity
+    threshold = source.params.replace(threshold=0.7)
+    assert source.replace(params=threshold).identity != source.identity
 
 
 def test_train_tokens_value_changes_only_its_cells(spec):
     tokens = list(spec.grid.train_tokens)
     old = tokens[1]
     tokens[1] = old + spec.train.tokens_per_step
-    changed = dataclasses.replace(
-        spec, grid=dataclasses.replace(spec.grid, train_tokens=tuple(tokens))
-    )
+    changed = spec.replace(grid=spec.grid.replace(train_tokens=tuple(tokens)))
     before = {
         (c.source, c.curation_spend, c.train_tokens, c.seed): c.identity for c in expand_grid(spec)
     }
@@ -154,7 +147,7 @@ def test_seed_changes_identity(spec):
         by_seed.setdefault((c.source, c.curation_spend, c.train_tokens), set()).add(c.identity)
     assert all(len(ids) == len(spec.grid.seeds) for ids in by_seed.values())
 
-    reseeded = dataclasses.replace(spec, grid=dataclasses.replace(spec.grid, seeds=(0, 7)))
+    reseeded = spec.replace(grid=spec.grid.replace(seeds=(0, 7)))
     seed0 = [c.identity for c in cells if c.seed == 0]
     assert [c.identity for c in expand_grid(reseeded) if c.seed == 0] == seed0
     assert set(c.identity for c in expand_grid(reseeded) if c.seed == 7).isdisjoint(_ids(spec))
@@ -164,31 +157,23 @@ def test_seed_changes_identity(spec):
     "change",
     [
         pytest.param(
-            lambda s: dataclasses.replace(
-                s, schedule=dataclasses.replace(s.schedule, peak_lr=s.schedule.peak_lr / 2)
-            ),
+            lambda s: s.replace(schedule=s.schedule.replace(peak_lr=s.schedule.peak_lr / 2)),
             id="peak_lr",
         ),
         pytest.param(
-            lambda s: dataclasses.replace(s, domain_fraction=s.domain_fraction / 2),
+            lambda s: s.replace(domain_fraction=s.domain_fraction / 2),
             id="domain_fraction",
         ),
         pytest.param(
-            lambda s: dataclasses.replace(
-                s, base_model=dataclasses.replace(s.base_model, path="/models/other")
-            ),
+            lambda s: s.replace(base_model=s.base_model.replace(path="/models/other")),
             id="base_model",
         ),
         pytest.param(
-            lambda s: dataclasses.replace(
-                s, train=dataclasses.replace(s.train, weight_decay=s.train.weight_decay + 0.1)
-            ),
+            lambda s: s.replace(train=s.train.replace(weight_decay=s.train.weight_decay + 0.1)),
             id="weight_decay",
         ),
         pytest.param(
-            lambda s: dataclasses.replace(
-                s, eval=dataclasses.replace(s.eval, max_tokens=2 * s.eval.max_tokens)
-            ),
+            lambda s: s.replace(eval=s.eval.replace(max_tokens=2 * s.eval.max_tokens)),
             id="eval",
         ),
     ],
@@ -199,9 +184,7 @@ def test_shared_settings_change_every_identity(spec, change):
 
 def test_prices_do_not_change_identity(spec):
     """Costs are recomputed from stored FLOPs, so repricing compute reruns nothing."""
-    repriced = dataclasses.replace(
-        spec, prices=dataclasses.replace(spec.prices, usd_per_pflop=3 * spec.prices.usd_per_pflop)
-    )
+    repriced = spec.replace(prices=spec.prices.replace(usd_per_pflop=3 * spec.prices.usd_per_pflop))
     assert _ids(repriced) == _ids(spec)
 
 
@@ -209,9 +192,7 @@ def test_budgets_of_the_same_whole_steps_are_the_same_anneal(spec):
     per_step = spec.train.tokens_per_step
     tokens = list(spec.grid.train_tokens)
     tokens[0] += per_step - 1  # still the same number of optimizer steps
-    same = dataclasses.replace(
-        spec, grid=dataclasses.replace(spec.grid, train_tokens=tuple(tokens))
-    )
+    same = spec.replace(grid=spec.grid.replace(train_tokens=tuple(tokens)))
     assert _ids(same) == _ids(spec)
 
 

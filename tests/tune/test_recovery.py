@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from annealscale.tune.spec import parse_spec
+from annealscale.tune.sweep import run_sweep
 
-from tune.spec import parse_spec
-from tune.sweep import run_sweep
+from tests.helpers import TOKENS_PER_STEP, sweep_spec
 
 pytestmark = pytest.mark.slow
 
@@ -28,30 +29,12 @@ EVERY = 16
 
 
 def one_cell_spec(storage: str) -> dict:
-    return {
-        "name": "recovery",
-        "base_model": {"path": "demo:base"},
-        "replay": {"path": "demo:general_train"},
-        "eval": {
-            "domain": {"path": "demo:math_eval"},
-            "general": {"path": "demo:general_eval"},
-            "max_tokens": 2048,
-        },
-        "sources": [
-            {
-                "name": "textbook",
-                "kind": "as_is",
-                "params": {"path": "demo:math_train", "usd_per_token": 1e-5},
-            }
-        ],
-        "grid": {"curation_spend": [0.2], "train_tokens": [STEPS * 8 * 64]},
-        "domain_fraction": 0.5,
-        "schedule": {"peak_lr": 2e-3, "warmup_fraction": 0.05},
-        "train": {"seq_len": 64, "batch_size": 8, "micro_batch_size": 8, "zero_stage": 1},
-        "checkpoint": {"every_steps": EVERY},
-        "prices": {"usd_per_pflop": 500.0},
-        "storage_path": storage,
-    }
+    return sweep_spec(
+        storage,
+        name="recovery",
+        grid={"curation_spend": [0.2], "train_tokens": [STEPS * TOKENS_PER_STEP]},
+        checkpoint={"every_steps": EVERY},
+    )
 
 
 class WorkerKiller(threading.Thread):

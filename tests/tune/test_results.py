@@ -7,8 +7,7 @@ import math
 
 import pandas as pd
 import pytest
-
-from tune.results import ResultsStore
+from annealscale.tune.results import ResultsStore
 
 
 def _row(identity: str, status: str = "finished", **extra) -> dict:

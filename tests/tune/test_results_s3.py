@@ -10,9 +10,8 @@ import socket
 
 import pyarrow.fs as pafs
 import pytest
-
-from tune.results import ResultsStore
-from tune.storage import StorageLayout
+from annealscale.tune.results import ResultsStore
+from annealscale.tune.storage import StorageLayout
 
 moto_server = pytest.importorskip("moto.server", reason="dev extra: moto[server]")
 

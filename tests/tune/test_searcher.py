@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from annealscale.analysis.simulate import make_problem
+from annealscale.tune.searcher import AdaptiveSearcher
 from ray.tune.search import Searcher
-
-from analysis.simulate import make_problem
-from tune.searcher import AdaptiveSearcher
 
 
 def _searcher(p, state_path=None, **kw):

@@ -1,20 +1,24 @@
-"""The experiment spec: the demo loads into frozen typed dataclasses, and every bad input
+"""The experiment spec: the demo loads into frozen typed spec models, and every bad input
 fails with one SpecError line naming the exact field path and the problem."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
+import pydantic
 import pytest
 import yaml
+from annealscale.anneal.run_spec import DataSpec, ScheduleSpec, TrainSpec
+from annealscale.anneal.sources import (
+    AsIsParams,
+    ClassifierFilterParams,
+    SourceSpec,
+    SyntheticParams,
+)
+from annealscale.tune.spec import ExperimentSpec, GridSpec, ResourcesSpec, load_spec, parse_spec
 
-from anneal.config import SpecError
-from anneal.errors import AnnealscaleError
-from anneal.run_spec import DataSpec, ScheduleSpec, TrainSpec
-from anneal.sources import AsIsParams, ClassifierFilterParams, SourceSpec, SyntheticParams
-from tune.spec import ExperimentSpec, GridSpec, ResourcesSpec, load_spec, parse_spec
+from annealscale.core.errors import AnnealscaleError, SpecError
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
@@ -24,7 +28,7 @@ def demo_data() -> dict:
     return yaml.safe_load(DEMO.read_text())
 
 
-def test_demo_spec_loads_into_typed_frozen_dataclasses(demo_data):
+def test_demo_spec_loads_into_typed_frozen_models(demo_data):
     # Values are compared with the YAML itself, so the demo may be retuned freely.
     spec = load_spec(DEMO)
 
@@ -73,9 +77,9 @@ def test_demo_spec_loads_into_typed_frozen_dataclasses(demo_data):
 
 def test_specs_are_frozen():
     spec = load_spec(DEMO)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         spec.domain_fraction = 0.9  # type: ignore[misc]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         spec.sources[0].params.usd_per_token = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
         spec.grid.train_tokens[0] = 1  # type: ignore[index]  (a tuple, not a shared list)
@@ -85,13 +89,32 @@ def test_load_spec_equals_parse_spec_of_the_same_mapping(demo_data):
     assert load_spec(DEMO) == parse_spec(demo_data)
 
 
-def test_yaml_exponent_without_dot_is_read_as_a_number(demo_data):
-    # PyYAML reads `1e-3` (no dot) as a string; the spec accepts it as the number meant.
-    demo_data["schedule"]["peak_lr"] = "1e-3"
-    demo_data["sources"][0]["params"]["usd_per_token"] = "2e-5"
-    spec = parse_spec(demo_data)
+def test_yaml_exponent_without_dot_is_read_as_a_number(demo_data, tmp_path):
+    # PyYAML (YAML 1.1) reads `1e-3` (no dot) as a string; the spec is read as YAML 1.2
+    # reads it, as editors checking it against `annealscale schema` do: a number.
+    text = DEMO.read_text()
+    assert "peak_lr: 1.0e-3" in text and "usd_per_token: 1.0e-5" in text
+    text = text.replace("peak_lr: 1.0e-3", "peak_lr: 1e-3")
+    text = text.replace("usd_per_token: 1.0e-5", "usd_per_token: 2e-5")
+    path = tmp_path / "exponents.yaml"
+    path.write_text(text)
+    spec = load_spec(path)
     assert spec.schedule.peak_lr == 1e-3
-    assert spec.sources[0].params.usd_per_token == 2e-5
+    assert any(getattr(source.params, "usd_per_token", None) == 2e-5 for source in spec.sources)
+
+
+def test_repeated_yaml_key_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: a\nname: b\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == f"{path}: key 'name' appears twice in one mapping (line 2); keep one"
+
+
+def test_a_number_given_as_a_string_is_refused(demo_data):
+    demo_data["schedule"]["peak_lr"] = "0.001"
+    with pytest.raises(SpecError, match=r"^schedule.peak_lr: expected a number, got str '0.001'$"):
+        parse_spec(demo_data)
 
 
 def test_source_with_its_own_spends_overrides_the_grid(demo_data):

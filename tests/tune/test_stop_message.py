@@ -2,7 +2,7 @@
 when the budget stopped the sweep, how far short of the threshold the decision was, so a
 user does not read a budget stop as a confident one."""
 
-from tune.adaptive import stop_message
+from annealscale.tune.adaptive import stop_message
 
 
 def _record(**kw):

@@ -5,52 +5,37 @@ trunk trained once."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from annealscale.cluster.cli import EXAMPLES
+from annealscale.tune.spec import load_spec, parse_spec
+from annealscale.tune.sweep import run_sweep
+from annealscale.tune.trunks import next_segment, planned_train_steps, read_catalog
 
-from anneal.config import SpecError
-from tune.spec import load_spec, parse_spec
-from tune.sweep import run_sweep
-from tune.trunks import next_segment, planned_train_steps, read_catalog
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from annealscale.core.errors import SpecError
+from tests.helpers import TOKENS_PER_STEP, sweep_spec
 
 
 def wsd_spec(storage: str, budgets_steps=(10, 20), **schedule) -> dict:
-    return {
-        "name": "trunks",
-        "base_model": {"path": "demo:base"},
-        "replay": {"path": "demo:general_train"},
-        "eval": {
-            "domain": {"path": "demo:math_eval"},
-            "general": {"path": "demo:general_eval"},
-            "max_tokens": 2048,
+    return sweep_spec(
+        storage,
+        name="trunks",
+        grid={
+            "curation_spend": [0.2],
+            "train_tokens": [s * TOKENS_PER_STEP for s in budgets_steps],
         },
-        "sources": [
-            {
-                "name": "textbook",
-                "kind": "as_is",
-                "params": {"path": "demo:math_train", "usd_per_token": 1e-5},
-            }
-        ],
-        "grid": {"curation_spend": [0.2], "train_tokens": [s * 8 * 64 for s in budgets_steps]},
-        "domain_fraction": 0.5,
-        "schedule": {
+        schedule={
             "kind": "wsd",
             "peak_lr": 2e-3,
             "warmup_steps": 2,
             "cooldown_fraction": 0.2,
             **schedule,
         },
-        "train": {"seq_len": 64, "batch_size": 8, "micro_batch_size": 8, "zero_stage": 1},
-        "resources": {"max_concurrent_trials": 2},
-        "prices": {"usd_per_pflop": 500.0},
-        "storage_path": storage,
-    }
+        resources={"max_concurrent_trials": 2},
+    )
 
 
 def test_wsd_spec_fields_validate():

@@ -1,0 +1,57 @@
+"""Test and benchmark helpers shared across files (importable as ``tests.helpers``: the
+repository root is on ``sys.path`` through pytest's ``pythonpath`` setting)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TEXTBOOK = {
+    "name": "textbook",
+    "kind": "as_is",
+    "params": {"path": "demo:math_train", "usd_per_token": 1e-5},
+}
+"""The demo's per-token source: cheap to curate, so a sweep's time goes to its anneals."""
+
+TOKENS_PER_STEP = 8 * 64
+"""Tokens per optimizer step of `sweep_spec`'s default ``train`` section."""
+
+
+def sweep_spec(storage: str, **sections: Any) -> dict:
+    """A small sweep on the tiny demo assets, as a spec mapping: one source, one spend, one
+    budget of 4 optimizer steps, linear schedule, 64-token windows, batches of 8.
+
+    Each keyword replaces one top-level section whole (``grid=``, ``schedule=``,
+    ``sources=``...), so a test states exactly what it varies.
+    """
+    spec = {
+        "name": "one-cell",
+        "base_model": {"path": "demo:base"},
+        "replay": {"path": "demo:general_train"},
+        "eval": {
+            "domain": {"path": "demo:math_eval"},
+            "general": {"path": "demo:general_eval"},
+            "max_tokens": 2048,
+        },
+        "sources": [TEXTBOOK],
+        "grid": {"curation_spend": [0.2], "train_tokens": [4 * TOKENS_PER_STEP]},
+        "domain_fraction": 0.5,
+        "schedule": {"peak_lr": 2e-3, "warmup_fraction": 0.05},
+        "train": {"seq_len": 64, "batch_size": 8, "micro_batch_size": 8, "zero_stage": 1},
+        "prices": {"usd_per_pflop": 500.0},
+        "storage_path": storage,
+    }
+    unknown = (
+        set(sections) - set(spec) - {"resources", "checkpoint", "retries", "tracking", "adaptive"}
+    )
+    if unknown:
+        raise TypeError(f"sweep_spec: not a spec section: {sorted(unknown)}")
+    return {**spec, **sections}
+
+
+def eval_section(max_tokens: int) -> dict:
+    """The demo's held-out sets, evaluated on ``max_tokens`` tokens each."""
+    return {
+        "domain": {"path": "demo:math_eval"},
+        "general": {"path": "demo:general_eval"},
+        "max_tokens": max_tokens,
+    }
