@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
+
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.laws import Law, get_law
 from annealscale.analysis.solve import best_starts, log_bounds, objective, refine
-from numpy.typing import ArrayLike
 
 BOOT_GRID = 16
 """Grid points per nonlinear parameter when screening resamples (the full-data optimum

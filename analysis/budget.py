@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize_scalar, nnls
+
 from annealscale.analysis.sources import SourceFits
 from annealscale.analysis.table import ResultsTable
-from scipy.optimize import minimize_scalar, nnls
 
 SPEND_GRID = 48
 """Curation spends tried per source when splitting a budget (log-spaced)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from annealscale.analysis.budget import Allocation, CostModel, Frontier, allocate
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.sources import SourceFits

@@ -32,12 +32,13 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
+from scipy.optimize import least_squares
+
 from annealscale.analysis.bootstrap import Bootstrap, bootstrap_law
 from annealscale.analysis.errors import AnalysisError, NotFittedError
 from annealscale.analysis.laws import Law, get_law
 from annealscale.analysis.solve import huber, log_bounds, screen
-from numpy.typing import ArrayLike
-from scipy.optimize import least_squares
 
 FLAG_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
     {

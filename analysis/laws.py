@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
-from annealscale.analysis.errors import AnalysisError
 from numpy.typing import ArrayLike
+
+from annealscale.analysis.errors import AnalysisError
 
 D_REF: float = 1e6
 """Reference token count (tokens). Laws in tokens are written in ``D / D_REF`` so that

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
 from annealscale.analysis.budget import Frontier
 from annealscale.analysis.compare import TargetDecision, format_tokens
 from annealscale.analysis.fit import FitResult
 from annealscale.analysis.sources import SourceFits
 from annealscale.analysis.validate import Validation
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 _PANEL_W, _PANEL_H = 4.2, 3.4  # inches
 _DPI = 110

@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
+
 from annealscale.analysis.compare import Target
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.laws import Law, get_law
@@ -65,7 +67,6 @@ from annealscale.analysis.propose_model import (
     fit_posteriors,
     known_pools,
 )
-from scipy.special import ndtr
 
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(16)
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.laws import Law
 from annealscale.analysis.solve import log_bounds, refine, screen

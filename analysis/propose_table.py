@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
 from annealscale.analysis.budget import cost_model
 from annealscale.analysis.compare import Target, format_tokens
 from annealscale.analysis.errors import AnalysisError

@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 
 import pandas as pd
+
 from annealscale.analysis.budget import CostModel
 from annealscale.analysis.compare import Decision, TargetDecision, format_tokens
 from annealscale.analysis.fit import FLAG_DESCRIPTIONS

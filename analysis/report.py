@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from annealscale.analysis import plots as plotting
 from annealscale.analysis.budget import CostModel, Frontier, cost_model, frontier
 from annealscale.analysis.compare import Decision, Target, decide, decide_target

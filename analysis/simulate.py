@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from annealscale.analysis.compare import Target
 from annealscale.analysis.laws import effective_data_law
 from annealscale.analysis.propose import Proposer, ProposerSettings

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from annealscale.analysis.laws import Law
 from numpy.typing import ArrayLike
+
+from annealscale.analysis.laws import Law
 
 MAX_GRID_POINTS = 4096
 """Cap on the screening grid: per-axis points shrink as ``MAX_GRID_POINTS ** (1/q)`` for

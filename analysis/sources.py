@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
+
 from annealscale.analysis.bootstrap import Bootstrap, bootstrap_law
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.fit import FitResult, fit_law
 from annealscale.analysis.laws import POWER_LAW_D, Law, get_law
-from numpy.typing import ArrayLike
 
 POOLED_NOTE = (
     "fitted on all finished cells of the source, every curation spend together; "

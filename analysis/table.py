@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
+
 from annealscale.analysis.errors import AnalysisError
 
 REQUIRED_COLUMNS: tuple[str, ...] = (

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from annealscale.analysis.laws import Law, get_law
 from annealscale.analysis.sources import fit_group, source_seed
 from annealscale.analysis.table import ResultsTable, cell_key

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
 from annealscale.anneal.documents import read_texts
 from annealscale.anneal.schedule import linear_decay_lr, warmup_steps_for
-
 from annealscale.core.hashing import content_hash
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from annealscale.anneal.documents import ReadReport
 from annealscale.anneal.sources import (
     SOURCE_KINDS,
@@ -41,7 +42,6 @@ from annealscale.anneal.sources import (
     SourceSpec,
     token_counter,
 )
-
 from annealscale.core.errors import AnnealscaleError
 from annealscale.core.hashing import content_hash
 

@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 
 from annealscale.anneal.run_spec import TrainSpec
-
 from annealscale.core.errors import AnnealscaleError
 
 log = logging.getLogger(__name__)

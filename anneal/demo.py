@@ -15,7 +15,6 @@ from pathlib import Path
 
 from annealscale.anneal.base_model import BaseModelConfig, build_base_model
 from annealscale.anneal.demo_corpus import SPLITS, DemoCorpus, DemoCorpusConfig, build_demo_corpus
-
 from annealscale.core.errors import AnnealscaleError
 
 log = logging.getLogger(__name__)

@@ -59,6 +59,7 @@ def build_engine(job, *, world_size: int, use_gpu: bool) -> Engine:
     """Load the base model and wrap it in DeepSpeed as the job's train section says."""
     import deepspeed
     import torch
+
     from annealscale.anneal.model import load_model
 
     if use_gpu:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from annealscale.anneal.evaluate import bits_per_byte, choice_metrics, nll_and_bytes, score_choices
 from annealscale.anneal.tasks import EncodedTask
 

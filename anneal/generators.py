@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from annealscale.anneal.ngram_generator import generate as generate_ngram
 from annealscale.anneal.synthetic_math import generate_math_document
-
 from annealscale.core.errors import AnnealscaleError
 
 
@@ -50,8 +50,9 @@ class HfGenerator:
     """A causal LM from ``transformers`` that continues prompts in batches."""
 
     def __init__(self, path: str, *, device: str):
-        from annealscale.anneal.model import model_shape
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from annealscale.anneal.model import model_shape
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
@@ -82,8 +83,9 @@ class HfGenerator:
         keep_prompt: bool,
     ) -> Generated:
         import torch
-        from annealscale.anneal.flops import forward_flops_per_token
         from transformers import GenerationConfig, LogitsProcessorList
+
+        from annealscale.anneal.flops import forward_flops_per_token
 
         tok = self.tokenizer
         enc = tok(list(prompts), return_tensors="pt", padding=True).to(self.device)

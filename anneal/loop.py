@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
 from annealscale.anneal.checkpoint import Start, WorkerState, checkpoint_name, discard
 from annealscale.anneal.checkpoint import load as load_checkpoint
 from annealscale.anneal.checkpoint import save as save_checkpoint
@@ -81,6 +82,7 @@ def anneal_worker(config: dict) -> None:
     use_gpu = prepare_threads(job.threads_per_worker)
     import ray.train
     import torch
+
     from annealscale.anneal.evaluator import Evaluator
 
     torch.manual_seed(job.seed)

@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-from annealscale.anneal.flops import ModelShape
 
+from annealscale.anneal.flops import ModelShape
 from annealscale.core.errors import AnnealscaleError
 
 

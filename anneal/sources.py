@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from annealscale.anneal.documents import ReadReport, read_texts
 from pydantic import Field, model_validator
 
+from annealscale.anneal.documents import ReadReport, read_texts
 from annealscale.core.errors import check
 from annealscale.core.hashing import content_hash, to_plain
 from annealscale.core.spec_model import SpecModel, from_mapping
@@ -645,6 +645,7 @@ class Dedup(CurationStep):
 
     def sequential(self, rows, history):
         import pyarrow as pa
+
         from annealscale.anneal.minhash import LshIndex, choose_bands
 
         p = self.params

@@ -82,6 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
+
     from annealscale.anneal.base_model import BaseModelConfig, train_tokenizer
     from annealscale.anneal.curation import judge_batch, run_judging
     from annealscale.anneal.sources import (

@@ -21,6 +21,7 @@ import statistics
 import time
 
 import numpy as np
+
 from annealscale.analysis.bootstrap import bootstrap_law
 from annealscale.analysis.fit import fit_law
 from annealscale.analysis.laws import effective_data_law, power_law_d

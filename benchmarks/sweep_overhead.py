@@ -125,6 +125,7 @@ def _noop(config: dict) -> None:
 def measure(assets, root: Path, empty_cells: int) -> dict:
     import pandas as pd
     import ray
+
     from annealscale.cluster.local import connect
     from annealscale.tune.sweep import run_sweep
 

@@ -31,8 +31,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import numpy as np  # noqa: E402
-from annealscale.anneal.run_spec import ScheduleSpec, TrainSpec  # noqa: E402
 
+from annealscale.anneal.run_spec import ScheduleSpec, TrainSpec  # noqa: E402
 from annealscale.core.spec_model import from_mapping  # noqa: E402
 
 DEMO_TRAIN = {"seq_len": 128, "batch_size": 16, "micro_batch_size": 16, "zero_stage": 1}
@@ -56,6 +56,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="train-throughput-"))
 
     import ray
+
     from annealscale.cluster.local import connect
 
     connect(num_cpus=max(2, os.cpu_count() or 2))
@@ -115,6 +116,7 @@ def _windows(packed_dir: str, rows: int) -> np.ndarray:
 def _bare(model_path, train: TrainSpec, schedule: ScheduleSpec, windows, steps, threads) -> float:
     """Tokens per second of a plain PyTorch loop (after its first step)."""
     import torch
+
     from annealscale.anneal.deepspeed_config import build_optimizer
     from annealscale.anneal.model import load_model
     from annealscale.anneal.schedule import linear_decay_lr, warmup_steps_for
@@ -156,10 +158,11 @@ def _bare(model_path, train: TrainSpec, schedule: ScheduleSpec, windows, steps, 
 def _stack(model_path, train, schedule, dirs, steps, threads, work: Path) -> float:
     """Tokens per second of the anneal path (Ray Train + DeepSpeed + Ray Data)."""
     import ray.data
-    from annealscale.anneal.loop import AnnealJob, anneal_worker
-    from annealscale.anneal.packing import count_windows
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from annealscale.anneal.loop import AnnealJob, anneal_worker
+    from annealscale.anneal.packing import count_windows
 
     job = AnnealJob(
         model_path=model_path,

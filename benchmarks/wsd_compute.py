@@ -60,6 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import pandas as pd
+
     from annealscale.cluster.local import connect
     from annealscale.tune.spec import parse_spec
     from annealscale.tune.sweep import run_sweep

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import annealscale.examples
-
 from annealscale.core.units import pflops
 
 EXAMPLES = Path(annealscale.examples.__file__).resolve().parent

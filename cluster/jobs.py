@@ -202,9 +202,8 @@ def plan_submission(
     sweep twice finds the first job instead of starting a second one writing the same table.
     """
     from annealscale.cluster.storage_check import is_local_path
-    from annealscale.tune.spec import load_spec
-
     from annealscale.core.hashing import content_hash
+    from annealscale.tune.spec import load_spec
 
     spec = load_spec(spec_path)
     if is_local_path(spec.storage_path) and not os.path.isabs(spec.storage_path):

@@ -17,6 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def ray_local():
     """A real Ray instance on loopback shared by every test that needs one."""
     import ray
+
     from annealscale.cluster.local import connect
 
     resources = connect(num_cpus=4)
@@ -31,8 +32,9 @@ def tiny_assets(tmp_path_factory):
     Under pytest-xdist the workers share one copy (built by whichever gets the lock first)
     in their common temporary directory: the base model's pre-training is CPU-bound, and
     two workers building it at once on a 2-core machine took half a minute each."""
-    from annealscale.anneal.demo import DemoAssets
     from filelock import FileLock
+
+    from annealscale.anneal.demo import DemoAssets
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from annealscale.analysis.compare import Target
 from annealscale.analysis.propose import ProposerSettings
 from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts

@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from annealscale.tune.spec import ExperimentSpec
-
 from annealscale.core.hashing import content_hash
+from annealscale.tune.spec import ExperimentSpec
 
 
 @dataclass(frozen=True, kw_only=True)

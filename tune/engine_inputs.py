@@ -9,9 +9,8 @@ from pathlib import Path
 from annealscale.anneal.deepspeed_config import deepspeed_config, load_user_config, uses_bf16
 from annealscale.anneal.evaluate import choice_metrics, score_choices
 from annealscale.anneal.tasks import EncodedTask, encode_task_file
-from annealscale.tune.spec import ExperimentSpec
-
 from annealscale.core.hashing import content_hash
+from annealscale.tune.spec import ExperimentSpec
 
 
 def check_deepspeed(spec: ExperimentSpec, resolve: Callable[[str], str]) -> dict | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from annealscale.anneal.documents import as_parquet, files_identity, is_uri
 from annealscale.anneal.evaluate import bits_per_byte, nll_and_bytes
 from annealscale.anneal.flops import eval_flops, train_flops
@@ -29,6 +30,9 @@ from annealscale.anneal.model import (
 )
 from annealscale.anneal.packing import count_windows, pack_documents, read_windows
 from annealscale.anneal.sources import CurationContext, curate
+from annealscale.core.errors import AnnealscaleError
+from annealscale.core.hashing import content_hash, to_plain
+from annealscale.core.units import flops_to_usd
 from annealscale.tune.cells import Cell
 from annealscale.tune.engine_inputs import (
     base_task_scores,
@@ -37,10 +41,6 @@ from annealscale.tune.engine_inputs import (
     evaluation_steps,
 )
 from annealscale.tune.spec import ExperimentSpec
-
-from annealscale.core.errors import AnnealscaleError
-from annealscale.core.hashing import content_hash, to_plain
-from annealscale.core.units import flops_to_usd
 
 if TYPE_CHECKING:
     from annealscale.tune.trunks import TrunkPlan

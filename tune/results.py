@@ -20,9 +20,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from annealscale.tune.storage import filesystem
 
 from annealscale.core.units import flops_to_usd
+from annealscale.tune.storage import filesystem
 
 log = logging.getLogger(__name__)
 

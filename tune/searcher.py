@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from ray.tune.search import Searcher
+
 from annealscale.analysis.compare import Target
 from annealscale.analysis.propose import Proposer, ProposerSettings, StopCheck, stop_check
 from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts
-from ray.tune.search import Searcher
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from annealscale.anneal.run_spec import (
     CheckpointSpec,
     DataSpec,
@@ -21,12 +23,10 @@ from annealscale.anneal.run_spec import (
 )
 from annealscale.anneal.schedule import branch_step
 from annealscale.anneal.sources import SourceSpec
-from annealscale.tune.adaptive_spec import AdaptiveSpec
-from pydantic import Field
-
 from annealscale.core.errors import check
 from annealscale.core.spec_model import SpecModel, from_mapping
 from annealscale.core.spec_yaml import load_yaml
+from annealscale.tune.adaptive_spec import AdaptiveSpec
 
 
 class GridSpec(SpecModel):

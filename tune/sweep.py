@@ -18,7 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ray import tune
+
 from annealscale.anneal.evaluator import task_metric_names
+from annealscale.core.hashing import content_hash, to_plain
 from annealscale.tune.cells import Cell, expand_grid
 from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
 from annealscale.tune.progress import ProgressCallback, SweepProgress, planned_usd, pool_of
@@ -27,9 +30,6 @@ from annealscale.tune.spec import ExperimentSpec, ResourcesSpec
 from annealscale.tune.storage import StorageLayout
 from annealscale.tune.tracking import check_trackers, tracker_callbacks
 from annealscale.tune.trunks import attach_trunks
-from ray import tune
-
-from annealscale.core.hashing import content_hash, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ def _run_trials(
 ) -> tuple[int, bool]:
     """Run ``plan``'s cells as Tune trials; returns (cells run, experiment restored)."""
     import ray
+
     from annealscale.tune.trial import DRIVER_CPUS, TrialSettings, run_cell
 
     cluster = ray.cluster_resources()
@@ -338,6 +339,7 @@ def _restorable(experiment_dir: str) -> bool:
     """Whether a Tune experiment was started there and saved its trials' state at least
     once (a driver killed earlier leaves only ``tuner.pkl``: nothing to restore)."""
     import pyarrow.fs as pafs
+
     from annealscale.tune.storage import filesystem
 
     if not tune.Tuner.can_restore(experiment_dir):

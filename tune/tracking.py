@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 
-from annealscale.tune.spec import TrackingSpec
-
 from annealscale.core.errors import AnnealscaleError
+from annealscale.tune.spec import TrackingSpec
 
 DISABLE_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 

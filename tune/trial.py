@@ -49,11 +49,12 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
     """Tune function trainable: anneal the cell named by ``config["cell_id"]``."""
     import ray
     import ray.data
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     from annealscale.tune.cell_data import cell_datasets
     from annealscale.tune.results import ResultsStore
     from annealscale.tune.trunks import obtain_branch
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     started = time.time()
     identity = config["cell_id"]
@@ -121,10 +122,11 @@ def fit_anneal(
 ):
     """Run ``job`` as a Ray Train run named ``name`` on the cell's datasets (``datasets``,
     else read here); its Result."""
-    from annealscale.anneal.loop import anneal_worker
-    from annealscale.tune.cell_data import cell_datasets
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from annealscale.anneal.loop import anneal_worker
+    from annealscale.tune.cell_data import cell_datasets
 
     resources = settings.resources
     per_worker = {"CPU": resources.cpus_per_worker}

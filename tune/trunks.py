@@ -40,11 +40,10 @@ from pathlib import Path
 
 from annealscale.anneal.mixture import domain_counts
 from annealscale.anneal.schedule import branch_step
+from annealscale.core.hashing import content_hash
 from annealscale.tune.cells import shared_identity
 from annealscale.tune.prepare import CellPlan, InputsIdentity, SweepPlan
 from annealscale.tune.spec import ExperimentSpec
-
-from annealscale.core.hashing import content_hash
 
 log = logging.getLogger(__name__)
 

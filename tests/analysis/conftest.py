@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
+
 from annealscale.analysis.laws import effective_data_law, power_law_d
 
 # Two sources whose curves cross: A leads at small D, B at large D.

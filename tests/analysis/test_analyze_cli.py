@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from annealscale.cluster.cli import main
 
 MINIMAL = ["source", "curation_spend", "train_tokens", "domain_bpb"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from annealscale.analysis.bootstrap import bootstrap_law
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.fit import fit_law

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from annealscale.analysis import analyze
 from annealscale.analysis.budget import allocate, best_split, cost_model, frontier, pareto_cells
 from annealscale.analysis.sources import fit_sources

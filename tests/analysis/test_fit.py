@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.fit import LawFit, fit_law, huber
 from annealscale.analysis.laws import LAWS, effective_data_law, power_law_d, user_law

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.laws import (
     D_REF,

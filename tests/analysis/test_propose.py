@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+
 from annealscale.analysis.compare import Target
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.laws import get_law
@@ -380,8 +381,9 @@ def test_importance_sampler_corrects_a_misplaced_too_narrow_proposal():
 def test_proposal_mixture_density_matches_scipy():
     """The importance weights divide by this density: two components of different shape,
     weight and widening, against scipy's normal densities."""
-    from annealscale.analysis.propose_model import GaussianProposal, _mixture_logpdf
     from scipy.stats import multivariate_normal
+
+    from annealscale.analysis.propose_model import GaussianProposal, _mixture_logpdf
 
     covs = [np.array([[0.5, 0.2], [0.2, 0.3]]), np.array([[0.1, -0.05], [-0.05, 0.4]])]
     means = [np.array([0.0, 1.0]), np.array([-1.0, 0.5])]

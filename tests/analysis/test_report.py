@@ -7,13 +7,14 @@ from dataclasses import FrozenInstanceError
 
 import numpy as np
 import pytest
+from matplotlib.image import imread
+
 from annealscale.analysis import AnalysisError, analyze
 from annealscale.analysis.laws import power_law_d, user_law
 from annealscale.analysis.plots import curves
 from annealscale.analysis.report import dumps_json
 from annealscale.analysis.sources import fit_sources
 from annealscale.analysis.table import load_results
-from matplotlib.image import imread
 
 TRUE = {"A": {"E": 1.0, "B": 0.3, "beta": 0.2}, "B": {"E": 0.8, "B": 0.8, "beta": 0.5}}
 SPEND_GAIN = 0.005  # as in conftest

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.table import CELL_KEY, cell_means, load_results
 

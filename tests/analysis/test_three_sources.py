@@ -8,9 +8,10 @@ import re
 
 import numpy as np
 import pytest
+from scipy.optimize import brentq
+
 from annealscale.analysis import analyze
 from annealscale.analysis.laws import power_law_d
-from scipy.optimize import brentq
 
 # At 1e6 tokens: synthetic 1.30 < licensed 1.40 < filtered 1.60 (micro-annealing's order).
 # At 1e9 tokens: filtered 0.836 < licensed 0.963 < synthetic 1.075 (the order at the target).

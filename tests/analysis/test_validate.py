@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from annealscale.analysis.laws import LAWS, effective_data_law
 from annealscale.analysis.table import load_results
 from annealscale.analysis.validate import candidate_laws, validate_laws

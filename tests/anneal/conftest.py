@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from annealscale.anneal.synthetic_math import generate_math_document
 
 _WORDS = (

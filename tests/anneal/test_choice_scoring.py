@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 import pytest
+
 from annealscale.anneal.evaluate import choice_metrics, score_choices
 from annealscale.anneal.tasks import EncodedTask, encode_questions, read_questions
-
 from annealscale.core.errors import AnnealscaleError
 
 

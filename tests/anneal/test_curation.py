@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
+
 from annealscale.anneal.curation import curate, cut_point
 from annealscale.anneal.minhash import jaccard
 from annealscale.anneal.sources import CurationContext, SourceSpec
 from annealscale.anneal.synthetic_math import generate_math_document
-
 from annealscale.core.errors import AnnealscaleError
 
 needs_ray = pytest.mark.usefixtures("ray_local")  # curation jobs run on Ray Data

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from annealscale.anneal.deepspeed_config import deepspeed_config, load_user_config, uses_bf16
 from annealscale.anneal.run_spec import TrainSpec
-
 from annealscale.core.errors import AnnealscaleError, SpecError
 from annealscale.core.spec_model import from_mapping
 
@@ -37,6 +37,7 @@ def test_precision_is_fp32_on_cpu_and_bf16_on_gpu_unless_fp32_is_asked_for():
 
 def test_spec_optimizer_is_built_with_its_betas_eps_and_weight_decay():
     import torch
+
     from annealscale.anneal.deepspeed_config import build_optimizer
 
     train = _train(optimizer={"betas": [0.8, 0.9], "eps": 1e-6}, weight_decay=0.05)

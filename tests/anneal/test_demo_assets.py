@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from annealscale.anneal.demo_corpus import DemoCorpusConfig, build_demo_corpus
 from annealscale.anneal.evaluate import bits_per_byte, nll_and_bytes
 from annealscale.anneal.model import load_model, load_tokenizer, model_shape, token_byte_lengths
@@ -109,8 +110,9 @@ def test_bits_per_byte_matches_the_model_loss(tiny_assets):
 
 
 def test_tied_and_untied_models_of_one_shape_cost_the_same():
-    from annealscale.anneal.flops import train_flops
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from annealscale.anneal.flops import train_flops
 
     def shape(tied: bool):
         config = LlamaConfig(

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from annealscale.anneal.mixture import RowStream, domain_counts, epochs_over
 
 # Dyadic fractions are exact in binary, so ties (x.5) are real ties and round half up

@@ -4,9 +4,9 @@ padding, and the shape the FLOP formulas read, for three architectures."""
 from __future__ import annotations
 
 import pytest
+
 from annealscale.anneal.flops import forward_flops_per_token, train_flops
 from annealscale.anneal.model import load_model, load_tokenizer, model_shape
-
 from annealscale.core.errors import AnnealscaleError
 
 

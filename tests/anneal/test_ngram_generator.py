@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from annealscale.anneal.ngram_generator import fit_ngram, generate
 
 SEEDS = [

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from annealscale.anneal.documents import as_parquet, document_files, read_texts
 from annealscale.anneal.packing import pack_texts, pack_token_lists
-
 from annealscale.core.errors import AnnealscaleError
 
 # --- pack_token_lists ---------------------------------------------------------------------

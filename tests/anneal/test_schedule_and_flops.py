@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from annealscale.anneal.evaluate import bits_per_byte
 from annealscale.anneal.flops import (
     ModelShape,

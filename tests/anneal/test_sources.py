@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from annealscale.anneal.sources import CurationContext, SourceSpec, curate
 from annealscale.anneal.synthetic_math import generate_math_document
-
 from annealscale.core.errors import AnnealscaleError
 
 pytestmark = pytest.mark.usefixtures("ray_local")  # curation runs as Ray Data jobs

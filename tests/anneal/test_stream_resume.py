@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from annealscale.anneal.loop import _epochs
 from annealscale.anneal.mixture import RowStream, domain_counts
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+
 from annealscale.cluster.cli import EXAMPLES, main, quick_variant
 from annealscale.tune.cells import expand_grid
 from annealscale.tune.spec import load_spec

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from annealscale.cluster.cli import EXAMPLES, main
 from annealscale.cluster.jobs import (
     WORKING_DIR_EXCLUDES,
@@ -16,7 +17,6 @@ from annealscale.cluster.jobs import (
     jobs_address,
     plan_submission,
 )
-
 from annealscale.core.errors import AnnealscaleError
 
 # -- the token -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from annealscale.cluster.cli import main
 from annealscale.cluster.launch import check_launcher_config, launcher_command
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+
 from annealscale.analysis.propose_costs import CandidateCell
 from annealscale.analysis.simulate import make_problem
 from annealscale.cluster.cli import main

@@ -14,6 +14,7 @@ import socket
 import uuid
 
 import pytest
+
 from annealscale.cluster.storage_check import (
     check_shared_storage,
     is_local_path,
@@ -21,7 +22,6 @@ from annealscale.cluster.storage_check import (
     nodes_seeing,
     storage_problem,
 )
-
 from annealscale.core.errors import AnnealscaleError
 
 
@@ -70,8 +70,9 @@ def test_a_node_reads_a_marker_it_can_see_and_not_one_it_cannot(ray_local, tmp_p
 def test_on_a_multi_node_cluster(tmp_path):
     """Three real nodes (ray.cluster_utils.Cluster) on this machine's shared filesystem."""
     import ray
-    from annealscale.cluster.local import connect
     from ray.cluster_utils import Cluster
+
+    from annealscale.cluster.local import connect
 
     was_running = ray.is_initialized()
     ray.shutdown()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from annealscale.cluster.local import LOCAL_TRAIN_ENV
 
 REPO = Path(__file__).resolve().parents[2]

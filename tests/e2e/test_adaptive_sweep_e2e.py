@@ -12,10 +12,10 @@ import json
 
 import pandas as pd
 import pytest
+
 from annealscale.tune.adaptive import STATE_FILE, SUMMARY_FILE, SearcherFactory
 from annealscale.tune.spec import parse_spec
 from annealscale.tune.sweep import run_sweep
-
 from tests.e2e.test_sweep_e2e import tiny_spec
 
 pytestmark = pytest.mark.slow

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from annealscale.tune.spec import parse_spec
 from annealscale.tune.sweep import run_sweep
 

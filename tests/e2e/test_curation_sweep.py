@@ -7,14 +7,14 @@ import sys
 
 import pandas as pd
 import pytest
+from ray import cloudpickle
+
 from annealscale.anneal.documents import read_texts
 from annealscale.anneal.model import load_tokenizer
 from annealscale.anneal.sources import SourceKind, register_source_kind
+from annealscale.core.spec_model import SpecModel
 from annealscale.tune.spec import parse_spec
 from annealscale.tune.sweep import run_sweep
-from ray import cloudpickle
-
-from annealscale.core.spec_model import SpecModel
 from tests.helpers import sweep_spec
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from annealscale.tune.results import REQUIRED_COLUMNS
 from annealscale.tune.spec import parse_spec
 from annealscale.tune.sweep import run_sweep
-
 from tests.helpers import TEXTBOOK, eval_section, sweep_spec
 
 pytestmark = pytest.mark.slow

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from annealscale.tune.spec import parse_spec
 from annealscale.tune.sweep import run_sweep
 

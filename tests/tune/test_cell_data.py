@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from annealscale.tune.cell_data import packed_dataset
 
 from annealscale.core.errors import AnnealscaleError
+from annealscale.tune.cell_data import packed_dataset
 
 
 def _rows(dataset) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from annealscale.tune.cells import expand_grid
 from annealscale.tune.spec import ExperimentSpec, parse_spec
 

@@ -44,8 +44,9 @@ def _row(source: str, spend: float, train: float, curation: float) -> dict:
 
 
 def test_curation_is_counted_once_per_pool_in_the_budget_and_the_spend():
-    from annealscale.tune.progress import ProgressCallback, planned_usd
     from ray.tune.experiment import Trial
+
+    from annealscale.tune.progress import ProgressCallback, planned_usd
 
     planned = {
         "a": _row("web", 0.6, train=1.0, curation=5.0),
@@ -79,8 +80,9 @@ def test_an_adaptive_sweep_shows_its_budget_cap_and_a_bound_on_the_eta():
 
 
 def test_a_pool_paid_by_an_earlier_run_is_not_counted_again():
-    from annealscale.tune.progress import ProgressCallback, pool_of
     from ray.tune.experiment import Trial
+
+    from annealscale.tune.progress import ProgressCallback, pool_of
 
     planned = {"b": _row("web", 0.6, train=3.0, curation=5.0)}
     progress = SweepProgress(total=1, budget_flops=1e12, budget_usd=8.0, concurrency=1)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from annealscale.tune.spec import parse_spec
 from annealscale.tune.sweep import run_sweep
-
 from tests.helpers import TOKENS_PER_STEP, sweep_spec
 
 pytestmark = pytest.mark.slow

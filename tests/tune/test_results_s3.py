@@ -10,6 +10,7 @@ import socket
 
 import pyarrow.fs as pafs
 import pytest
+
 from annealscale.tune.results import ResultsStore
 from annealscale.tune.storage import StorageLayout
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from ray.tune.search import Searcher
+
 from annealscale.analysis.simulate import make_problem
 from annealscale.tune.searcher import AdaptiveSearcher
-from ray.tune.search import Searcher
 
 
 def _searcher(p, state_path=None, **kw):

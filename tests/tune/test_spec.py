@@ -9,6 +9,7 @@ from pathlib import Path
 import pydantic
 import pytest
 import yaml
+
 from annealscale.anneal.run_spec import DataSpec, ScheduleSpec, TrainSpec
 from annealscale.anneal.sources import (
     AsIsParams,
@@ -16,9 +17,8 @@ from annealscale.anneal.sources import (
     SourceSpec,
     SyntheticParams,
 )
-from annealscale.tune.spec import ExperimentSpec, GridSpec, ResourcesSpec, load_spec, parse_spec
-
 from annealscale.core.errors import AnnealscaleError, SpecError
+from annealscale.tune.spec import ExperimentSpec, GridSpec, ResourcesSpec, load_spec, parse_spec
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 

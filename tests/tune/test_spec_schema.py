@@ -9,10 +9,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from annealscale.cluster.cli import EXAMPLES, main
-from annealscale.tune.spec_schema import spec_json_schema, spec_reference
 
+from annealscale.cluster.cli import EXAMPLES, main
 from annealscale.core.spec_yaml import load_yaml
+from annealscale.tune.spec_schema import spec_json_schema, spec_reference
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted(EXAMPLES.glob("*.yaml")) + sorted((REPO / "k8s").rglob("spec.yaml"))

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from annealscale.core.errors import AnnealscaleError, SpecError
 from annealscale.tune.spec import ResourcesSpec, RetrySpec, TrackingSpec, parse_spec
 from annealscale.tune.storage import StorageLayout
 from annealscale.tune.sweep import max_concurrent_trials
 from annealscale.tune.tracking import check_trackers, tracker_callbacks
-
-from annealscale.core.errors import AnnealscaleError, SpecError
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
 from annealscale.cluster.cli import EXAMPLES
+from annealscale.core.errors import SpecError
 from annealscale.tune.spec import load_spec, parse_spec
 from annealscale.tune.sweep import run_sweep
 from annealscale.tune.trunks import next_segment, planned_train_steps, read_catalog
-
-from annealscale.core.errors import SpecError
 from tests.helpers import TOKENS_PER_STEP, sweep_spec
 
 
