@@ -32,6 +32,14 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     return tokenizer
 
 
+def checkpoint_location(path: str) -> str:
+    """Where every process finds the checkpoint at ``path``: a local one as an absolute
+    path (Ray Tune trials and Train workers run in directories of their own, where a
+    relative path names nothing), a hub id unchanged."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
+
+
 def load_model(path: str, *, trust_remote_code: bool = False, dtype=None):
     """The causal LM at ``path`` (``AutoModelForCausalLM``)."""
     from transformers import AutoModelForCausalLM

@@ -22,6 +22,7 @@ from annealscale.anneal.flops import eval_flops, train_flops
 from annealscale.anneal.loop import AnnealJob
 from annealscale.anneal.mixture import domain_counts
 from annealscale.anneal.model import (
+    checkpoint_location,
     load_model,
     load_model_config,
     load_tokenizer,
@@ -126,7 +127,7 @@ def prepare(
     storage = Path(storage)
     cache = storage / "cache"
     deepspeed_user = check_deepspeed(spec, resolve)
-    model_path = resolve(spec.base_model.path)
+    model_path = checkpoint_location(resolve(spec.base_model.path))
     tokenizer = load_tokenizer(model_path, trust_remote_code=spec.base_model.trust_remote_code)
     seq_len = spec.train.seq_len
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from annealscale.anneal.flops import forward_flops_per_token, train_flops
-from annealscale.anneal.model import load_model, load_tokenizer, model_shape
+from annealscale.anneal.model import checkpoint_location, load_model, load_tokenizer, model_shape
 from annealscale.core.errors import AnnealscaleError
 
 
@@ -103,3 +103,18 @@ def load_tokenizer_copy(tokenizer, path, *, pad, eos="<|endoftext|>"):
     copied.eos_token = eos
     copied.save_pretrained(path)
     return copied
+
+
+def test_a_relative_checkpoint_loads_from_any_working_directory(tiny_assets, tmp_path, monkeypatch):
+    """Trials and Train workers run in directories of their own: the location handed to
+    them must not depend on the directory the sweep started in."""
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_assets.base_model(), project / "model")
+    monkeypatch.chdir(project)
+    location = checkpoint_location("model")
+    assert location == str((project / "model").resolve())
+    monkeypatch.chdir(tmp_path)  # as a worker elsewhere would be
+    assert load_model(location).config.vocab_size == load_tokenizer(location).vocab_size
+    assert checkpoint_location("org/some-hub-model") == "org/some-hub-model"
