@@ -61,6 +61,9 @@ def connect(
         for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
             try:
                 ray.init(
+                    # Never join a Ray that `ray start` left on this host (a test's token
+                    # head, a user's own cluster): a local run owns its instance.
+                    address="local",
                     num_cpus=num_cpus or 2 * cores,
                     include_dashboard=False,
                     logging_level=logging.WARNING,
