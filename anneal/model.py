@@ -37,7 +37,7 @@ def checkpoint_location(path: str) -> str:
     path (Ray Tune trials and Train workers run in directories of their own, where a
     relative path names nothing), a hub id unchanged."""
     local = Path(path).expanduser()
-    return str(local.resolve()) if local.exists() else path
+    return os.path.abspath(local) if local.exists() else path
 
 
 def load_model(path: str, *, trust_remote_code: bool = False, dtype=None):

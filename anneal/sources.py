@@ -85,10 +85,14 @@ def _check_params(cls: type, name: str) -> None:
         )
 
 
-def _with_params(registry: Mapping[str, type], what: str, data: Any) -> Any:
+def _with_params(model: type[SpecModel], registry: Mapping[str, type], what: str, data: Any) -> Any:
     """``data`` with ``params`` validated against the registered kind's ``Params`` model."""
-    if not isinstance(data, Mapping) or "kind" not in data:
-        return data  # the base model reports what is missing or malformed
+    if (
+        not isinstance(data, Mapping)
+        or "kind" not in data
+        or any(key not in model.model_fields for key in data)
+    ):
+        return data  # the base model reports what is missing, misspelled or malformed
     kind = data["kind"]
     check(
         isinstance(kind, str) and kind in registry,
@@ -110,7 +114,7 @@ class StepSpec(SpecModel):
     @model_validator(mode="before")
     @classmethod
     def _params(cls, data: Any) -> Any:
-        return _with_params(STEP_KINDS, "curation step", data)
+        return _with_params(cls, STEP_KINDS, "curation step", data)
 
 
 class CurationResources(SpecModel):
@@ -152,7 +156,7 @@ class SourceSpec(SpecModel):
     @model_validator(mode="before")
     @classmethod
     def _params(cls, data: Any) -> Any:
-        return _with_params(SOURCE_KINDS, "source kind", data)
+        return _with_params(cls, SOURCE_KINDS, "source kind", data)
 
     def validate_spec(self) -> None:
         check(bool(self.name.strip()), "name", "must not be empty")
@@ -302,7 +306,7 @@ class CurationStep(abc.ABC):
 
 class AsIsParams(SpecModel):
     path: str
-    """Documents sold as they are (see `anneal.documents`; ``demo:NAME`` for the demo)."""
+    """Documents sold as they are (see `annealscale.anneal.documents`; ``demo:NAME`` for the demo)."""
     usd_per_token: float
     """Price per token bought (USD)."""
     text_field: str = "text"

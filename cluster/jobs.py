@@ -236,7 +236,7 @@ def plan_submission(
             )
     runtime_env: dict = {
         "working_dir": str(working_dir),
-        "excludes": list(WORKING_DIR_EXCLUDES),
+        "excludes": list(WORKING_DIR_EXCLUDES) + _own_sources_in(working_dir),
         "py_modules": [str(stage_package())],
     }
     if env:
@@ -279,13 +279,25 @@ def stage_package(root: Path | None = None) -> Path:
         root = Path(tempfile.mkdtemp(prefix="annealscale-job-"))
         atexit.register(shutil.rmtree, root, ignore_errors=True)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    package = _package_dir("annealscale")
     target = root / "annealscale"
-    shutil.copytree(_package_dir("annealscale"), target, ignore=skip, dirs_exist_ok=True)
+    shutil.copytree(package, target, ignore=skip, dirs_exist_ok=True)
     for part in PACKAGE_PARTS:
         source = _package_dir(f"annealscale.{part}")
-        if source != target / part:
+        if source.parent != package:  # an editable install: the folder is elsewhere
             shutil.copytree(source, target / part, ignore=skip, dirs_exist_ok=True)
     return target
+
+
+def _own_sources_in(working_dir: Path) -> list[str]:
+    """Excludes for annealscale's own source folders when the working directory is the
+    checkout this process imports from: the job runs ``python -m`` there, and a partial
+    ``annealscale/`` folder in its directory would hide the staged package."""
+    package = _package_dir("annealscale")
+    if package.parent != working_dir:
+        return []
+    parts = [p for p in PACKAGE_PARTS if _package_dir(f"annealscale.{p}").parent == working_dir]
+    return ["/annealscale/", *(f"/{_package_dir(f'annealscale.{p}').name}/" for p in parts)]
 
 
 def _package_dir(name: str) -> Path:

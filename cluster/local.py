@@ -59,6 +59,7 @@ def connect(
             os.environ.setdefault(name, value)  # the local raylet's workers inherit these
         cores = os.cpu_count() or 1
         for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+            before = _children()
             try:
                 ray.init(
                     # Never join a Ray that `ray start` left on this host (a test's token
@@ -79,6 +80,7 @@ def connect(
                 # Ray waits a fixed 30 s for its raylet; a busy machine can take longer.
                 if SLOW_START in str(err) and attempt < LOCAL_START_ATTEMPTS:
                     log.warning("local Ray did not start within Ray's 30 s; trying again")
+                    _stop(_children() - before)  # ray.shutdown() cannot: no node was set
                     continue
                 raise AnnealscaleError(
                     f"cannot start a local Ray instance ({_first_line(err)}); if the machine "
@@ -90,6 +92,29 @@ def connect(
     for name in ("ray.data", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return ray.cluster_resources()
+
+
+def _children() -> set:
+    import psutil
+
+    return set(psutil.Process().children(recursive=True))
+
+
+def _stop(processes: set) -> None:
+    """End the processes a failed start left (its GCS, raylet and workers)."""
+    import psutil
+
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(processes), timeout=10)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _first_line(err: BaseException) -> str:

@@ -3,6 +3,7 @@ repository root is on ``sys.path`` through pytest's ``pythonpath`` setting)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 TEXTBOOK = {
@@ -27,12 +28,8 @@ def sweep_spec(storage: str, **sections: Any) -> dict:
         "name": "one-cell",
         "base_model": {"path": "demo:base"},
         "replay": {"path": "demo:general_train"},
-        "eval": {
-            "domain": {"path": "demo:math_eval"},
-            "general": {"path": "demo:general_eval"},
-            "max_tokens": 2048,
-        },
-        "sources": [TEXTBOOK],
+        "eval": eval_section(2048),
+        "sources": [copy.deepcopy(TEXTBOOK)],
         "grid": {"curation_spend": [0.2], "train_tokens": [4 * TOKENS_PER_STEP]},
         "domain_fraction": 0.5,
         "schedule": {"peak_lr": 2e-3, "warmup_fraction": 0.05},

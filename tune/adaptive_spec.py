@@ -29,7 +29,7 @@ class AdaptiveSpec(SpecModel):
     batch_size: int | None = None
     """Cells proposed jointly (q); default: the sweep's concurrency."""
     law: str = "auto"
-    """Law the proposer fits (`analysis.laws`), or ``auto``."""
+    """Law the proposer fits (`annealscale.analysis.laws`), or ``auto``."""
 
     def validate_spec(self) -> None:
         check(0.5 <= self.threshold < 1.0, "threshold", "must lie in [0.5, 1) (probability)")

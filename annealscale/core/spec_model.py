@@ -37,6 +37,21 @@ class SpecModel(BaseModel):
         validate_default=False,
     )
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "__post_init__" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__}: a SpecModel checks fields in validate_spec, not "
+                "__post_init__ (pydantic never calls it); rename the method"
+            )
+        for name, field in cls.model_fields.items():
+            if "list[" in str(field.annotation) or field.annotation is list:
+                raise TypeError(
+                    f"{cls.__name__}.{name}: use tuple[...] for a sequence; spec models "
+                    "are immutable and hold YAML lists as tuples"
+                )
+
     def __init__(self, **data: Any):
         # Built in Python (tests, plugins, `replace`): the same one-line error as from YAML.
         try:
@@ -97,6 +112,8 @@ def spec_error(err: ValidationError, path: str = "") -> SpecError:
     inner = first.get("ctx", {}).get("error")
     if isinstance(inner, SpecError):
         return SpecError(join_path(where, inner.path), inner.problem)
+    if isinstance(inner, Exception):  # a ValueError of a plugin's own check
+        return SpecError(where, str(inner))
     return SpecError(where, _problem(first))
 
 

@@ -125,6 +125,20 @@ def test_submission_runs_the_sweep_on_the_uploaded_spec(project):
     )
 
 
+def test_submitting_from_the_checkout_uploads_the_staged_package_not_the_folders():
+    """From the repository root, its partial annealscale/ folder (core only; the layers
+    sit beside it) would come first on the job's sys.path and hide the staged package."""
+    repo = Path(__file__).resolve().parents[2]
+    sub = plan_submission(repo / "examples" / "demo.yaml", out="/r", working_dir=repo)
+    excludes = sub.runtime_env["excludes"]
+    for folder in ("annealscale", "cluster", "tune", "anneal", "analysis", "examples"):
+        assert f"/{folder}/" in excludes
+    elsewhere = plan_submission(
+        repo / "examples" / "demo.yaml", out="/r", working_dir=repo / "examples"
+    )
+    assert not any(e.startswith("/") for e in elsewhere.runtime_env["excludes"])
+
+
 def test_pip_is_optional_so_offline_clusters_need_no_index(project, caplog):
     sub = plan_submission(project / "specs" / "demo.yaml", out="/r", working_dir=project)
     assert "pip" not in sub.runtime_env and "env_vars" not in sub.runtime_env

@@ -69,6 +69,31 @@ def test_integral_numbers_fill_integer_fields():
     assert from_mapping(Inner, {"rate": 1.0}).rate == 1.0  # a float field keeps its float
 
 
+def test_a_plain_value_error_of_a_check_reads_as_its_message():
+    class Checked(SpecModel):
+        size: int = 1
+
+        def validate_spec(self) -> None:
+            if self.size > 3:
+                raise ValueError("too big; at most 3")
+
+    with pytest.raises(SpecError) as info:
+        from_mapping(Checked, {"size": 5}, "params")
+    assert str(info.value) == "params: too big; at most 3"
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("words: list[str] = ()", "use tuple[...]"),
+        ("size: int = 1\n    def __post_init__(self): pass", "validate_spec, not __post_init__"),
+    ],
+)
+def test_a_spec_model_that_would_misbehave_is_refused_at_definition(body, fragment):
+    with pytest.raises(TypeError, match=fragment.replace("[", r"\[").replace(".", r"\.")):
+        exec(f"class Broken(SpecModel):\n    {body}\n", {"SpecModel": SpecModel})
+
+
 def test_a_section_reports_its_place_in_the_whole_spec():
     with pytest.raises(SpecError, match=r"^train\.tokens: must be positive"):
         from_mapping(Inner, {"tokens": -1}, "train")

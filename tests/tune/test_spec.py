@@ -108,7 +108,30 @@ def test_repeated_yaml_key_is_refused_with_its_line(tmp_path):
     path.write_text("name: a\nname: b\n")
     with pytest.raises(SpecError) as info:
         load_spec(path)
-    assert str(info.value) == f"{path}: key 'name' appears twice in one mapping (line 2); keep one"
+    assert str(info.value) == f"{path}: line 2: key 'name' appears twice in one mapping; keep one"
+
+
+def test_a_key_that_is_not_a_name_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "numbered.yaml"
+    path.write_text("name: a\ntrain:\n  5: 64\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == f"{path}: line 3: key 5 is not a name; quote it or fix the line"
+
+
+def test_yes_and_no_are_strings_as_in_yaml_1_2(demo_data, tmp_path):
+    text = DEMO.read_text().replace(f"name: {demo_data['name']}", "name: no", 1)
+    path = tmp_path / "named-no.yaml"
+    path.write_text(text)
+    assert load_spec(path).name == "no"
+
+
+def test_a_misspelled_params_key_is_named_with_a_suggestion(demo_data):
+    source = demo_data["sources"][0]
+    source["parmas"] = source.pop("params")
+    with pytest.raises(SpecError) as info:
+        parse_spec(demo_data)
+    assert str(info.value) == "sources[0].parmas: unknown field; did you mean 'params'?"
 
 
 def test_a_number_given_as_a_string_is_refused(demo_data):
