@@ -103,20 +103,20 @@ def test_yaml_exponent_without_dot_is_read_as_a_number(demo_data, tmp_path):
     assert any(getattr(source.params, "usd_per_token", None) == 2e-5 for source in spec.sources)
 
 
-def test_repeated_yaml_key_is_refused_with_its_line(tmp_path):
-    path = tmp_path / "twice.yaml"
-    path.write_text("name: a\nname: b\n")
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("name: a\nname: b\n", "line 2: key 'name' appears twice in one mapping; keep one"),
+        ("name: a\ntrain:\n  5: 64\n", "line 3: key 5 is not a name; quote it or fix the line"),
+    ],
+    ids=["repeated-key", "key-not-a-name"],
+)
+def test_yaml_keys_are_names_given_once(tmp_path, text, problem):
+    path = tmp_path / "keys.yaml"
+    path.write_text(text)
     with pytest.raises(SpecError) as info:
         load_spec(path)
-    assert str(info.value) == f"{path}: line 2: key 'name' appears twice in one mapping; keep one"
-
-
-def test_a_key_that_is_not_a_name_is_refused_with_its_line(tmp_path):
-    path = tmp_path / "numbered.yaml"
-    path.write_text("name: a\ntrain:\n  5: 64\n")
-    with pytest.raises(SpecError) as info:
-        load_spec(path)
-    assert str(info.value) == f"{path}: line 3: key 5 is not a name; quote it or fix the line"
+    assert str(info.value) == f"{path}: {problem}"
 
 
 def test_yes_and_no_are_strings_as_in_yaml_1_2(demo_data, tmp_path):
