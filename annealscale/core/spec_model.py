@@ -106,8 +106,6 @@ def spec_error(err: ValidationError, path: str = "") -> SpecError:
     first = err.errors(include_url=False)[0]
     where = path
     for part in first["loc"]:
-        if isinstance(part, str) and "[" in part:  # a union member's tag, not a field
-            continue
         where = join_path(where, f"[{part}]" if isinstance(part, int) else str(part))
     inner = first.get("ctx", {}).get("error")
     if isinstance(inner, SpecError):
