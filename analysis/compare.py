@@ -21,6 +21,7 @@ import pandas as pd
 from annealscale.analysis.budget import Allocation, CostModel, Frontier, allocate
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.sources import SourceFits
+from annealscale.analysis.target import Target, format_tokens
 
 CROSSOVER_GRID = 160
 """Points of the log grid on which pairwise crossovers are searched."""
@@ -32,62 +33,61 @@ resamples has one."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class Target:
-    """The budget at which the team will act.
+class DecisionRule:
+    """When the evidence is strong enough to say "buy".
 
-    Either training tokens and/or curation spend (each source at its largest sampled
-    spend when no spend is given, at the largest sampled training tokens when no
-    tokens are given), or a total cost (each source at its best split of it).
+    The leader must be the best source in at least ``threshold`` of the draws, and
+    predicted ahead of the runner-up by more than a practical margin: ``margin_pct``
+    percent of its metric, or ``margin_bpb`` in the metric's units when that is given.
     """
 
-    train_tokens: float | None = None
-    """Training tokens ``D`` of the final anneal (tokens)."""
-    curation_spend: float | None = None
-    """Curation spend ``c`` per source (USD)."""
-    total_cost: float | None = None
-    """Total budget, curation plus training (USD)."""
+    threshold: float = 0.9
+    """Least P(best) of the leader."""
+    margin_pct: float = 0.5
+    """Least predicted gap to the runner-up, percent of the leader's metric."""
+    margin_bpb: float | None = None
+    """Least predicted gap in the metric's units; replaces ``margin_pct`` when given."""
 
     def __post_init__(self) -> None:
-        values = {
-            "train_tokens": self.train_tokens,
-            "curation_spend": self.curation_spend,
-            "total_cost": self.total_cost,
-        }
-        given = {k: v for k, v in values.items() if v is not None}
-        if not given:
-            raise AnalysisError("a target needs train_tokens, curation_spend or total_cost")
-        if self.total_cost is not None and len(given) > 1:
-            raise AnalysisError(
-                "a total_cost target fixes the split itself; give it alone "
-                "(use a separate target for tokens or spend)"
-            )
-        for k, v in given.items():
-            if not (math.isfinite(v) and v > 0):
-                raise AnalysisError(f"target {k} must be finite and positive; got {v}")
+        if not 0.5 <= self.threshold < 1.0:
+            raise AnalysisError(f"threshold must lie in [0.5, 1); got {self.threshold}")
+        if not self.margin_pct >= 0 or (self.margin_bpb is not None and not self.margin_bpb >= 0):
+            raise AnalysisError("the decision margin must be non-negative")
 
-    @property
-    def axis(self) -> str:
-        """The budget axis along which crossovers are searched."""
-        return "total_cost" if self.total_cost is not None else "train_tokens"
+    def margin(self, leader_metric: float) -> float:
+        """The margin in the metric's units."""
+        if self.margin_bpb is not None:
+            return self.margin_bpb
+        return self.margin_pct / 100.0 * leader_metric
 
-    @property
-    def label(self) -> str:
-        if self.total_cost is not None:
-            return f"${self.total_cost:,.4g} total cost"
-        parts = []
-        if self.train_tokens is not None:
-            parts.append(f"{format_tokens(self.train_tokens)} training tokens")
-        if self.curation_spend is not None:
-            parts.append(f"${self.curation_spend:,.4g} curation spend")
-        return " and ".join(parts)
+    def describe(self) -> str:
+        m = f"{self.margin_bpb:g} bpb" if self.margin_bpb is not None else f"{self.margin_pct:g}%"
+        return f"P(best) >= {self.threshold:.0%} and a predicted gap above {m}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "train_tokens": self.train_tokens,
-            "curation_spend": self.curation_spend,
-            "total_cost": self.total_cost,
-            "label": self.label,
+            "threshold": self.threshold,
+            "margin_pct": None if self.margin_bpb is not None else self.margin_pct,
+            "margin_bpb": self.margin_bpb,
         }
+
+
+OUTCOMES = ("buy", "not_separated", "unchecked", "single", "none")
+"""``buy``: the evidence meets the rule; ``not_separated``: it does not yet; ``unchecked``:
+the grid is too small to check its own law, so no decision is claimed; ``single``: one
+source could be ranked; ``none``: no source could."""
+MIN_TOKEN_COUNTS = 3
+"""Distinct training-token counts a source needs before its curve in tokens (offset,
+amplitude, exponent) is more than a line through its points."""
+
+
+def format_probability(p: float) -> str:
+    """A probability from a finite sample of draws: never "100%" or "0%"."""
+    if p > 0.99:
+        return ">99%"
+    if p < 0.01:
+        return "<1%"
+    return f"{p:.0%}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,19 +98,30 @@ class SourcePrediction:
     train_tokens: float
     curation_spend: float
     predicted: float
+    """The chosen law's point prediction (the median of the draws)."""
     lower: float
     upper: float
+    """Interval of the expected metric: fit, extrapolation and law uncertainty."""
     extrapolated: bool
     total_cost: float | None = None
+    reach: Mapping[str, float] = field(default_factory=dict)
+    """Extrapolation factor (>= 1) per budget variable beyond the source's sampled range."""
+    spend_modelled: bool = True
+    """False when the law has no spend term (the prediction pools every spend)."""
+
+    @property
+    def max_reach(self) -> float:
+        return max(self.reach.values(), default=1.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "train_tokens": self.train_tokens,
-            "curation_spend": self.curation_spend,
+            "curation_spend": self.curation_spend if self.spend_modelled else None,
             "total_cost": self.total_cost,
             "predicted": self.predicted,
             "interval": [self.lower, self.upper],
             "extrapolated": self.extrapolated,
+            "extrapolation_factor": dict(self.reach),
         }
 
 
@@ -142,7 +153,7 @@ class Crossover:
         head = "" if self.point_estimate else "possible crossover: "
         return (
             f"{head}{self.after} overtakes {self.before} at {where} {unit} "
-            f"(interval {span}; crossing in {self.probability:.0%} of resamples)"
+            f"(interval {span}; crossing in {format_probability(self.probability)} of draws)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,31 +200,55 @@ class MicroAnnealing:
 
 @dataclass(frozen=True, kw_only=True)
 class TargetDecision:
-    """Everything decided at one target."""
+    """Everything decided at one target: the one object the headline, the decision table,
+    the budget split, the CLI, fits.json and `annealscale propose` all read."""
 
     target: Target
     predictions: Mapping[str, SourcePrediction]
     ranking: tuple[str, ...]
     """Sources by predicted metric, best first."""
     p_best: Mapping[str, float]
-    """Probability that each source predicts the lowest metric at the target."""
+    """Probability that each source has the lowest expected metric at the target."""
     recommended: str | None
-    """The source most likely to be best."""
+    """The leader: the source with the lowest predicted metric. Whether the evidence
+    supports buying it is ``outcome``."""
     micro_annealing: MicroAnnealing | None
     crossovers: tuple[Crossover, ...]
     allocation: Allocation | None
     unranked: Mapping[str, str]
     """Source -> why it has no prediction."""
     level: float
+    outcome: str = "none"
+    """One of `OUTCOMES`."""
+    rule: DecisionRule = DecisionRule()
+    runner_up: str | None = None
+    gap: float | None = None
+    """Predicted metric of the runner-up minus the leader's (positive: the leader is ahead)."""
+    gap_interval: tuple[float, float] | None = None
+    small_grid: str | None = None
+    """Why the grid is too small to check its own law (None when it is not)."""
+    next_cells: tuple[Mapping[str, Any], ...] = ()
+    """The proposer's top cells for this target (expected gain and cost), best first."""
     notes: tuple[str, ...] = ()
     curves: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """Along the crossover axis: ``grid`` and per source ``predicted``/``lower``/``upper``."""
+
+    @property
+    def buy(self) -> bool:
+        return self.outcome == "buy"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target.to_dict(),
             "level": self.level,
+            "outcome": self.outcome,
             "recommended": self.recommended,
+            "buy": self.recommended if self.buy else None,
+            "rule": self.rule.to_dict(),
+            "runner_up": self.runner_up,
+            "gap": self.gap,
+            "gap_interval": None if self.gap_interval is None else list(self.gap_interval),
+            "small_grid": self.small_grid,
             "p_best": dict(self.p_best),
             "ranking": list(self.ranking),
             "predictions": {s: p.to_dict() for s, p in self.predictions.items()},
@@ -222,6 +257,7 @@ class TargetDecision:
             else self.micro_annealing.to_dict(),
             "crossovers": [c.to_dict() for c in self.crossovers],
             "allocation": None if self.allocation is None else self.allocation.to_dict(),
+            "next_cells": [dict(c) for c in self.next_cells],
             "unranked": dict(self.unranked),
             "notes": list(self.notes),
         }
@@ -235,8 +271,22 @@ def decide_target(
     costs: CostModel | None,
     frontier: Frontier | None,
     level: float,
+    rule: DecisionRule | None = None,
+    checked: bool = True,
 ) -> TargetDecision:
-    """Predict every source at ``target``, rank them, and find crossovers and flips."""
+    """Predict every source at ``target``, rank them, say whether the evidence decides,
+    and find crossovers and flips.
+
+    ``checked`` is whether the law could be checked on held-out budgets at all
+    (`analysis.validate.Validation.checked`).
+
+    Raises
+    ------
+    AnalysisError
+        When the target asks what the table cannot answer: a total cost without cost
+        columns, or a curation spend when the law has no spend term.
+    """
+    rule = rule or DecisionRule()
     notes: list[str] = []
     unranked = {
         s: sf.pooled.error or "no fit" for s, sf in fits.items() if sf.pooled.result is None
@@ -244,7 +294,16 @@ def decide_target(
     ranked = {s: sf for s, sf in fits.items() if sf.pooled.result is not None}
     if target.total_cost is not None and costs is None:
         raise AnalysisError(
-            "a total_cost target needs cost columns (total_cost, or curation_cost and train_cost)"
+            "target_cost (--target-cost) needs cost columns: the table has no total_cost, "
+            "nor curation_cost and train_cost; add them or drop the cost target"
+        )
+    if target.curation_spend is not None and not all(sf.uses_spend() for sf in ranked.values()):
+        law = next(iter(ranked.values())).law if ranked else None
+        raise AnalysisError(
+            f"target_spend (--target-spend) cannot be answered: the law "
+            f"{law.name if law else ''!r} has no curation-spend term (it needs the "
+            "unique_tokens and domain_tokens columns, which the table lacks); drop the "
+            "spend target or record those columns"
         )
 
     points: dict[str, tuple[float, float]] = {}  # source -> (D, c)
@@ -272,8 +331,6 @@ def decide_target(
             d = target.train_tokens if target.train_tokens is not None else d_all
             c = target.curation_spend if target.curation_spend is not None else sf.pool.spends[-1]
             points[s] = (float(d), float(c))
-        if target.curation_spend is not None and not all(sf.uses_spend() for sf in ranked.values()):
-            notes.append("the law has no spend term: the curation spend changes only the cost")
 
     predictions: dict[str, SourcePrediction] = {}
     draws: dict[str, np.ndarray] = {}
@@ -282,18 +339,21 @@ def decide_target(
         d, c = points[s]
         point = float(sf.predict(d, c)[0])
         dr = sf.draws(d, c)[:, 0]  # (B,)
-        lo, hi = np.quantile(dr, q)
+        lo, hi = np.nanquantile(dr, q)
         predictions[s] = SourcePrediction(
             source=s,
             train_tokens=d,
             curation_spend=c,
             predicted=point,
-            lower=float(lo),
-            upper=float(hi),
+            lower=float(min(lo, point)),
+            upper=float(max(hi, point)),
             extrapolated=sf.extrapolated(d, c),
             total_cost=None if costs is None else float(costs.total_cost(s, c, d)),
+            reach=MappingProxyType({v: float(f[0]) for v, f in sf.reach(d, c).items()}),
+            spend_modelled=sf.uses_spend(),
         )
         draws[s] = dr
+    small = small_grid(ranked, checked)
     for s, sf in ranked.items():
         res = sf.pooled.result
         if res is not None and {"underdetermined", "too_few_points"} & set(res.flags):
@@ -304,10 +364,15 @@ def decide_target(
             )
     ranking = tuple(sorted(predictions, key=lambda s: (predictions[s].predicted, s)))
     p_best = probability_best(draws)
-    recommended = (
-        max(p_best, key=lambda s: (p_best[s], -predictions[s].predicted)) if p_best else None
-    )
-    micro = micro_annealing(cells, ranking, recommended, by_cost=target.total_cost is not None)
+    leader = ranking[0] if ranking else None
+    runner = ranking[1] if len(ranking) > 1 else None
+    gap = gap_iv = None
+    if leader is not None and runner is not None:
+        gap = predictions[runner].predicted - predictions[leader].predicted
+        lo, hi = np.nanquantile(draws[runner] - draws[leader], q)
+        gap_iv = (float(min(lo, gap)), float(max(hi, gap)))
+    outcome = _outcome(predictions, p_best, leader, gap, small, rule)
+    micro = micro_annealing(cells, ranking, leader, by_cost=target.total_cost is not None)
 
     curves: dict[str, Any] = {}
     crossovers: tuple[Crossover, ...] = ()
@@ -331,15 +396,58 @@ def decide_target(
         predictions=MappingProxyType(predictions),
         ranking=ranking,
         p_best=MappingProxyType(p_best),
-        recommended=recommended,
+        recommended=leader,
         micro_annealing=micro,
         crossovers=crossovers,
         allocation=allocation,
         unranked=MappingProxyType(unranked),
         level=level,
+        outcome=outcome,
+        rule=rule,
+        runner_up=runner,
+        gap=gap,
+        gap_interval=gap_iv,
+        small_grid=small,
         notes=tuple(notes),
         curves=curves,
     )
+
+
+def small_grid(fits: Mapping[str, SourceFits], checked: bool) -> str | None:
+    """Why the grid cannot check its own law, or None."""
+    reasons = []
+    if not checked:
+        reasons.append("no budget could be held out to check the law")
+    thin = [
+        s
+        for s, sf in fits.items()
+        if sf.pooled.result is not None and sf.pool.token_counts < MIN_TOKEN_COUNTS
+    ]
+    if thin:
+        n = min(fits[s].pool.token_counts for s in thin)
+        reasons.append(
+            f"{', '.join(thin)} {'has' if len(thin) == 1 else 'have'} only {n} training-token "
+            f"count(s), fewer than the {MIN_TOKEN_COUNTS} a curve in tokens needs"
+        )
+    return "; ".join(reasons) or None
+
+
+def _outcome(
+    predictions: Mapping[str, SourcePrediction],
+    p_best: Mapping[str, float],
+    leader: str | None,
+    gap: float | None,
+    small: str | None,
+    rule: DecisionRule,
+) -> str:
+    if leader is None:
+        return "none"
+    if gap is None:
+        return "single"
+    if small is not None:
+        return "unchecked"
+    clear = gap > rule.margin(predictions[leader].predicted)
+    return "buy" if p_best.get(leader, 0.0) >= rule.threshold and clear else "not_separated"
 
 
 def probability_best(draws: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -521,6 +629,8 @@ class Decision:
         p = self.primary
         return {
             "target": p.target.to_dict(),
+            "outcome": p.outcome,
+            "buy": p.recommended if p.buy else None,
             "best_source": self.best_source,
             "p_best": dict(p.p_best),
             "micro_annealing_pick": None if p.micro_annealing is None else p.micro_annealing.pick,
@@ -569,38 +679,67 @@ def decide(
 
 
 def headline(td: TargetDecision) -> list[str]:
-    """Sentences for a target: recommendation, micro-annealing check, crossovers, split."""
+    """Sentences for a target: the outcome, what would decide it, how far the prediction
+    reaches, the micro-annealing check, crossovers and the budget split."""
     msgs: list[str] = []
-    if td.recommended is None:
-        msgs.append(f"No source could be ranked at {td.target.label}.")
+    lead, run = td.recommended, td.runner_up
+    label = td.target.label
+    if lead is None:
+        msgs.append(f"No source could be ranked at {label}.")
     else:
-        p = td.predictions[td.recommended]
+        p = td.predictions[lead]
+        pred = f"{p.predicted:.4f} domain bpb ({td.level:.0%} interval {p.lower:.4f}-{p.upper:.4f})"
         where = _where(td.target, p)
-        msgs.append(
-            f"Buy {td.recommended}: at {td.target.label}{where} it predicts {p.predicted:.4f} "
-            f"domain bpb ({td.level:.0%} interval {p.lower:.4f}-{p.upper:.4f}); probability "
-            f"that it is the best source: {td.p_best[td.recommended]:.0%}."
+        if td.outcome == "single":
+            msgs.append(f"Only {lead} could be ranked: at {label}{where} it predicts {pred}.")
+        else:
+            gap = _gap(td)
+            pb = format_probability(td.p_best.get(lead, 0.0))
+            if td.outcome == "buy":
+                msgs.append(
+                    f"Buy {lead}: at {label}{where} it predicts {pred}; P(best) {pb}, ahead of "
+                    f"{run} by {gap}, which meets the rule ({td.rule.describe()})."
+                )
+            elif td.outcome == "unchecked":
+                msgs.append(
+                    f"No decision at {label}: the grid is too small to check its own law "
+                    f"({td.small_grid}). On the fitted law {lead} leads {run} by {gap} "
+                    f"(P(best) {pb}), which these cells cannot confirm."
+                )
+            else:
+                msgs.append(
+                    f"Not separated yet at {label}: {lead} leads {run} by {gap}, P(best) {pb}; "
+                    f"buying needs {td.rule.describe()}. {lead}{where} predicts {pred}."
+                )
+    if td.next_cells and td.outcome != "buy":
+        cells = "; ".join(_next_cell(c) for c in td.next_cells[:3])
+        msgs.append(f"To separate them, run next: {cells}.")
+    far = {s: p for s, p in td.predictions.items() if p.max_reach > 1.0 + 1e-9}
+    if far:
+        parts = ", ".join(
+            f"{s} {_factor(p.max_reach)} beyond its sampled "
+            f"{_reach_var(max(p.reach, key=lambda v: p.reach[v]))}"
+            for s, p in sorted(far.items())
         )
-        if p.extrapolated:
-            msgs.append(
-                f"The target lies outside the sampled budgets of {td.recommended}: the "
-                "prediction is an extrapolation, and its interval says how far to trust it."
-            )
+        msgs.append(
+            f"Extrapolation: the predictions reach {parts}; their intervals include the "
+            "error the laws made when predicting larger budgets from smaller ones."
+        )
     m = td.micro_annealing
     if m is not None and m.pick is not None and len(m.ranking) > 1:
         order = " > ".join(m.ranking)
         target_order = " > ".join(s for s in td.ranking if s in m.ranking)
         if m.pick_differs:
+            verb = "wins" if td.buy else "leads"
             msgs.append(
                 f"Micro-annealing would pick {m.pick} (ranking {order} at the cheapest sampled "
-                f"cells); at the target the ranking is {target_order}: the micro-annealing "
-                f"ranking is wrong at the target, {td.recommended} wins."
+                f"cells); at the target the predicted ranking is {target_order}: the "
+                f"micro-annealing ranking is wrong at the target, {td.recommended} {verb}."
             )
         elif m.ranking_differs:
             msgs.append(
                 f"Micro-annealing ranks {order} at the cheapest sampled cells; at the target "
-                f"the ranking is {target_order}: micro-annealing gets the order wrong below "
-                "first place."
+                f"the predicted ranking is {target_order}."
             )
         else:
             msgs.append(f"Micro-annealing (cheapest sampled cells) and the target agree: {order}.")
@@ -614,15 +753,42 @@ def headline(td: TargetDecision) -> list[str]:
             msgs.append(f"Crossover: {c.describe()}, {where}.")
     if td.allocation is not None and td.allocation.chosen is not None:
         sp = td.allocation.splits[td.allocation.chosen]
+        which = "the source to buy" if td.buy else "the leader, not yet a decision"
         msgs.append(
-            f"Best split of ${td.allocation.total_cost:,.4g}: {sp.source}, "
+            f"Best split of ${td.allocation.total_cost:,.4g} for {sp.source} ({which}): "
             f"${sp.curation_spend:,.4g} curation spend and {format_tokens(sp.train_tokens)} "
             f"training tokens ({sp.curation_cost / sp.total_cost:.0%} of the budget on "
-            f"curation); {td.allocation.note}."
+            f"curation); it answers how to divide the budget once the source is chosen, and "
+            f"{td.allocation.note}."
         )
     if td.unranked:
         msgs.append(f"Not ranked (no fit): {', '.join(td.unranked)}.")
     return msgs
+
+
+def _gap(td: TargetDecision) -> str:
+    assert td.gap is not None and td.recommended is not None
+    lead = td.predictions[td.recommended].predicted
+    text = f"{td.gap:.4f} bpb ({td.gap / lead:.2%}"
+    if td.gap_interval is not None:
+        lo, hi = td.gap_interval
+        text += f"; {td.level:.0%} interval {lo:+.4f} to {hi:+.4f}"
+    return text + ")"
+
+
+def _next_cell(c: Mapping[str, Any]) -> str:
+    return (
+        f"{c['source']} at ${c['curation_spend']:,.4g} curation spend and "
+        f"{format_tokens(c['train_tokens'])} tokens (${c['cost']:,.4g})"
+    )
+
+
+def _factor(f: float) -> str:
+    return f"{f:,.0f}x" if f >= 10 else f"{f:.1f}x"
+
+
+def _reach_var(v: str) -> str:
+    return {"train_tokens": "training tokens", "curation_spend": "curation spend"}.get(v, v)
 
 
 def _where(target: Target, p: SourcePrediction) -> str:
@@ -631,6 +797,8 @@ def _where(target: Target, p: SourcePrediction) -> str:
             f" (best split: ${p.curation_spend:,.4g} curation, "
             f"{format_tokens(p.train_tokens)} training tokens)"
         )
+    if not p.spend_modelled:
+        return " (every curation spend pooled: the law has no spend term)"
     if target.curation_spend is None:
         return f" (curation spend ${p.curation_spend:,.4g})"
     return ""
@@ -651,11 +819,3 @@ def _cell(row: pd.Series) -> dict[str, Any]:
 
 def _fmt_budget(axis: str, v: float) -> str:
     return format_tokens(v) if axis == "train_tokens" else f"${v:,.4g}"
-
-
-def format_tokens(n: float) -> str:
-    """A token count for people: ``3e6``, ``1.5e8``; empty when not finite."""
-    if not math.isfinite(n):
-        return ""
-    mantissa, exponent = f"{n:.2e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"

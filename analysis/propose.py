@@ -2,7 +2,7 @@
 and sure for as little compute as possible.
 
 Inputs: the finished cells (a results table), the candidate cells with a cost model
-(`analysis.propose_costs`), and the target (`analysis.compare.Target`): training tokens
+(`analysis.propose_costs`), and the target (`analysis.target.Target`): training tokens
 and/or curation spend decide the best *source* there; a total cost decides the best
 *allocation* (each source at its best split of the budget between curation and tokens).
 
@@ -56,7 +56,6 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
-from annealscale.analysis.compare import Target
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.laws import Law, get_law
 from annealscale.analysis.propose_costs import CandidateCell, CellCostModel, PoolReuseCosts
@@ -67,6 +66,7 @@ from annealscale.analysis.propose_model import (
     fit_posteriors,
     known_pools,
 )
+from annealscale.analysis.target import Target
 
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(16)
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()

@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 
 from annealscale.analysis.budget import cost_model
-from annealscale.analysis.compare import Target, format_tokens
+from annealscale.analysis.compare import format_probability
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.propose import Proposal, Proposer, ProposerSettings
 from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts
 from annealscale.analysis.propose_model import DEFAULT_LAW_PRIOR
 from annealscale.analysis.table import load_results
+from annealscale.analysis.target import Target, format_tokens
 
 
 def table_costs(finished: pd.DataFrame, table) -> PoolReuseCosts:
@@ -97,10 +98,12 @@ def format_proposal(p: Proposal) -> str:
     lines = []
     if st.recommended is not None:
         probs = ", ".join(
-            f"{s} {v:.0%}" for s, v in sorted(st.p_best.items(), key=lambda kv: -kv[1])
+            f"{s} {format_probability(v)}"
+            for s, v in sorted(st.p_best.items(), key=lambda kv: -kv[1])
         )
         lines.append(
-            f"At {st.target.label}: recommended {st.recommended} (P(best): {probs}); law {st.law}."
+            f"Design belief at {st.target.label} (the proposer's posterior, used only to choose "
+            f"cells; law {st.law}): design P(best) {probs}."
         )
     if st.unfitted:
         lines.append(f"Not enough cells to fit yet: {', '.join(st.unfitted)}.")

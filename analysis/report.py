@@ -18,15 +18,23 @@ import pandas as pd
 
 from annealscale.analysis import plots as plotting
 from annealscale.analysis.budget import CostModel, Frontier, cost_model, frontier
-from annealscale.analysis.compare import Decision, Target, decide, decide_target
+from annealscale.analysis.compare import Decision, DecisionRule, decide, decide_target
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.laws import DEFAULT_CANDIDATES, Law, get_law
 from annealscale.analysis.render import render_report
-from annealscale.analysis.sources import POOL_NOTE, POOLED_NOTE, SourceFits, fit_sources
+from annealscale.analysis.sources import (
+    POOL_NOTE,
+    POOLED_NOTE,
+    SourceFits,
+    fit_sources,
+    source_seed,
+)
 from annealscale.analysis.table import ResultsTable, cell_means, load_results
-from annealscale.analysis.validate import Validation, candidate_laws, validate_laws
+from annealscale.analysis.target import Target
+from annealscale.analysis.uncertainty import PRIOR_RATE
+from annealscale.analysis.validate import Folds, Validation, candidate_laws, validate_laws
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 METRIC = "domain_bpb"
 PLOT_CAPTIONS: Mapping[str, str] = MappingProxyType(
     {
@@ -47,6 +55,38 @@ PLOT_CAPTIONS: Mapping[str, str] = MappingProxyType(
 
 
 @dataclass(frozen=True, kw_only=True)
+class Analysis:
+    """What the results table supports: fits, validation and the decision, before anything
+    is written (`evaluate`)."""
+
+    table: ResultsTable
+    fits: Mapping[str, SourceFits]
+    """Per-source fits of the chosen law (with bootstrap and uncertainty) by source name."""
+    validation: Validation
+    decision: Decision
+    costs: CostModel | None
+    frontier: Frontier | None
+    cells: pd.DataFrame
+    """Cells with seeds averaged (and their total cost when costs are known)."""
+    notes: tuple[str, ...]
+    """Features skipped or assumptions made, and why."""
+    settings: Mapping[str, Any]
+
+    @property
+    def law(self) -> Law:
+        return self.validation.selected
+
+    def warnings(self) -> list[str]:
+        """What a reader of the headline must also know: target notes, fit flags, notes."""
+        out = [n for td in self.decision.targets for n in td.notes]
+        for s, sf in self.fits.items():
+            res = sf.pooled.result
+            if res is not None and res.flags:
+                out.append(f"{s}: fit flags {', '.join(res.flags)}")
+        return out + list(self.notes)
+
+
+@dataclass(frozen=True, kw_only=True)
 class AnalysisResult:
     """What `analyze` wrote and found."""
 
@@ -60,6 +100,7 @@ class AnalysisResult:
     decision: Decision
     notes: tuple[str, ...]
     """Features skipped or assumptions made, and why."""
+    analysis: Analysis | None = None
 
     @property
     def law(self) -> Law:
@@ -69,6 +110,16 @@ class AnalysisResult:
 def analyze(
     results: pd.DataFrame | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
+    **options: Any,
+) -> AnalysisResult:
+    """`evaluate` the results table, then `write_report` into ``out_dir`` (created if
+    needed: ``fits.json``, ``report.html`` and ``plots/*.png``). ``options`` are those of
+    `evaluate`."""
+    return write_report(evaluate(results, **options), out_dir)
+
+
+def evaluate(
+    results: pd.DataFrame | str | os.PathLike[str],
     *,
     target_tokens: float | None = None,
     target_spend: float | None = None,
@@ -80,17 +131,18 @@ def analyze(
     seed: int = 0,
     huber_delta: float = 1e-3,
     tolerance_pct: float = 1.0,
+    rule: DecisionRule | None = None,
+    folds: Folds | None = None,
+    next_cells: int = 3,
     extra_messages: Sequence[str] = (),
-) -> AnalysisResult:
-    """Fit, validate and compare the sources of a results table; write the report.
+) -> Analysis:
+    """Fit, validate and compare the sources of a results table; write nothing.
 
     Parameters
     ----------
     results : DataFrame or path
         The results table (one row per cell and seed) or a Parquet file holding it.
         Required columns: ``source, curation_spend, train_tokens, domain_bpb``.
-    out_dir : path
-        Created if needed; receives ``fits.json``, ``report.html`` and ``plots/*.png``.
     target_tokens, target_spend : float, optional
         One target: the training tokens (and/or curation spend, USD) of the final
         anneal.
@@ -98,13 +150,14 @@ def analyze(
         Another target: a total budget (USD) split across sources, curation spend
         and training tokens.
     law : str or Law
-        ``"auto"`` chooses among ``candidates`` by held-out error; a name or a `Law`
-        uses that law (it is still validated).
+        ``"auto"`` chooses among ``candidates`` by rolling-origin extrapolation error; a
+        name or a `Law` uses that law (it is still validated).
     candidates : sequence of str or Law
         Laws compared when ``law="auto"``, simplest first; those the table cannot
         fit are skipped with a note.
     n_boot : int
-        Bootstrap resamples per fit (at least 1000 for reported intervals).
+        Bootstrap resamples of the chosen law per source (at least 1000 for reported
+        intervals).
     level : float
         Central probability of every interval.
     seed : int
@@ -114,6 +167,13 @@ def analyze(
     tolerance_pct : float
         The cheapest cell reported is the cheapest within this percentage of the
         best observed domain bpb.
+    rule : DecisionRule, optional
+        When the headline may say "Buy" (P(best) threshold and practical margin).
+    folds : Folds, optional
+        How the rolling-origin validation cuts its folds.
+    next_cells : int
+        Cells the proposer suggests per target ("what to run next"; 0: none). Needs
+        cost columns.
     extra_messages : sequence of str
         Sentences appended to the headline, e.g. why an adaptive sweep stopped and the
         compute it saved.
@@ -121,8 +181,9 @@ def analyze(
     Raises
     ------
     AnalysisError
-        On an empty table, a missing required column, no finished cells or
-        invalid settings.
+        On an empty table, a missing required column, no finished cells, a target the
+        table cannot answer (a cost target without cost columns, a spend target for a law
+        without a spend term) or invalid settings.
     """
     if not 0.0 < level < 1.0:
         raise AnalysisError(f"level must lie in (0, 1); got {level}")
@@ -131,6 +192,14 @@ def analyze(
     table = load_results(results)
     notes = list(table.notes)
     requested = _targets(target_tokens, target_spend, target_cost)
+    costs, cost_note = cost_model(table)
+    if costs is None and target_cost is not None:
+        raise AnalysisError(
+            "target_cost (--target-cost) cannot be answered: the table has no cost columns "
+            "(total_cost, or curation_cost and train_cost); add them or drop the cost target"
+        )
+    if cost_note:
+        notes.append(cost_note)
 
     if isinstance(law, str) and law == "auto":
         laws, law_notes = candidate_laws(table, candidates)
@@ -145,16 +214,21 @@ def analyze(
         laws = [chosen]
     fit_options = {"huber_delta": huber_delta}
     validation = validate_laws(
-        table, laws, metric=METRIC, n_boot=n_boot, level=level, seed=seed, fit_options=fit_options
+        table, laws, metric=METRIC, level=level, folds=folds, fit_options=fit_options
     )
-    selected = validation.selected
-    fits = fit_sources(
-        table.finished, law=selected, metric=METRIC, n_boot=n_boot, seed=seed, **fit_options
+    fits = with_uncertainty(
+        fit_sources(
+            table.finished,
+            law=validation.selected,
+            metric=METRIC,
+            n_boot=n_boot,
+            seed=seed,
+            **fit_options,
+        ),
+        validation,
+        seed,
     )
 
-    costs, cost_note = cost_model(table)
-    if cost_note:
-        notes.append(cost_note)
     cells = cell_means(table.finished)
     if costs is not None and "total_cost" not in cells.columns:
         cells["total_cost"] = [
@@ -163,12 +237,7 @@ def analyze(
                 cells["source"], cells["curation_spend"], cells["train_tokens"], strict=True
             )
         ]
-    targets: list[Target] = []
-    for t in requested:
-        if t.total_cost is not None and costs is None:
-            notes.append(f"target {t.label} skipped: no cost columns")
-        else:
-            targets.append(t)
+    targets = list(requested)
     if not targets:
         d_max = float(table.finished["train_tokens"].max())
         targets.append(Target(train_tokens=d_max))
@@ -186,46 +255,113 @@ def analyze(
             level=level,
             extra_costs=tuple(t.total_cost for t in targets if t.total_cost is not None),
         )
-    decisions = [
-        decide_target(t, fits, cells, costs=costs, frontier=front, level=level) for t in targets
-    ]
+    decisions = []
+    for t in targets:
+        td = decide_target(
+            t,
+            fits,
+            cells,
+            costs=costs,
+            frontier=front,
+            level=level,
+            rule=rule,
+            checked=validation.checked,
+        )
+        if next_cells > 0:
+            proposed, why = _next_cells(table, t, next_cells)
+            if why:
+                notes.append(why)
+            td = dataclasses.replace(td, next_cells=proposed)
+        decisions.append(td)
     decision = decide(decisions, cells, tolerance_pct=tolerance_pct)
     if extra_messages:
         decision = dataclasses.replace(
             decision, messages=(*decision.messages, *map(str, extra_messages))
         )
+    return Analysis(
+        table=table,
+        fits=MappingProxyType(fits),
+        validation=validation,
+        decision=decision,
+        costs=costs,
+        frontier=front,
+        cells=cells,
+        notes=tuple(notes),
+        settings=MappingProxyType(
+            {"huber_delta": huber_delta, "n_boot": n_boot, "level": level, "seed": seed}
+        ),
+    )
 
+
+def with_uncertainty(
+    fits: Mapping[str, SourceFits], validation: Validation, seed: int
+) -> dict[str, SourceFits]:
+    """Give each source the extrapolation error rate and the weighted candidate laws."""
+    out = {}
+    for s, sf in fits.items():
+        alternatives = tuple(
+            (v.fits[s], validation.weights.get(v.law.name, 0.0))
+            for v in validation.laws
+            if v.fits.get(s) is not None and validation.weights.get(v.law.name, 0.0) > 0
+        )
+        out[s] = dataclasses.replace(
+            sf,
+            error_rate=validation.error_rate if validation.checked else PRIOR_RATE,
+            alternatives=alternatives,
+            seed=source_seed(seed + 17, s),
+        )
+    return out
+
+
+def _next_cells(
+    table: ResultsTable, target: Target, n: int
+) -> tuple[tuple[Mapping[str, Any], ...], str | None]:
+    """The proposer's top ``n`` cells for ``target``, or why there are none."""
+    from annealscale.analysis.propose_table import propose_from_results
+
+    try:
+        proposal = propose_from_results(table.rows, target=target, n=n)
+    except AnalysisError as exc:
+        return (), f"what to run next at {target.label}: none proposed ({exc})"
+    return tuple(MappingProxyType(c.to_dict()) for c in proposal.cells), None
+
+
+def write_report(analysis: Analysis, out_dir: str | os.PathLike[str]) -> AnalysisResult:
+    """Write ``fits.json``, the PNG plots and ``report.html`` of ``analysis`` into
+    ``out_dir`` (created if needed)."""
+    a = analysis
+    level = float(a.settings["level"])
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    figures = _figures(table, fits, decision, validation, front, cells, level)
+    figures = _figures(a.table, a.fits, a.decision, a.validation, a.frontier, a.cells, level)
     plot_paths = {
         name: plotting.save_png(fig, out / "plots" / f"{name}.png") for name, fig in figures.items()
     }
 
     fits_json = out / "fits.json"
     payload = fits_payload(
-        table,
-        fits,
-        decision,
-        validation=validation,
-        costs=costs,
-        front=front,
-        notes=notes,
-        settings={"huber_delta": huber_delta, "n_boot": n_boot, "level": level, "seed": seed},
+        a.table,
+        a.fits,
+        a.decision,
+        validation=a.validation,
+        costs=a.costs,
+        front=a.frontier,
+        notes=a.notes,
+        settings=a.settings,
     )
     fits_json.write_text(dumps_json(payload) + "\n", encoding="utf-8")
 
     report_html = out / "report.html"
     html = render_report(
-        table=table,
-        fits=fits,
-        decision=decision,
-        validation=validation,
-        costs=costs,
-        notes=notes,
+        table=a.table,
+        fits=a.fits,
+        decision=a.decision,
+        validation=a.validation,
+        costs=a.costs,
+        notes=a.notes,
         plots=[(PLOT_CAPTIONS[name], path) for name, path in plot_paths.items()],
         level=level,
-        n_boot=n_boot,
+        n_boot=int(a.settings["n_boot"]),
     )
     report_html.write_text(html, encoding="utf-8")
 
@@ -233,10 +369,11 @@ def analyze(
         fits_json=fits_json,
         report_html=report_html,
         plots=MappingProxyType(plot_paths),
-        fits=MappingProxyType(fits),
-        validation=validation,
-        decision=decision,
-        notes=tuple(notes),
+        fits=a.fits,
+        validation=a.validation,
+        decision=a.decision,
+        notes=a.notes,
+        analysis=a,
     )
 
 
@@ -317,6 +454,9 @@ def fits_payload(
                 METRIC: pred.predicted,
                 "interval": [pred.lower, pred.upper],
                 "extrapolated": pred.extrapolated,
+                "extrapolation_factor": dict(pred.reach),
+                "uncertainty": "fit (bootstrap), extrapolation error rate "
+                f"{sf.error_rate:.3g} per e-fold of reach, and law disagreement",
             }
         )
         if sf.pooled.bootstrap is not None:
@@ -330,7 +470,8 @@ def fits_payload(
         "fit_settings": {
             "objective": "Huber loss on log(metric), parameters fitted in log space",
             "huber_delta": None if math.isinf(settings["huber_delta"]) else settings["huber_delta"],
-            "bootstrap": "resampling cells (rows) with replacement, percentile intervals",
+            "bootstrap": "resampling cells (rows) with replacement, re-centred on the point "
+            "fit, widened by the extrapolation error and the candidate laws' spread",
             "n_boot": settings["n_boot"],
             "level": level,
             "seed": settings["seed"],

@@ -46,10 +46,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from annealscale.analysis.compare import Target
 from annealscale.analysis.laws import effective_data_law
 from annealscale.analysis.propose import Proposer, ProposerSettings
 from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts
+from annealscale.analysis.target import Target
 
 TRAIN_TOKENS: tuple[float, ...] = (1e6, 2e6, 4e6, 8e6, 1.6e7)
 """The ``narrow`` grid's training-token counts: five counts over 1.2 decades."""

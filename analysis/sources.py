@@ -28,6 +28,7 @@ from annealscale.analysis.bootstrap import Bootstrap, bootstrap_law
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.fit import FitResult, fit_law
 from annealscale.analysis.laws import POWER_LAW_D, Law, get_law
+from annealscale.analysis.uncertainty import log_reach, reach, widen
 
 POOLED_NOTE = (
     "fitted on all finished cells of the source, every curation spend together; "
@@ -64,6 +65,8 @@ class PoolModel:
     """The largest sampled model size (parameters); None without the column."""
     train_tokens: tuple[float, float]
     """Sampled ``(min, max)`` training tokens."""
+    token_counts: int = 2
+    """Distinct training-token counts sampled."""
 
     def unique_tokens_at(self, spend: ArrayLike) -> np.ndarray:
         """``U(c)`` (tokens): log-log interpolation, extrapolated with the elasticity."""
@@ -89,6 +92,7 @@ class PoolModel:
             "domain_fraction": self.domain_fraction,
             "model_params": self.model_params,
             "train_tokens": list(self.train_tokens),
+            "token_counts": self.token_counts,
         }
 
 
@@ -116,6 +120,7 @@ def pool_model(rows: pd.DataFrame) -> PoolModel:
         domain_fraction=fraction,
         model_params=n_params,
         train_tokens=(float(d.min()), float(d.max())),
+        token_counts=int(d.nunique()),
     )
 
 
@@ -197,7 +202,14 @@ class GroupFit:
 
 @dataclass(frozen=True, kw_only=True)
 class SourceFits:
-    """The fits of one source and what its law is evaluated on."""
+    """The fits of one source, what its law is evaluated on, and how far to trust it.
+
+    `draws` are the source's belief about its expected metric at a budget: the
+    bootstrap of the chosen law re-centred on its point fit, widened by the
+    extrapolation error (``error_rate`` times the log reach beyond the sampled budgets)
+    and by the disagreement of the candidate laws (``alternatives``, weighted); see
+    `analysis.uncertainty`.
+    """
 
     source: str
     pooled: GroupFit
@@ -205,6 +217,12 @@ class SourceFits:
     per_spend: tuple[GroupFit, ...]
     """``power_law_D`` per curation spend (no bootstrap)."""
     pool: PoolModel
+    error_rate: float = 0.0
+    """Extrapolation error: sd of the log metric per e-fold of reach (0: bootstrap only)."""
+    alternatives: tuple[tuple[FitResult, float], ...] = ()
+    """Candidate laws fitted to the same cells with their weights (the chosen one included);
+    their spread is the law-disagreement term."""
+    seed: int = 0
 
     @property
     def law(self) -> Law | None:
@@ -223,18 +241,88 @@ class SourceFits:
             raise AnalysisError(f"source {self.source!r} has no fit: {self.pooled.error}")
         return res.law.evaluate(self.design(train_tokens, spend), res.theta)
 
-    def draws(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
-        """Bootstrap predictions ``(B, n)`` at budgets ``(train_tokens, spend)``."""
+    def curve_draws(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
+        """Bootstrap refits of the chosen law, re-centred on the point fit: ``(B, n)``."""
         boot = self.pooled.bootstrap
         if boot is None:
             raise AnalysisError(f"source {self.source!r} has no bootstrap")
-        return boot.law.evaluate(self.design(train_tokens, spend), boot.params)
+        raw = boot.law.evaluate(self.design(train_tokens, spend), boot.params)
+        point = np.log(np.maximum(self.predict(train_tokens, spend), 1e-300))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(np.where(raw > 0, raw, np.nan))
+        return np.exp(widen(logs, point, np.zeros_like(point), np.zeros(len(raw))))
+
+    def draws(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
+        """Draws ``(B, n)`` of the expected metric at budgets ``(train_tokens, spend)``:
+        fit, extrapolation and law uncertainty (see the class docstring)."""
+        boot = self.pooled.bootstrap
+        if boot is None:
+            raise AnalysisError(f"source {self.source!r} has no bootstrap")
+        d, c = np.broadcast_arrays(
+            np.atleast_1d(np.asarray(train_tokens, dtype=float)),
+            np.atleast_1d(np.asarray(spend, dtype=float)),
+        )
+        raw = boot.law.evaluate(self.design(d, c), boot.params)
+        point = np.log(np.maximum(self.predict(d, c), 1e-300))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(np.where(raw > 0, raw, np.nan))
+        extra = np.sqrt((self.error_rate * self.log_reach(d, c)) ** 2 + self.law_spread(d, c))
+        z = np.random.default_rng(self.seed).standard_normal(len(raw))
+        return np.exp(widen(logs, point, extra, z))
+
+    def sd(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
+        """The sd of the log metric beyond the bootstrap (extrapolation and law terms)."""
+        d, c = np.broadcast_arrays(
+            np.atleast_1d(np.asarray(train_tokens, dtype=float)),
+            np.atleast_1d(np.asarray(spend, dtype=float)),
+        )
+        return np.sqrt((self.error_rate * self.log_reach(d, c)) ** 2 + self.law_spread(d, c))
+
+    def reach(self, train_tokens: ArrayLike, spend: ArrayLike) -> dict[str, np.ndarray]:
+        """Extrapolation factor (>= 1) per budget variable at ``(train_tokens, spend)``."""
+        d, c = np.broadcast_arrays(
+            np.atleast_1d(np.asarray(train_tokens, dtype=float)),
+            np.atleast_1d(np.asarray(spend, dtype=float)),
+        )
+        point = {"train_tokens": d}
+        sampled = {"train_tokens": self.pool.train_tokens}
+        if self.uses_spend():
+            point["curation_spend"] = c
+            sampled["curation_spend"] = (self.pool.spends[0], self.pool.spends[-1])
+        return reach(point, sampled)
+
+    def log_reach(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
+        return log_reach(self.reach(train_tokens, spend))
+
+    def law_spread(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
+        """Weighted variance of the candidate laws' log predictions about the chosen one's."""
+        res = self.pooled.result
+        d, c = np.broadcast_arrays(
+            np.atleast_1d(np.asarray(train_tokens, dtype=float)),
+            np.atleast_1d(np.asarray(spend, dtype=float)),
+        )
+        if res is None or len(self.alternatives) < 2:
+            return np.zeros(d.shape)
+        point = np.log(np.maximum(self.predict(d, c), 1e-300))
+        total, weight = np.zeros(d.shape), 0.0
+        for fit, w in self.alternatives:
+            try:
+                x = law_inputs(fit.law, self.pool, d, c)
+            except AnalysisError:
+                continue
+            with np.errstate(all="ignore"):
+                pred = fit.law.evaluate(x, fit.theta)
+            if not np.all(np.isfinite(pred) & (pred > 0)):
+                continue
+            total += w * (np.log(pred) - point) ** 2
+            weight += w
+        return total / weight if weight > 0 else np.zeros(d.shape)
 
     def extrapolated(self, train_tokens: float, spend: float) -> bool:
         d_lo, d_hi = self.pool.train_tokens
-        return not (
-            d_lo <= train_tokens <= d_hi and self.pool.spends[0] <= spend <= self.pool.spends[-1]
-        )
+        in_tokens = d_lo <= train_tokens <= d_hi
+        in_spend = self.pool.spends[0] <= spend <= self.pool.spends[-1]
+        return not (in_tokens and (in_spend or not self.uses_spend()))
 
     def uses_spend(self) -> bool:
         """Whether the law's prediction depends on the curation spend."""

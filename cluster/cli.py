@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         help="prior on the law's shape parameters, as sweeps fit with it (none: plain fits, "
         "overconfident on few cells)",
     )
+    _decision_flags(propose)
     propose.set_defaults(func=_cmd_propose)
 
     analyze = sub.add_parser("analyze", help="fit laws and write the report for a results table")
@@ -122,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="total budget to split across sources, curation and training (USD)",
     )
+    _decision_flags(analyze)
     analyze.set_defaults(func=_cmd_analyze)
 
     validate = sub.add_parser("validate", help="check a spec and list its cells; runs nothing")
@@ -201,11 +203,44 @@ def _cmd_sweep(args) -> int:
     )
 
 
+def _decision_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.9,
+        help="least P(best) before the headline says buy (default 0.9)",
+    )
+    parser.add_argument(
+        "--margin",
+        default="0.5%",
+        help="least predicted gap to the runner-up before buying: a percentage of the "
+        "leader's bpb ('0.5%%', the default) or bpb ('0.01')",
+    )
+
+
+def _decision_rule(args):
+    from annealscale.analysis.compare import DecisionRule
+    from annealscale.analysis.errors import AnalysisError
+
+    text = str(args.margin).strip()
+    try:
+        if text.endswith("%"):
+            return DecisionRule(threshold=args.threshold, margin_pct=float(text[:-1]))
+        return DecisionRule(threshold=args.threshold, margin_bpb=float(text.removesuffix("bpb")))
+    except ValueError as exc:
+        if isinstance(exc, AnalysisError):
+            raise
+        raise AnalysisError(
+            f"--margin {args.margin!r}: give a percentage ('0.5%') or bpb ('0.01')"
+        ) from None
+
+
 def _cmd_propose(args) -> int:
-    from annealscale.analysis.compare import Target
+    from annealscale.analysis import evaluate
     from annealscale.analysis.errors import AnalysisError
     from annealscale.analysis.propose import ProposerSettings
     from annealscale.analysis.propose_table import format_proposal, propose_from_results
+    from annealscale.analysis.target import Target
 
     if args.target_tokens is None and args.target_spend is None and args.target_cost is None:
         raise AnalysisError(
@@ -216,27 +251,45 @@ def _cmd_propose(args) -> int:
         curation_spend=args.target_spend,
         total_cost=args.target_cost,
     )
+    decision = evaluate(
+        args.results,
+        target_tokens=args.target_tokens,
+        target_spend=args.target_spend,
+        target_cost=args.target_cost,
+        rule=_decision_rule(args),
+        next_cells=0,
+    ).decision
     settings = None if args.law_prior == "default" else ProposerSettings(law_prior=None)
     proposal = propose_from_results(
         args.results, target=target, n=args.n, extra_tokens=args.tokens, settings=settings
     )
+    print(f"Decision (as annealscale analyze): {decision.messages[0]}")
     print(format_proposal(proposal))
     return 0
 
 
 def _cmd_analyze(args) -> int:
-    from annealscale.analysis import analyze
+    from annealscale.analysis import evaluate, write_report
 
-    result = analyze(
+    analysis = evaluate(
         args.results,
-        args.out,
         target_tokens=args.target_tokens,
         target_spend=args.target_spend,
         target_cost=args.target_cost,
+        rule=_decision_rule(args),
     )
-    print(result.decision.messages[0])
+    result = write_report(analysis, args.out)
+    _print_decision(analysis)
     print(f"report: {result.report_html}")
     return 0
+
+
+def _print_decision(analysis) -> None:
+    """The headline, every sentence, then every warning: what the report leads with."""
+    for message in analysis.decision.messages:
+        print(message)
+    for warning in analysis.warnings():
+        print(f"warning: {warning}")
 
 
 def _cmd_validate(args) -> int:
@@ -302,7 +355,7 @@ def _sweep_and_report(
         from annealscale.analysis import analyze as run_analysis
 
         result = run_analysis(outcome.results_path, out, extra_messages=messages, **target)
-        print(result.decision.messages[0])
+        _print_decision(result.analysis)
         print(f"report: {result.report_html}")
     return 1 if outcome.failed else 0
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from annealscale.analysis.compare import Target
 from annealscale.analysis.propose import ProposerSettings
 from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts
 from annealscale.analysis.propose_model import DEFAULT_LAW_PRIOR
+from annealscale.analysis.target import Target
 from annealscale.tune.prepare import CellPlan
 from annealscale.tune.results import ResultsStore
 from annealscale.tune.searcher import AdaptiveSearcher

@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 from ray.tune.search import Searcher
 
-from annealscale.analysis.compare import Target
 from annealscale.analysis.propose import Proposer, ProposerSettings, StopCheck, stop_check
 from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts
+from annealscale.analysis.target import Target
 
 log = logging.getLogger(__name__)
 

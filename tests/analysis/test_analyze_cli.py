@@ -25,6 +25,7 @@ def test_minimal_columns_table_runs_end_to_end(minimal_parquet, tmp_path, capsys
     assert main(["analyze", str(minimal_parquet), "--out", str(out), "--target-tokens", "1e9"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("Buy B: at 1e9 training tokens")
+    assert "every curation spend pooled" in printed  # no spend term: no spend quoted
     data = json.loads((out / "fits.json").read_text())
     (target,) = data["targets"]
     assert target["target"]["train_tokens"] == 1e9
@@ -38,12 +39,34 @@ def test_minimal_columns_table_runs_end_to_end(minimal_parquet, tmp_path, capsys
     assert not (out / "plots" / "forgetting.png").exists()  # no general_bpb: skipped
 
 
-def test_cost_target_without_costs_is_skipped_with_a_note(minimal_parquet, tmp_path):
+@pytest.mark.parametrize(
+    ("flag", "value", "names"),
+    [
+        ("--target-cost", "500", "total_cost"),
+        ("--target-spend", "100", "unique_tokens"),
+    ],
+)
+def test_a_target_the_table_cannot_answer_is_one_line(
+    minimal_parquet, tmp_path, capsys, flag, value, names
+):
+    """Four columns model neither cost nor spend: the flag is refused, not ignored."""
     out = tmp_path / "out"
-    assert main(["analyze", str(minimal_parquet), "--out", str(out), "--target-cost", "500"]) == 0
+    assert main(["analyze", str(minimal_parquet), "--out", str(out), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert flag in err and names in err
+    assert not (out / "fits.json").exists()
+
+
+def test_terminal_shows_every_headline_sentence_and_warning(minimal_parquet, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["analyze", str(minimal_parquet), "--out", str(out), "--target-tokens", "1e9"]) == 0
+    printed = capsys.readouterr().out
     data = json.loads((out / "fits.json").read_text())
-    assert any("target $500 total cost skipped: no cost columns" in n for n in data["notes"])
-    assert data["targets"][0]["target"]["train_tokens"] == 1e8  # the default target instead
+    for message in data["decision"]["messages"]:
+        assert message in printed
+    assert "Extrapolation: the predictions reach" in printed  # 10x beyond 1e8
+    assert "warning: no cost columns" in printed
 
 
 @pytest.mark.parametrize("column", MINIMAL[1:])

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from annealscale.analysis.compare import Target
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.laws import get_law
 from annealscale.analysis.propose import (
@@ -35,6 +34,7 @@ from annealscale.analysis.simulate import (
     make_problem,
     run_policy,
 )
+from annealscale.analysis.target import Target
 
 
 def _cell(source="a", spend=1.0, tokens=1e6, u=1e6):

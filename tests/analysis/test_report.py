@@ -38,10 +38,10 @@ def test_fits_json_structure(analyzed):
     _, result, out = analyzed
     assert result.fits_json == out / "fits.json"
     data = _strict_json(result.fits_json.read_text())
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     assert data["law"]["name"] == "power_law_D"
     assert data["law"]["params"] == ["E", "B", "beta"]
-    assert "held-out" in data["law"]["selected_by"]
+    assert "rolling-origin" in data["law"]["selected_by"]
     assert data["candidates"] == ["power_law_D"]  # the others need absent columns
     assert any("effective_data' skipped" in n for n in data["notes"])
     assert data["fit_settings"]["n_boot"] == 200 and data["fit_settings"]["level"] == 0.9
@@ -102,8 +102,10 @@ def test_fits_json_values(analyzed):
     assert (cheap["source"], cheap["curation_spend"], cheap["train_tokens"]) == ("B", 50.0, 1e8)
     assert cheap["total_cost"] == pytest.approx(150.0)
     (held_out,) = data["validation"]["laws"].values()
-    assert {c["train_tokens"] for c in held_out["cells"]} == {1e8}
-    assert held_out["mean_abs_error"] < 0.01
+    # rolling origins along tokens: fitted on the three smallest counts and up
+    assert {c["train_tokens"] for c in held_out["cells"]} == {3e7, 1e8}
+    assert all(c["train_tokens"] > c["origin"] and c["reach"] > 1 for c in held_out["cells"])
+    assert held_out["mean_abs_error"] < 0.02
 
 
 def test_failed_rows_do_not_change_the_fits(analyzed):
@@ -188,7 +190,7 @@ def test_single_token_count_is_reported_not_raised(make_results, tmp_path):
         assert all(s["params"] is None for s in src["per_spend"])
     assert data["decision"]["best_source"] is None
     assert data["decision"]["best_cell"]["train_tokens"] == 1e7
-    assert "nothing could be held out" in data["law"]["selected_by"]
+    assert "no law could be checked" in data["law"]["selected_by"]
     html = result.report_html.read_text()
     assert "No source could be ranked" in html
     assert "Not ranked (no fit): A, B." in html

@@ -92,5 +92,5 @@ def test_report_leads_with_the_recommendation_and_its_probability(report):
     headline = html.split('<div class="headline">', 1)[1]
     first = re.search(r"<p[^>]*>(.*?)</p>", headline).group(1)
     assert first.startswith("Buy filtered: at 1e9 training tokens")
-    assert re.search(r"probability that it is the best source: \d+%", first)
+    assert re.search(r"P\(best\) (\d+%|&gt;99%)", first)
     assert html.index("Buy filtered") < html.index("<h2>")

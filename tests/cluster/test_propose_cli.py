@@ -33,7 +33,9 @@ def test_propose_prints_k_unfinished_cells_with_gain_and_cost(results, capsys):
     out = capsys.readouterr().out
     assert code == 0
     lines = out.strip().splitlines()
-    assert lines[0].startswith("At 6.4e7 training tokens: recommended ")
+    # the decision analyze makes, then the proposer's own belief under another name
+    assert lines[0].startswith("Decision (as annealscale analyze): ")
+    assert lines[1].startswith("Design belief at 6.4e7 training tokens")
     header = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("rank"))
     rows = [ln.split() for ln in lines[header + 1 :]]
     assert [r[0] for r in rows] == ["1", "2", "3"]
@@ -50,8 +52,8 @@ def test_propose_prints_k_unfinished_cells_with_gain_and_cost(results, capsys):
 
 
 def test_propose_gain_and_cost_match_the_proposer(results):
-    from annealscale.analysis.compare import Target
     from annealscale.analysis.propose_table import propose_from_results
+    from annealscale.analysis.target import Target
 
     path, table = results
     prop = propose_from_results(path, target=Target(train_tokens=6.4e7), n=2, extra_tokens=[8e6])
@@ -92,13 +94,22 @@ def test_propose_on_a_table_without_costs_says_so(tmp_path, capsys):
     assert code == 2 and "propose needs costs" in err and err.count("\n") == 1
 
 
-def _p_best(first_line: str) -> dict[str, float]:
-    """``At ...: recommended a (P(best): a 80%, b 20%); law ...`` -> {"a": 0.8, "b": 0.2}."""
-    listed = first_line.split("(P(best): ", 1)[1].split(")", 1)[0]
+def _p_best(line: str) -> dict[str, float]:
+    """``Design belief ...: design P(best) a 80%, b <1%.`` -> {"a": 0.8, "b": 0.01}."""
+    listed = line.split("design P(best) ", 1)[1].rstrip(".")
     return {
-        name: float(share.rstrip("%")) / 100
+        name: float(share.strip("<>%")) / 100
         for name, share in (item.rsplit(" ", 1) for item in listed.split(", "))
     }
+
+
+def _design_line(out: str) -> str:
+    return next(ln for ln in out.splitlines() if ln.startswith("Design belief"))
+
+
+def _design_pick(line: str) -> str:
+    shares = _p_best(line)
+    return max(shares, key=shares.get)
 
 
 @pytest.mark.parametrize("seed", [4, 5])
@@ -122,10 +133,10 @@ def test_propose_fits_with_the_law_prior_sweeps_use(seed, tmp_path, capsys):
     args += ["--tokens", *(f"{t:g}" for t in sorted({c.train_tokens for c in cands}))]
 
     assert main(args) == 0
-    with_prior = capsys.readouterr().out.splitlines()[0]
-    assert f"recommended {p.true_best()} " in with_prior
+    with_prior = _design_line(capsys.readouterr().out)
+    assert _design_pick(with_prior) == p.true_best()
     assert main([*args, "--law-prior", "none"]) == 0
-    plain = capsys.readouterr().out.splitlines()[0]
-    wrong = plain.split("recommended ", 1)[1].split(" ", 1)[0]
+    plain = _design_line(capsys.readouterr().out)
+    wrong = _design_pick(plain)
     assert wrong != p.true_best()
     assert _p_best(plain)[wrong] > _p_best(with_prior)[wrong]
