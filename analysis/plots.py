@@ -13,7 +13,6 @@ Conventions shared by every figure:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from annealscale.analysis.budget import Frontier
@@ -517,7 +517,7 @@ def _log_axis(axis: Axis, fmt: Callable[[float], str]) -> None:
 
 def _declutter(fig: Figure) -> None:
     """Lay out ``fig`` and thin (then rotate) the tick labels of any axis whose labels overlap."""
-    fig.canvas.draw()
+    fig.draw_without_rendering()
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
             stride = 1
@@ -531,20 +531,28 @@ def _declutter(fig: Figure) -> None:
                         axis.set_tick_params(labelrotation=30)
                         for label in axis.get_ticklabels():
                             label.set_horizontalalignment("right")
-                        fig.canvas.draw()
+                        fig.draw_without_rendering()
                     break
                 axis.set_major_locator(FixedLocator(locs[::stride]))
-                fig.canvas.draw()
+                fig.draw_without_rendering()
 
 
 def _overlapping(axis: Axis) -> bool:
     renderer = axis.figure.canvas.get_renderer()
-    boxes = [
-        t.get_window_extent(renderer)
-        for t in axis.get_ticklabels(which="both")
-        if t.get_visible() and t.get_text()
-    ]
+    boxes = [t.get_window_extent(renderer) for t in _shown_tick_labels(axis)]
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def _shown_tick_labels(axis: Axis) -> list[Text]:
+    """The tick labels drawn: visible, not empty, at a tick inside the view (matplotlib keeps
+    labels of ticks outside it, undrawn)."""
+    lo, hi = sorted(axis.get_view_interval())
+    i = 0 if axis.axis_name == "x" else 1
+    return [
+        t
+        for t in axis.get_ticklabels(which="both")
+        if t.get_visible() and t.get_text() and lo <= t.get_position()[i] <= hi
+    ]
 
 
 def _figure_legend(fig: Figure, handles: list) -> None:
@@ -598,7 +606,13 @@ def _baseline_handle(value: float | None) -> list[Line2D]:
 def _wrap(text: str, width: int = _WRAP) -> str:
     """Break ``text`` into lines of about ``width`` characters at spaces, ``_``, ``-`` or
     ``/`` (source names are never cut short)."""
-    parts = [p for p in re.split(r"(?<=[\s_\-/])", text) if p]
+    parts, part = [], ""
+    for ch in text:
+        part += ch
+        if ch in " _-/":
+            parts.append(part)
+            part = ""
+    parts.append(part)
     lines, line = [], ""
     for part in parts:
         if line and len(line) + len(part.rstrip()) > width:
