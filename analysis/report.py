@@ -38,12 +38,14 @@ SCHEMA_VERSION = 3
 METRIC = "domain_bpb"
 PLOT_CAPTIONS: Mapping[str, str] = MappingProxyType(
     {
-        "curves": "Domain bpb vs training tokens per source: cells (colour: curation spend), the "
-        "chosen law at each sampled spend, and the bootstrap interval band of the curve used at "
-        "the target (dotted line).",
+        "curves": "Domain bpb vs training tokens per source: cells (shade and marker: curation "
+        "spend), the chosen law at each sampled spend, and the bootstrap interval band of the "
+        "curve used at the target (dotted line). Curves are solid over the sampled training "
+        "tokens and dashed and lighter beyond them (the shaded region is extrapolated).",
         "frontier": "Cost-efficiency frontier: predicted domain bpb vs total cost, each source at "
         "its best split of the budget (bands: bootstrap interval); dots are cells, circled ones "
-        "are Pareto-optimal.",
+        "are Pareto-optimal. Each frontier is solid up to its source's dearest observed cell and "
+        "dashed beyond it; past every observed cell the region is shaded (extrapolated).",
         "crossovers": "Crossovers: difference of predicted domain bpb between each pair of sources "
         "along the target's budget axis (below zero: the first source leads); shaded spans are "
         "the crossover intervals.",
