@@ -134,20 +134,24 @@ class Bootstrap:
         observation (the mean of ``n_seeds`` seeds), the curve plus the fit's residual
         noise (`observation_draws`). Either contains the point prediction: the draws
         are centred on it, and the bounds are widened to it where rounding (or, for a
-        tiny level, the noise draws) would leave it a hair outside.
+        tiny level, the noise draws) would leave it a hair outside. The predictive
+        interval contains the curve interval: where the curve's spread dwarfs the
+        noise (far extrapolation) the Monte Carlo error of the noise draws could
+        otherwise make it a little narrower.
         """
+        if kind not in ("curve", "predictive"):
+            raise AnalysisError(f"interval kind must be 'curve' or 'predictive'; got {kind!r}")
         _check_level(level)
         design = self.law.design(x)
-        if kind == "curve":
-            d = self.draws_at(design)
-        elif kind == "predictive":
-            d = self._observation_draws_at(design, n_seeds=n_seeds, rng=None)
-        else:
-            raise AnalysisError(f"interval kind must be 'curve' or 'predictive'; got {kind!r}")
         q = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
-        lo, hi = np.quantile(d, q, axis=-2)
         point = self.point_at(design)
-        return np.minimum(lo, point), np.maximum(hi, point)
+        lo, hi = np.quantile(self.draws_at(design), q, axis=-2)
+        lo, hi = np.minimum(lo, point), np.maximum(hi, point)
+        if kind == "predictive":
+            obs = self._observation_draws_at(design, n_seeds=n_seeds, rng=None)
+            obs_lo, obs_hi = np.quantile(obs, q, axis=-2)
+            lo, hi = np.minimum(lo, obs_lo), np.maximum(hi, obs_hi)
+        return lo, hi
 
     def observation_draws(
         self, x: ArrayLike, *, n_seeds: int = 1, rng: np.random.Generator | None = None

@@ -48,6 +48,8 @@ BasisGradFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 _FD_STEP = 1e-6  # relative step of the central differences for user laws
 _FD_LINEAR_FLOOR = 1e-3  # ... of at least this fraction of a linear-scale parameter's range
+_FD_CALL_ELEMENTS = 1 << 18  # cap on the values one batched call of a user law returns: a
+# bootstrap's (2p + 1, 1000, n) stack would leave the cache and run slower than p calls
 
 
 class FrozenMap(Mapping[str, Any]):
@@ -302,7 +304,8 @@ class Law:
 
         The ``2p`` perturbed vectors (and ``theta`` itself when ``with_value``) are
         stacked on a leading axis, so a broadcasting function is called once, not
-        ``2p`` times. Returns ``(L(x) (..., n) or empty, dL/dtheta (..., n, p))``.
+        ``2p`` times (in a few calls for a large batch, see ``_FD_CALL_ELEMENTS``).
+        Returns ``(L(x) (..., n) or empty, dL/dtheta (..., n, p))``.
         """
         p = theta.shape[-1]
         h = self._fd_steps(theta)  # (..., p)
@@ -311,9 +314,15 @@ class Law:
         parts = [theta + shift, theta - shift]
         if with_value:
             parts.append(theta[None])
-        values = self.evaluate(x, np.concatenate(parts))  # (2p [+1], ..., n)
+        stacked = np.concatenate(parts)  # (2p [+1], ..., p)
+        per_set = max(1, math.prod(theta.shape[:-1]) * x.shape[0])
+        step = max(1, _FD_CALL_ELEMENTS // per_set)
+        values = np.concatenate(
+            [self.evaluate(x, stacked[i : i + step]) for i in range(0, len(stacked), step)]
+        )  # (2p [+1], ..., n)
         h_j = np.moveaxis(h, -1, 0)[..., None]  # (p, ..., 1)
-        grad = np.moveaxis((values[:p] - values[p : 2 * p]) / (2.0 * h_j), 0, -1)  # (..., n, p)
+        diff = (values[:p] - values[p : 2 * p]) / (2.0 * h_j)  # (p, ..., n)
+        grad = np.ascontiguousarray(np.moveaxis(diff, 0, -1))  # (..., n, p), as callers matmul it
         value = values[2 * p] if with_value else np.empty(0)
         return value, grad
 
