@@ -3,6 +3,8 @@ one line, and a ValueError, as numerical libraries raise for bad input."""
 
 from __future__ import annotations
 
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
 from annealscale.core.errors import AnnealscaleError
 
 
@@ -10,5 +12,6 @@ class AnalysisError(AnnealscaleError, ValueError):
     """Invalid input to the analysis: the message names what is wrong and what to do."""
 
 
-class NotFittedError(AnalysisError, AttributeError):
-    """An estimator was used before ``fit``; an AttributeError too, so ``hasattr`` is False."""
+class NotFittedError(AnalysisError, SklearnNotFittedError):
+    """An estimator was used before ``fit``: an AttributeError too, so ``hasattr`` is False,
+    and scikit-learn's NotFittedError, so code catching that (``check_is_fitted``) holds."""

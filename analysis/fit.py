@@ -9,6 +9,13 @@ minimised over the logarithm of every parameter, so parameters stay positive and
 relative errors count the same at every scale. ``huber_delta = inf`` gives the
 plain squared loss (used to show what the Huber loss buys).
 
+A user law may have parameters of any sign (those whose bounds are not positive are
+moved on a linear scale over their bounds, `analysis.laws.Law.to_u`) and a metric
+that is zero or negative somewhere: its residuals are then ``(L - y) / scale`` with
+``scale`` the median of ``|y|`` (`analysis.solve.linear_target`), about a relative
+error again, so the same Huber threshold applies. `FitResult.to_dict` records which
+objective was used.
+
 Search (separable laws): the nonlinear parameters (exponents, ``R_star``) are
 screened on a dense geometric grid; at each grid point the linear parameters
 come from non-negative least squares on relative residuals (variable
@@ -25,20 +32,32 @@ Uncertainty: ``LawFit(n_boot=1000)`` adds a bootstrap over cells
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.metrics import r2_score
 
-from annealscale.analysis.bootstrap import Bootstrap, bootstrap_law
+from annealscale.analysis.bootstrap import (
+    Bootstrap,
+    bootstrap_law,
+    from_json_float,
+    json_ready,
+    resolve_target,
+)
 from annealscale.analysis.errors import AnalysisError, NotFittedError
-from annealscale.analysis.laws import Law, get_law
-from annealscale.analysis.solve import huber, log_bounds, screen
+from annealscale.analysis.laws import LAWS, FrozenMap, Law, get_law
+from annealscale.analysis.solve import LOG_TARGET, Target, huber, screen
 
 FLAG_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
     {
@@ -72,7 +91,7 @@ class FitResult:
     params: Mapping[str, float]
     """Fitted parameters by name (see ``law.formula`` for units)."""
     loss: float
-    """Minimised objective: summed Huber loss of log residuals."""
+    """Minimised objective: summed Huber loss of the residuals (see ``target``)."""
     converged: bool
     n_points: int
     n_distinct_x: int
@@ -86,11 +105,19 @@ class FitResult:
     n_starts: int
     """Starts refined by the optimiser (after screening the grid)."""
     huber_delta: float
-    log_residual_scale: float
-    """Root mean square of the log residuals with ``n - p`` degrees of freedom: the
-    relative noise of one cell around the law (NaN without spare points)."""
+    residual_scale: float
+    """Root mean square of the residuals with ``n - p`` degrees of freedom: the noise of
+    one cell around the law (NaN without spare points), in the residuals' units (log of
+    the metric, a relative noise, for the log target)."""
     optima: tuple[tuple[float, Mapping[str, float]], ...] = ()
     """``(loss, params)`` of every refined start, best first."""
+    target: Target = LOG_TARGET
+    """How residuals were taken: ``log L - log y``, or ``(L - y) / target.scale``."""
+
+    @property
+    def log_residual_scale(self) -> float:
+        """`residual_scale` for the log target; NaN for a linear one."""
+        return self.residual_scale if self.target.log else math.nan
 
     @property
     def theta(self) -> np.ndarray:
@@ -100,6 +127,51 @@ class FitResult:
     def predict(self, x: ArrayLike) -> np.ndarray:
         """The metric predicted by the fitted law at ``x``; shape ``(n,)``."""
         return self.law.predict(x, self.params)
+
+    def state(self) -> dict[str, Any]:
+        """Every field but the law, as plain numbers, lists and dicts (for `from_state`)."""
+        return {
+            "params": dict(self.params),
+            "loss": self.loss,
+            "converged": self.converged,
+            "n_points": self.n_points,
+            "n_distinct_x": self.n_distinct_x,
+            "rmse": self.rmse,
+            "r2": self.r2,
+            "x_range": {v: list(r) for v, r in self.x_range.items()},
+            "flags": list(self.flags),
+            "n_starts": self.n_starts,
+            "huber_delta": self.huber_delta,
+            "residual_scale": self.residual_scale,
+            "optima": [[loss, dict(p)] for loss, p in self.optima],
+            "target": {"log": self.target.log, "scale": self.target.scale},
+        }
+
+    @classmethod
+    def from_state(cls, law: Law, state: Mapping[str, Any]) -> FitResult:
+        """The `FitResult` of ``law`` that `state` wrote (after a JSON round trip)."""
+        f = from_json_float
+
+        def params(d: Mapping[str, Any]) -> FrozenMap:
+            return FrozenMap({p: f(d[p]) for p in law.param_names})
+
+        return cls(
+            law=law,
+            params=params(state["params"]),
+            loss=f(state["loss"]),
+            converged=bool(state["converged"]),
+            n_points=int(state["n_points"]),
+            n_distinct_x=int(state["n_distinct_x"]),
+            rmse=f(state["rmse"]),
+            r2=None if state["r2"] is None else f(state["r2"]),
+            x_range=FrozenMap({v: (f(a), f(b)) for v, (a, b) in state["x_range"].items()}),
+            flags=tuple(state["flags"]),
+            n_starts=int(state["n_starts"]),
+            huber_delta=f(state["huber_delta"]),
+            residual_scale=f(state["residual_scale"]),
+            optima=tuple((f(loss), params(p)) for loss, p in state["optima"]),
+            target=Target(log=bool(state["target"]["log"]), scale=f(state["target"]["scale"])),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (non-finite floats are left for the writer to null)."""
@@ -117,6 +189,11 @@ class FitResult:
                 "converged": self.converged,
                 "n_starts": self.n_starts,
                 "log_residual_scale": self.log_residual_scale,
+                "residual_scale": self.residual_scale,
+                "objective": {
+                    "loss": "sum of huber(residual, huber_delta)",
+                    **self.target.describe(),
+                },
             },
             "x_range": {v: list(r) for v, r in self.x_range.items()},
             "flags": list(self.flags),
@@ -134,8 +211,9 @@ def fit_law(
     n_refine: int = 8,
     tol: float = 1e-12,
     max_nfev: int | None = None,
+    target: str | Target = "auto",
 ) -> FitResult:
-    """Fit ``law`` to points ``(x, y)`` by the Huber loss on ``log y``.
+    """Fit ``law`` to points ``(x, y)`` by the Huber loss on ``log y`` (or on ``y``).
 
     Parameters
     ----------
@@ -143,7 +221,8 @@ def fit_law(
         The law's variables, shape ``(n,)`` for a one-variable law (training
         tokens for ``power_law_D``) or ``(n, k)``.
     y : array_like
-        The metric, shape ``(n,)``, positive (bits per byte).
+        The metric, shape ``(n,)``: positive (bits per byte) for a built-in law; any
+        finite values for a user law.
     law : str or Law
         A name from `analysis.laws.LAWS` or a `Law` (e.g. from `analysis.laws.user_law`).
     huber_delta : float
@@ -160,6 +239,10 @@ def fit_law(
         ``ftol``, ``xtol`` and ``gtol`` of `scipy.optimize.least_squares`.
     max_nfev : int, optional
         Evaluation cap per start; scipy's default when None.
+    target : {"auto", "log", "linear"} or Target
+        Residuals of ``log y`` (``"log"``), or ``(L - y) / scale`` with ``scale`` the
+        median of ``|y|`` (``"linear"``, see `analysis.solve.linear_target`);
+        ``"auto"`` takes log residuals when every ``y > 0`` and linear ones otherwise.
 
     Returns
     -------
@@ -171,7 +254,8 @@ def fit_law(
     ------
     AnalysisError
         On fewer than two distinct x values (no curve is determined), on
-        non-finite or non-positive inputs, or on invalid settings.
+        non-finite inputs, non-positive x, a non-positive y for a built-in law or
+        the log target, or on invalid settings.
 
     References
     ----------
@@ -186,8 +270,9 @@ def fit_law(
     law = get_law(law)
     xd, yv = _validate(law, x, y)
     _check_settings(huber_delta, n_grid, n_refine, tol)
-    log_y = np.log(yv)
-    lo, hi = log_bounds(law)
+    tgt = resolve_target(law, yv, target)
+    t = tgt.transform(yv)  # log y for the log target
+    lo, hi = law.u_bounds()
 
     cand = screen(
         law,
@@ -197,16 +282,17 @@ def fit_law(
         n_grid=n_grid,
         offset_fractions=offset_fractions,
         delta=huber_delta,
+        target=tgt,
     )
     starts = _distinct_best(cand.u[0], cand.score[0], n_refine)
 
     def residuals(u: np.ndarray) -> np.ndarray:
-        return np.log(_positive(law.evaluate(xd, np.exp(u)))) - log_y
+        return tgt.of_prediction(law.evaluate(xd, law.to_theta(u))) - t
 
     def jacobian(u: np.ndarray) -> np.ndarray:
-        theta = np.exp(u)
-        pred = _positive(law.evaluate(xd, theta))  # (n,)
-        return law.evaluate_grad(xd, theta) * theta[None, :] / pred[:, None]  # (n, p)
+        theta = law.to_theta(u)
+        pred, grad = law.evaluate_with_grad(xd, theta)  # (n,), (n, p)
+        return tgt.jacobian(grad, law.dtheta_du(theta), pred)  # (n, p): d residual / d u
 
     refined: list[tuple[float, np.ndarray, bool]] = []
     for u0 in starts:
@@ -230,12 +316,12 @@ def fit_law(
     refined.sort(key=lambda t: t[0])
     best_loss, best_u, best_ok = refined[0]
 
-    theta = np.exp(best_u)
+    theta = law.to_theta(best_u)
     pred = law.evaluate(xd, theta)
     sse = float(np.sum((pred - yv) ** 2))
     sst = float(np.sum((yv - yv.mean()) ** 2))
     n_distinct = len(np.unique(xd, axis=0))
-    log_res = np.log(_positive(pred)) - log_y
+    res_t = tgt.of_prediction(pred) - t
     dof = len(yv) - law.n_params
     x_range = {
         v: (float(xd[:, j].min()), float(xd[:, j].max())) for j, v in enumerate(law.variables)
@@ -245,91 +331,198 @@ def fit_law(
     flags += _unidentified_flags(law, xd, best_u, jacobian)
     return FitResult(
         law=law,
-        params=MappingProxyType(law.params_dict(theta)),
+        params=FrozenMap(law.params_dict(theta)),
         loss=best_loss,
         converged=best_ok,
         n_points=len(yv),
         n_distinct_x=n_distinct,
         rmse=math.sqrt(sse / len(yv)),
         r2=1.0 - sse / sst if sst > 0.0 else None,
-        x_range=MappingProxyType(x_range),
+        x_range=FrozenMap(x_range),
         flags=tuple(_ordered(flags)),
         n_starts=len(starts),
         huber_delta=huber_delta,
-        log_residual_scale=math.sqrt(float(np.sum(log_res**2)) / dof) if dof > 0 else math.nan,
-        optima=tuple(
-            (loss, MappingProxyType(law.params_dict(np.exp(u)))) for loss, u, _ in refined
-        ),
+        residual_scale=math.sqrt(float(np.sum(res_t**2)) / dof) if dof > 0 else math.nan,
+        optima=tuple((loss, FrozenMap(law.params_dict(law.to_theta(u)))) for loss, u, _ in refined),
+        target=tgt,
     )
 
 
-@dataclass(kw_only=True)
-class LawFit:
-    """Estimator over `fit_law` (and `bootstrap_law`), following the scikit-learn contract.
+class LawFit(RegressorMixin, BaseEstimator):
+    """Estimator over `fit_law` (and `bootstrap_law`): a scikit-learn regressor.
 
-    ``__init__`` stores the settings unchanged; ``fit(x, y)`` validates, sets
-    ``params_``, ``loss_``, ``converged_``, ``n_points_``, ``rmse_``, ``r2_``,
-    ``flags_`` and ``result_`` (and ``bootstrap_`` when ``n_boot > 0``) and
-    returns ``self``; ``predict(x)`` and ``predict_interval(x)`` are pure.
-    Settings are those of `fit_law`, plus ``n_boot`` bootstrap resamples over
-    cells, the interval ``level`` and the resampling ``random_state``.
+    ``__init__`` stores the settings unchanged (so `sklearn.base.clone`,
+    ``get_params`` and ``set_params`` work); ``fit(X, y)`` validates, sets ``law_``,
+    ``result_`` and ``bootstrap_`` (``None`` unless ``n_boot > 0``) and returns
+    ``self``; ``params_``, ``loss_``, ``converged_``, ``n_points_``, ``rmse_``,
+    ``r2_``, ``flags_`` and ``param_intervals_`` read the fit. ``predict``,
+    ``predict_interval`` and ``score`` (R^2) are pure. A fitted estimator pickles
+    (a user law's function must be importable) and `save`/`load` it as JSON.
+
+    ``X`` is a DataFrame holding the law's columns (``law.columns``, e.g.
+    ``train_tokens``), or an array ``(n,)`` / ``(n, k)`` of the law's variables in
+    order. ``y`` is an array or Series, or the name of a column of the DataFrame.
+
+    Parameters
+    ----------
+    law, huber_delta, n_grid, offset_fractions, n_refine, tol, max_nfev, target
+        As in `fit_law`.
+    n_boot : int
+        Bootstrap resamples over cells (`bootstrap_law`); 0 for none. At least 1000
+        for reported intervals.
+    level : float
+        Default central level of the intervals (fraction).
+    random_state : int
+        Seed of the resampling and of the predictive noise draws.
     """
 
-    law: str | Law = "power_law_D"
-    huber_delta: float = 1e-3
-    n_grid: int = 64
-    offset_fractions: Sequence[float] = (0.5, 0.8, 0.9, 0.95, 0.99)
-    n_refine: int = 8
-    tol: float = 1e-12
-    max_nfev: int | None = None
-    n_boot: int = 0
-    level: float = 0.9
-    random_state: int = 0
-    result_: FitResult | None = field(default=None, init=False, repr=False, compare=False)
-    bootstrap_: Bootstrap | None = field(default=None, init=False, repr=False, compare=False)
+    def __init__(
+        self,
+        *,
+        law: str | Law = "power_law_D",
+        huber_delta: float = 1e-3,
+        n_grid: int = 64,
+        offset_fractions: Sequence[float] = (0.5, 0.8, 0.9, 0.95, 0.99),
+        n_refine: int = 8,
+        tol: float = 1e-12,
+        max_nfev: int | None = None,
+        target: str = "auto",
+        n_boot: int = 0,
+        level: float = 0.9,
+        random_state: int = 0,
+    ) -> None:
+        self.law = law
+        self.huber_delta = huber_delta
+        self.n_grid = n_grid
+        self.offset_fractions = offset_fractions
+        self.n_refine = n_refine
+        self.tol = tol
+        self.max_nfev = max_nfev
+        self.target = target
+        self.n_boot = n_boot
+        self.level = level
+        self.random_state = random_state
 
-    def fit(self, x: ArrayLike, y: ArrayLike) -> LawFit:
+    def fit(self, X: Any, y: Any = None) -> LawFit:
+        """Fit the law (and its bootstrap when ``n_boot > 0``); returns ``self``."""
+        law = get_law(self.law)
+        xd, yv = law_design(law, X), _target_values(X, y)
         result = fit_law(
-            x,
-            y,
-            law=self.law,
+            xd,
+            yv,
+            law=law,
             huber_delta=self.huber_delta,
             n_grid=self.n_grid,
             offset_fractions=self.offset_fractions,
             n_refine=self.n_refine,
             tol=self.tol,
             max_nfev=self.max_nfev,
+            target=self.target,
         )
         boot = None
         if self.n_boot > 0:
             boot = bootstrap_law(
-                x,
-                y,
-                law=result.law,
+                xd,
+                yv,
+                law=law,
                 n_boot=self.n_boot,
                 huber_delta=self.huber_delta,
                 seed=self.random_state,
                 start=result.theta,
+                target=result.target,
             )
-        self.result_, self.bootstrap_ = result, boot
+        self.law_, self.result_, self.bootstrap_ = law, result, boot
         return self
 
-    def predict(self, x: ArrayLike) -> np.ndarray:
-        return self._fitted().predict(x)
+    def predict(self, X: Any) -> np.ndarray:
+        """The fitted law at ``X``; shape ``(n,)``."""
+        res = self._fitted()
+        return res.law.evaluate(law_design(res.law, X), res.theta)
 
     def predict_interval(
-        self, x: ArrayLike, level: float | None = None
+        self, X: Any, level: float | None = None, kind: str = "curve"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(lower, upper)`` bootstrap interval of the fitted curve at ``x``, each ``(n,)``."""
-        self._fitted()
+        """``(lower, upper)`` bootstrap interval at ``X``, each ``(n,)``.
+
+        ``kind="curve"``: where the fitted curve lies. ``kind="predictive"``: where a new
+        single observation lies (the curve plus the fit's residual noise). Both contain
+        `predict` (see `analysis.bootstrap.Bootstrap.interval`).
+        """
+        res = self._fitted()
         if self.bootstrap_ is None:
             raise NotFittedError("predict_interval needs LawFit(n_boot > 0)")
-        return self.bootstrap_.interval(x, self.level if level is None else level)
+        level = self.level if level is None else level
+        return self.bootstrap_.interval(law_design(res.law, X), level, kind=kind)
+
+    def score(self, X: Any, y: Any = None, sample_weight: ArrayLike | None = None) -> float:
+        """Coefficient of determination R^2 of `predict` against ``y`` (a column name too)."""
+        return float(r2_score(_target_values(X, y), self.predict(X), sample_weight=sample_weight))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fitted estimator as human-readable JSON (see `load`).
+
+        Holds the law (name, formula, parameter names, bounds), the settings, the
+        fitted parameters with their quality and flags, and the bootstrap's
+        parameter draws; nothing is pickled, so a user law's function is not saved.
+        """
+        res = self._fitted()
+        settings = dict(self.get_params())
+        settings["law"] = res.law.name
+        doc = {
+            "format": _SAVE_FORMAT,
+            "law": res.law.describe(),
+            "builtin_law": LAWS.get(res.law.name) is res.law,
+            "settings": settings,
+            "fit": res.state(),
+            "bootstrap": None if self.bootstrap_ is None else self.bootstrap_.state(),
+        }
+        Path(path).write_text(json.dumps(json_ready(doc), indent=1, allow_nan=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], law: Law | None = None) -> LawFit:
+        """A fitted estimator from `save`'s JSON; it predicts exactly as the saved one.
+
+        A built-in law is found by name; a user law must be passed as ``law`` (its
+        parameter names are checked against the file's).
+        """
+        doc = json.loads(Path(path).read_text())
+        if doc.get("format") != _SAVE_FORMAT:
+            raise AnalysisError(f"{path}: not a saved LawFit (format {doc.get('format')!r})")
+        saved = doc["law"]
+        if law is None:
+            if not doc["builtin_law"] or saved["name"] not in LAWS:
+                raise AnalysisError(
+                    f"{path}: law {saved['name']!r} is a user law; pass it as "
+                    "LawFit.load(path, law=user_law(...))"
+                )
+            law = LAWS[saved["name"]]
+        if list(law.param_names) != list(saved["params"]):
+            raise AnalysisError(
+                f"{path}: the saved law {saved['name']!r} has parameters {saved['params']}, "
+                f"but the law passed has {list(law.param_names)}"
+            )
+        settings = dict(doc["settings"])
+        settings["law"] = (
+            saved["name"] if doc["builtin_law"] and law is LAWS.get(saved["name"]) else law
+        )
+        settings["huber_delta"] = float(settings["huber_delta"])
+        settings["offset_fractions"] = tuple(settings["offset_fractions"])
+        est = cls(**settings)
+        est.law_ = law
+        est.result_ = FitResult.from_state(law, doc["fit"])
+        est.bootstrap_ = (
+            None if doc["bootstrap"] is None else Bootstrap.from_state(law, doc["bootstrap"])
+        )
+        return est
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "result_")
 
     def _fitted(self) -> FitResult:
-        if self.result_ is None:
-            raise NotFittedError("LawFit is not fitted; call fit(x, y) first")
-        return self.result_
+        res = self.__dict__.get("result_")
+        if res is None:
+            raise NotFittedError("LawFit is not fitted; call fit(X, y) first")
+        return res
 
     @property
     def params_(self) -> Mapping[str, float]:
@@ -368,6 +561,42 @@ class LawFit:
         return self._fitted().flags
 
 
+_SAVE_FORMAT = "annealscale.LawFit/1"
+
+
+def law_design(law: Law, X: Any) -> np.ndarray:
+    """The design ``(n, k)`` of ``X``: a DataFrame's ``law.columns``, or an array's values.
+
+    Raises
+    ------
+    AnalysisError
+        Naming the law's columns a DataFrame lacks.
+    """
+    if isinstance(X, pd.DataFrame):
+        missing = [c for c in law.columns if c not in X.columns]
+        if missing:
+            raise AnalysisError(
+                f"law {law.name!r} needs column(s) {missing} (variables "
+                f"{dict(zip(law.variables, law.columns, strict=True))}); the table has "
+                f"{list(X.columns)}"
+            )
+        return law.design(X.loc[:, list(law.columns)].to_numpy(dtype=float))
+    return law.design(X)
+
+
+def _target_values(X: Any, y: Any) -> np.ndarray:
+    """``y`` as an array; a string names a column of the DataFrame ``X``."""
+    if isinstance(y, str):
+        if not isinstance(X, pd.DataFrame):
+            raise AnalysisError(f"y={y!r} names a column, so X must be a DataFrame")
+        if y not in X.columns:
+            raise AnalysisError(f"y column {y!r} is not in the table; it has {list(X.columns)}")
+        return X[y].to_numpy(dtype=float)
+    if y is None:
+        raise AnalysisError("pass y: the metric, or the name of its column in X")
+    return np.asarray(y, dtype=float)
+
+
 def _validate(law: Law, x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     xd = law.design(x)
     yv = np.asarray(y, dtype=float)
@@ -375,8 +604,13 @@ def _validate(law: Law, x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndar
         raise AnalysisError(f"x has {len(xd)} rows but y has shape {yv.shape}; pass one y per x")
     if not (np.all(np.isfinite(xd)) and np.all(xd > 0)):
         raise AnalysisError(f"law {law.name!r}: x values must be finite and positive")
-    if not (np.all(np.isfinite(yv)) and np.all(yv > 0)):
-        raise AnalysisError(f"law {law.name!r}: y values must be finite and positive")
+    if law.separable and not (np.all(np.isfinite(yv)) and np.all(yv > 0)):
+        raise AnalysisError(
+            f"law {law.name!r}: y values must be finite and positive (the built-in laws "
+            "model a positive metric; a user law may take any finite y)"
+        )
+    if not np.all(np.isfinite(yv)):
+        raise AnalysisError(f"law {law.name!r}: y values must be finite")
     n_distinct = len(np.unique(xd, axis=0)) if len(xd) else 0
     if n_distinct < _MIN_DISTINCT_X:
         raise AnalysisError(
@@ -396,10 +630,6 @@ def _check_settings(huber_delta: float, n_grid: int, n_refine: int, tol: float) 
         raise AnalysisError(f"need n_grid >= 2 and n_refine >= 1; got {n_grid} and {n_refine}")
     if not np.finfo(float).eps <= tol < 1:
         raise AnalysisError(f"tol must lie in [machine epsilon, 1); got {tol}")
-
-
-def _positive(v: np.ndarray) -> np.ndarray:
-    return np.maximum(v, np.finfo(float).tiny)
 
 
 def _distinct_best(u: np.ndarray, score: np.ndarray, n: int) -> list[np.ndarray]:

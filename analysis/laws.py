@@ -12,17 +12,22 @@ refining all of them together. A user-defined law is a plain function of the
 variables and named parameters plus bounds (`user_law`); it is fitted from
 quasi-random starts instead.
 
-All parameters are positive; the fitter works on their logarithms. Every basis
-and `Law.evaluate` accept a batch of parameter vectors, shape ``(..., p)``, so
-the bootstrap fits a thousand resamples at once.
+The fitter works on coordinates ``u`` (`Law.to_u`, `Law.to_theta`): the logarithm of
+a parameter whose bounds are positive (every built-in one, so relative changes count
+the same at every scale), and for a user parameter whose range reaches zero or below
+the parameter affinely mapped onto ``[-1, 1]`` over its bounds. Every basis and
+`Law.evaluate` accept a batch of parameter vectors, shape ``(..., p)``, so the
+bootstrap fits a thousand resamples at once; a user law's finite-difference gradient
+evaluates all its ``2p`` perturbed vectors in one such batched call.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -42,6 +47,39 @@ BasisGradFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(x (n, k), nonlinear (..., q)) -> d basis / d nonlinear (..., n, m, q)``."""
 
 _FD_STEP = 1e-6  # relative step of the central differences for user laws
+_FD_LINEAR_FLOOR = 1e-3  # ... of at least this fraction of a linear-scale parameter's range
+_FD_CALL_ELEMENTS = 1 << 18  # cap on the values one batched call of a user law returns: a
+# bootstrap's (2p + 1, 1000, n) stack would leave the cache and run slower than p calls
+
+
+class FrozenMap(Mapping[str, Any]):
+    """A read-only mapping that pickles (unlike `types.MappingProxyType`).
+
+    Used for a law's bounds and a fit's parameters, so that fitted estimators pickle.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_data", dict(data or {}))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError("FrozenMap is read-only")
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (self._data,))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +105,8 @@ class Law:
     nonlinear_params: tuple[str, ...]
     """Exponents and other parameters entering the basis (every parameter of a user law)."""
     bounds: Mapping[str, tuple[float, float]]
-    """Positive ``(lower, upper)`` per parameter, in the parameter's own units."""
+    """Finite ``(lower, upper)`` per parameter, in the parameter's own units. Positive
+    bounds put the parameter on a log scale for the fitter, others on a linear one."""
     basis: BasisFn | None = None
     basis_grad: BasisGradFn | None = None
     function: Callable[..., ArrayLike] | None = None
@@ -86,11 +125,13 @@ class Law:
                 f"law {self.name!r}: bounds must name each of {self.param_names} once"
             )
         for p, (lo, hi) in self.bounds.items():
-            if not (0.0 < lo < hi and math.isfinite(hi)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise AnalysisError(
-                    f"law {self.name!r}: bounds of {p!r} must satisfy 0 < lo < hi < inf; "
+                    f"law {self.name!r}: bounds of {p!r} must be finite with lo < hi; "
                     f"got ({lo}, {hi})"
                 )
+        frozen = FrozenMap({p: (float(lo), float(hi)) for p, (lo, hi) in self.bounds.items()})
+        object.__setattr__(self, "bounds", frozen)
         if (self.basis is None) == (self.function is None):
             raise AnalysisError(f"law {self.name!r}: give either basis or function, not both")
         if self.basis is not None:
@@ -103,9 +144,63 @@ class Law:
         elif self.linear_params:
             raise AnalysisError(f"law {self.name!r}: a function law has no linear parameters")
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A built-in law pickles by name, so that it unpickles as the registry's object.
+        if LAWS.get(self.name) is self:
+            return (get_law, (self.name,))
+        return super().__reduce_ex__(protocol)
+
     @property
     def separable(self) -> bool:
         return self.basis is not None
+
+    @property
+    def log_scale(self) -> np.ndarray:
+        """``(p,)`` bool: which parameters the fitter moves on a log scale (positive bounds)."""
+        return np.array([self.bounds[p][0] > 0.0 for p in self.param_names])
+
+    def u_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds ``(lower (p,), upper (p,))`` of the fitting coordinates ``u``."""
+        lo = np.array([self.bounds[p][0] for p in self.param_names])
+        hi = np.array([self.bounds[p][1] for p in self.param_names])
+        log = self.log_scale
+        return np.where(log, np.log(np.where(log, lo, 1.0)), -1.0), np.where(
+            log, np.log(np.where(log, hi, 1.0)), 1.0
+        )
+
+    def to_theta(self, u: ArrayLike) -> np.ndarray:
+        """Parameters ``(..., p)`` from fitting coordinates ``u (..., p)``."""
+        u = np.asarray(u, dtype=float)
+        theta = np.exp(u)
+        log = self.log_scale
+        if not log.all():
+            mid, half = self._linear_map()
+            theta = np.where(log, theta, mid + half * u)
+        return theta
+
+    def to_u(self, theta: ArrayLike) -> np.ndarray:
+        """Fitting coordinates ``u (..., p)`` of parameters ``theta (..., p)``."""
+        theta = np.asarray(theta, dtype=float)
+        u = np.log(np.maximum(theta, np.finfo(float).tiny))
+        log = self.log_scale
+        if not log.all():
+            mid, half = self._linear_map()
+            u = np.where(log, u, (theta - mid) / half)
+        return u
+
+    def dtheta_du(self, theta: ArrayLike) -> np.ndarray:
+        """``d theta / d u``, shape ``(..., p)``: ``theta`` on a log scale, else half the range."""
+        theta = np.asarray(theta, dtype=float)
+        log = self.log_scale
+        if log.all():
+            return theta
+        _, half = self._linear_map()
+        return np.where(log, theta, half)
+
+    def _linear_map(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.array([self.bounds[p][0] for p in self.param_names])
+        hi = np.array([self.bounds[p][1] for p in self.param_names])
+        return 0.5 * (lo + hi), 0.5 * (hi - lo)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -148,7 +243,7 @@ class Law:
         """``dL/dtheta``, shape ``(..., n, p)``."""
         theta = np.asarray(theta, dtype=float)
         if self.basis is None or self.basis_grad is None:
-            return self._finite_difference_grad(x, theta)
+            return self._finite_difference(x, theta, with_value=False)[1]
         m = len(self.linear_params)
         lin, nonlin = theta[..., :m], theta[..., m:]
         d_lin = self.basis(x, nonlin)  # (..., n, m)
@@ -159,7 +254,7 @@ class Law:
         """``L(x)`` ``(..., n)`` and ``dL/dtheta`` ``(..., n, p)``, sharing the basis."""
         theta = np.asarray(theta, dtype=float)
         if self.basis is None or self.basis_grad is None:
-            return self.evaluate(x, theta), self._finite_difference_grad(x, theta)
+            return self._finite_difference(x, theta, with_value=True)
         m = len(self.linear_params)
         lin, nonlin = theta[..., :m], theta[..., m:]
         a = self.basis(x, nonlin)  # (..., n, m)
@@ -202,16 +297,43 @@ class Law:
             rows.append(np.broadcast_to(np.asarray(out, dtype=float), (n,)))
         return np.stack(rows).reshape(*batch, n)
 
-    def _finite_difference_grad(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        grads = []
-        for j in range(theta.shape[-1]):
-            h = _FD_STEP * np.maximum(np.abs(theta[..., j]), 1e-12)  # (...,)
-            up, down = theta.copy(), theta.copy()
-            up[..., j] += h
-            down[..., j] -= h
-            diff = self.evaluate(x, up) - self.evaluate(x, down)  # (..., n)
-            grads.append(diff / (2.0 * h[..., None]))
-        return np.stack(grads, axis=-1)  # (..., n, p)
+    def _finite_difference(
+        self, x: np.ndarray, theta: np.ndarray, *, with_value: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Central differences in every parameter from ONE batched evaluation.
+
+        The ``2p`` perturbed vectors (and ``theta`` itself when ``with_value``) are
+        stacked on a leading axis, so a broadcasting function is called once, not
+        ``2p`` times (in a few calls for a large batch, see ``_FD_CALL_ELEMENTS``).
+        Returns ``(L(x) (..., n) or empty, dL/dtheta (..., n, p))``.
+        """
+        p = theta.shape[-1]
+        h = self._fd_steps(theta)  # (..., p)
+        eye = np.eye(p).reshape(p, *([1] * (theta.ndim - 1)), p)  # (p, ..., p)
+        shift = eye * h  # (p, ..., p): row j moves parameter j by h_j
+        parts = [theta + shift, theta - shift]
+        if with_value:
+            parts.append(theta[None])
+        stacked = np.concatenate(parts)  # (2p [+1], ..., p)
+        per_set = max(1, math.prod(theta.shape[:-1]) * x.shape[0])
+        step = max(1, _FD_CALL_ELEMENTS // per_set)
+        values = np.concatenate(
+            [self.evaluate(x, stacked[i : i + step]) for i in range(0, len(stacked), step)]
+        )  # (2p [+1], ..., n)
+        h_j = np.moveaxis(h, -1, 0)[..., None]  # (p, ..., 1)
+        diff = (values[:p] - values[p : 2 * p]) / (2.0 * h_j)  # (p, ..., n)
+        grad = np.ascontiguousarray(np.moveaxis(diff, 0, -1))  # (..., n, p), as callers matmul it
+        value = values[2 * p] if with_value else np.empty(0)
+        return value, grad
+
+    def _fd_steps(self, theta: np.ndarray) -> np.ndarray:
+        """Step per parameter ``(..., p)``: relative, floored on a linear-scale parameter's range."""
+        floor = np.full(theta.shape[-1], 1e-12)
+        log = self.log_scale
+        if not log.all():
+            _, half = self._linear_map()
+            floor = np.where(log, floor, _FD_LINEAR_FLOOR * 2.0 * half)
+        return _FD_STEP * np.maximum(np.abs(theta), floor)
 
 
 def user_law(
@@ -239,8 +361,9 @@ def user_law(
     columns : tuple of str
         Results-table column of each variable, e.g. ``("train_tokens",)``.
     bounds : mapping of str to (float, float)
-        Positive ``(lower, upper)`` for every keyword parameter; the order of the
-        mapping is the parameter order.
+        Finite ``(lower, upper)``, ``lower < upper``, for every keyword parameter; the
+        order of the mapping is the parameter order. A parameter with positive bounds
+        is fitted on a log scale, any other (e.g. ``(-5, 5)``) on a linear scale.
     formula : str, optional
         Shown in reports; defaults to the function's name.
     """
@@ -251,7 +374,7 @@ def user_law(
         columns=tuple(columns),
         linear_params=(),
         nonlinear_params=tuple(bounds),
-        bounds=MappingProxyType(dict(bounds)),
+        bounds=dict(bounds),
         function=function,
         references=tuple(references),
     )
@@ -320,7 +443,7 @@ POWER_LAW_D = Law(
     nonlinear_params=("beta",),
     # beta: Kaplan et al. report ~0.1 and Hoffmann et al. ~0.28 for pre-training;
     # anneals over a narrow token range can be steeper, hence the wide upper bound.
-    bounds=MappingProxyType({"E": (1e-6, 1e3), "B": (1e-9, 1e6), "beta": (1e-3, 3.0)}),
+    bounds=FrozenMap({"E": (1e-6, 1e3), "B": (1e-9, 1e6), "beta": (1e-3, 3.0)}),
     basis=_power_law_d_basis,
     basis_grad=_power_law_d_basis_grad,
     offset_param="E",
@@ -439,7 +562,7 @@ EFFECTIVE_DATA = Law(
     columns=("domain_tokens", "unique_tokens"),
     linear_params=("E", "B"),
     nonlinear_params=("beta", "R_star"),
-    bounds=MappingProxyType(
+    bounds=FrozenMap(
         {"E": (1e-6, 1e3), "B": (1e-9, 1e6), "beta": (1e-3, 3.0), "R_star": _R_STAR_BOUNDS}
     ),
     basis=_effective_basis,
@@ -456,7 +579,7 @@ EFFECTIVE_DATA_QUALITY = Law(
     columns=("domain_tokens", "unique_tokens"),
     linear_params=("E", "B"),
     nonlinear_params=("beta", "R_star", "kappa"),
-    bounds=MappingProxyType(
+    bounds=FrozenMap(
         {
             "E": (1e-6, 1e3),
             "B": (1e-9, 1e6),
@@ -512,7 +635,7 @@ TWO_VARIABLE = Law(
     columns=("model_params", "train_tokens"),
     linear_params=("E", "A", "B"),
     nonlinear_params=("alpha", "beta"),
-    bounds=MappingProxyType(
+    bounds=FrozenMap(
         {
             "E": (1e-6, 1e3),
             "A": (1e-9, 1e6),
@@ -559,7 +682,7 @@ DATA_CONSTRAINED = Law(
     columns=("model_params", "domain_tokens", "unique_tokens"),
     linear_params=("E", "A", "B"),
     nonlinear_params=("alpha", "beta", "R_star"),
-    bounds=MappingProxyType(
+    bounds=FrozenMap(
         {
             "E": (1e-6, 1e3),
             "A": (1e-9, 1e6),

@@ -1,7 +1,8 @@
 """Batched numerics under the fitter and the bootstrap: many fits of one law at once.
 
-A "problem" is one weighted data set: ``(log y (n,), weights (n,))`` on a shared
-design ``x (n, k)``. The bootstrap stacks a thousand of them (weights are the
+A "problem" is one weighted data set: ``(t (n,), weights (n,))`` on a shared design
+``x (n, k)``, where ``t`` is the metric as the objective sees it (`Target`: ``log y``
+for a positive metric, ``y / scale`` otherwise). The bootstrap stacks a thousand of them (weights are the
 resampling counts); a simulation study stacks data sets too. Everything here is
 vectorised over the leading problem axis ``P``.
 
@@ -9,9 +10,13 @@ vectorised over the leading problem axis ``P``.
   parameters, the linear ones solved by non-negative least squares on relative
   residuals (variable projection), with the NNLS done exactly by enumerating
   active sets (at most three linear parameters, so at most seven subsets).
-- `refine`: a projected Levenberg-Marquardt on the Huber loss of log residuals,
-  in log-parameter space, with Huber handled by iteratively reweighted least
+- `refine`: a projected Levenberg-Marquardt on the Huber loss of the residuals,
+  in the law's fitting coordinates ``u`` (`analysis.laws.Law.to_u`: log-parameters
+  for positive-bounded ones), with Huber handled by iteratively reweighted least
   squares and every step accepted only if it lowers the true objective.
+
+Arrays named ``u`` hold fitting coordinates; for the built-in laws (all parameters
+positive) they are the log-parameters.
 """
 
 from __future__ import annotations
@@ -51,35 +56,107 @@ def _huber_weight(r: np.ndarray, delta: float) -> np.ndarray:
     return np.minimum(1.0, delta / np.maximum(np.abs(r), _TINY))
 
 
+@dataclass(frozen=True)
+class Target:
+    """How the objective sees the metric: residuals of ``log y``, or of ``y / scale``.
+
+    ``log=True`` (every built-in law, any positive metric): the residual of a point is
+    ``log L - log y``, a relative error, as in Hoffmann et al. (2022). ``log=False`` (a
+    metric that is zero or negative somewhere): ``(L - y) / scale``, with ``scale`` a
+    typical magnitude of ``y`` (`linear_target`), so that the residual is again about
+    a relative error and the Huber threshold keeps its meaning.
+    """
+
+    log: bool = True
+    scale: float = 1.0
+    """Metric units dividing linear residuals (1 and unused for the log target)."""
+
+    def transform(self, y: ArrayLike) -> np.ndarray:
+        """The metric as the residuals see it: ``log y`` or ``y / scale``."""
+        y = np.asarray(y, dtype=float)
+        return np.log(y) if self.log else y / self.scale
+
+    def of_prediction(self, pred: np.ndarray) -> np.ndarray:
+        """`transform` of a prediction (floored at the smallest float on the log scale)."""
+        return np.log(np.maximum(pred, _TINY)) if self.log else pred / self.scale
+
+    def jacobian(self, grad: np.ndarray, dtheta_du: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        """``d residual / d u`` ``(..., n, p)`` from ``dL/dtheta (..., n, p)``,
+        ``dtheta/du (..., p)`` and ``L (..., n)``."""
+        if self.log:
+            return grad * (dtheta_du[..., None, :] / np.maximum(pred, _TINY)[..., None])
+        return grad * (dtheta_du[..., None, :] / self.scale)
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready description of the residuals."""
+        if self.log:
+            return {"residual": "log L - log y", "scale": None}
+        return {"residual": "(L - y) / scale", "scale": self.scale}
+
+
+LOG_TARGET = Target()
+"""Residuals of ``log y``: the objective of every built-in law."""
+
+
+def linear_target(y: ArrayLike) -> Target:
+    """Residuals ``(L - y) / scale``, ``scale`` the median of ``|y|``.
+
+    Why the median magnitude: for a metric of one sign and moderate spread
+    ``(L - y) / median|y|`` is close to ``log L - log y``, so a Huber threshold chosen for
+    log residuals (1e-3: a 0.1 % error) means about the same here. Where half the values
+    are zero the scale falls back to 1.4826 times the median absolute deviation (the
+    spread of ``y``), and to 1 where ``y`` is constant zero.
+    """
+    y = np.asarray(y, dtype=float)
+    scale = float(np.median(np.abs(y)))
+    if not scale > 0.0:
+        scale = 1.4826 * float(np.median(np.abs(y - np.median(y))))
+    return Target(log=False, scale=scale if scale > 0.0 else 1.0)
+
+
 def log_bounds(law: Law) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.log([law.bounds[p][0] for p in law.param_names])
-    hi = np.log([law.bounds[p][1] for p in law.param_names])
-    return lo, hi
+    """Bounds of the fitting coordinates ``u`` (`Law.u_bounds`): the log-bounds of a law
+    whose parameters are all positive, as every built-in law's are."""
+    return law.u_bounds()
 
 
 def nonlinear_grid(law: Law, n_grid: int, max_points: int = MAX_GRID_POINTS) -> np.ndarray:
-    """Geometric grid over the nonlinear parameters, shape ``(g, q)``."""
+    """Grid over the nonlinear parameters, shape ``(g, q)``: geometric on a log-scale
+    parameter, even on a linear-scale one."""
     q = len(law.nonlinear_params)
     per_axis = min(n_grid, max(3, int(round(max_points ** (1.0 / q)))))
-    axes = [np.geomspace(*law.bounds[p], per_axis) for p in law.nonlinear_params]
+    axes = [
+        np.geomspace(*law.bounds[p], per_axis)
+        if law.bounds[p][0] > 0
+        else np.linspace(*law.bounds[p], per_axis)
+        for p in law.nonlinear_params
+    ]
     return np.array(list(itertools.product(*axes)))
 
 
 def quasi_random_starts(law: Law, n: int) -> np.ndarray:
-    """``n`` log-parameter vectors spread over the bounds (Halton), shape ``(n, p)``."""
+    """``n`` vectors of fitting coordinates spread over the bounds (Halton), ``(n, p)``."""
     from scipy.stats import qmc
 
-    lo, hi = log_bounds(law)
+    lo, hi = law.u_bounds()
     pts = qmc.Halton(d=law.n_params, scramble=False).random(n + 1)[1:]  # skip the corner
     return lo + pts * (hi - lo)
 
 
 def objective(
-    law: Law, xd: np.ndarray, log_y: np.ndarray, w: np.ndarray, u: np.ndarray, delta: float
+    law: Law,
+    xd: np.ndarray,
+    t: np.ndarray,
+    w: np.ndarray,
+    u: np.ndarray,
+    delta: float,
+    target: Target = LOG_TARGET,
 ) -> np.ndarray:
-    """Summed weighted Huber loss of log residuals, shape ``u.shape[:-1]``."""
-    pred = np.maximum(law.evaluate(xd, np.exp(u)), _TINY)  # (..., n)
-    r = np.log(pred) - log_y
+    """Summed weighted Huber loss of the residuals, shape ``u.shape[:-1]``.
+
+    ``t`` is ``target.transform(y)`` (``log y`` for the default log target).
+    """
+    r = target.of_prediction(law.evaluate(xd, law.to_theta(u))) - t  # (..., n)
     loss = huber(r, delta) * w
     return np.where(np.isfinite(loss), loss, np.inf).sum(axis=-1)
 
@@ -124,7 +201,7 @@ def batch_nnls(m: np.ndarray, v: np.ndarray, tt: np.ndarray) -> tuple[np.ndarray
 
 @dataclass(frozen=True)
 class Candidates:
-    """Screened starting points: ``u (P, C, p)`` log-parameters, ``score (P, C)``."""
+    """Screened starting points: ``u (P, C, p)`` fitting coordinates, ``score (P, C)``."""
 
     u: np.ndarray
     score: np.ndarray
@@ -141,24 +218,26 @@ def screen(
     delta: float | None = None,
     n_random: int = 512,
     max_points: int = MAX_GRID_POINTS,
+    target: Target = LOG_TARGET,
 ) -> Candidates:
     """Candidate starts for problems ``y (P, n)`` with weights ``w (P, n)``.
 
     Separable laws: every grid point of the nonlinear parameters, linear ones by
     NNLS with the offset free and with the offset fixed at each of
     ``offset_fractions * min(y)``. Function laws: ``n_random`` quasi-random starts.
-    Scored by the Huber loss on log residuals when ``delta`` is given, else by the
-    relative least-squares objective of the NNLS (cheaper, for the bootstrap).
+    Scored by the Huber loss of ``target``'s residuals when ``delta`` is given, else by
+    the relative least-squares objective of the NNLS (cheaper, for the bootstrap).
+    Separable laws need a positive ``y``.
     """
-    lo, hi = log_bounds(law)
-    log_y = np.log(y)
+    lo, hi = law.u_bounds()
+    t = target.transform(y)
     if not law.separable:
         u = np.broadcast_to(
             quasi_random_starts(law, n_random), (y.shape[0], n_random, law.n_params)
         )
         d = 1e-3 if delta is None else delta
-        pred = np.maximum(law.evaluate(xd, np.exp(u[0])), _TINY)  # (C, n)
-        r = np.log(pred)[None, :, :] - log_y[:, None, :]  # (P, C, n)
+        pred = target.of_prediction(law.evaluate(xd, law.to_theta(u[0])))  # (C, n)
+        r = pred[None, :, :] - t[:, None, :]  # (P, C, n)
         loss = huber(r, d) * w[:, None, :]
         score = np.where(np.isfinite(loss), loss, np.inf).sum(-1)  # (P, C)
         return Candidates(u=u, score=score)
@@ -198,14 +277,20 @@ def screen(
     theta = np.concatenate(
         [lin_all, np.broadcast_to(nonlin_all, (*lin_all.shape[:2], grid.shape[1]))], axis=-1
     )
-    u = np.clip(np.log(np.maximum(theta, _TINY)), lo, hi)  # (P, C, p)
+    u = np.clip(law.to_u(theta), lo, hi)  # (P, C, p)
     if delta is None:
         return Candidates(u=u, score=np.concatenate(scores, axis=1))
-    return Candidates(u=u, score=_chunked_objective(law, xd, log_y, w, u, delta))
+    return Candidates(u=u, score=_chunked_objective(law, xd, t, w, u, delta, target))
 
 
 def _chunked_objective(
-    law: Law, xd: np.ndarray, log_y: np.ndarray, w: np.ndarray, u: np.ndarray, delta: float
+    law: Law,
+    xd: np.ndarray,
+    t: np.ndarray,
+    w: np.ndarray,
+    u: np.ndarray,
+    delta: float,
+    target: Target,
 ) -> np.ndarray:
     p_count, c_count, _ = u.shape
     n = xd.shape[0]
@@ -213,7 +298,7 @@ def _chunked_objective(
     out = np.empty((p_count, c_count))
     for s in range(0, p_count, step):
         sl = slice(s, s + step)
-        out[sl] = objective(law, xd, log_y[sl, None, :], w[sl, None, :], u[sl], delta)
+        out[sl] = objective(law, xd, t[sl, None, :], w[sl, None, :], u[sl], delta, target)
     return out
 
 
@@ -227,6 +312,7 @@ def best_starts(
     max_points: int,
     n_random: int = 256,
     rng: np.random.Generator | None = None,
+    target: Target = LOG_TARGET,
 ) -> np.ndarray:
     """The single best screened start of each problem, ``(P, p)``, screened in chunks.
 
@@ -241,7 +327,14 @@ def best_starts(
     for s in range(0, p_count, step):
         sl = slice(s, s + step)
         cand = screen(
-            law, xd, y[sl], w[sl], n_grid=n_grid, n_random=n_random, max_points=max_points
+            law,
+            xd,
+            y[sl],
+            w[sl],
+            n_grid=n_grid,
+            n_random=n_random,
+            max_points=max_points,
+            target=target,
         )
         if rng is None:
             best = np.argmin(cand.score, axis=1)  # (chunk,)
@@ -255,9 +348,9 @@ def best_starts(
 @dataclass(frozen=True)
 class Refined:
     u: np.ndarray
-    """(P, p) log-parameters."""
+    """(P, p) fitting coordinates (log-parameters for positive-bounded ones)."""
     loss: np.ndarray
-    """(P,) summed weighted Huber loss of log residuals."""
+    """(P,) summed weighted Huber loss of the residuals."""
     converged: np.ndarray
     """(P,) bool: the relative decrease of the loss or the step fell below tolerance."""
     iterations: int
@@ -275,17 +368,22 @@ def refine(
     tol: float = 1e-9,
     prior_mean: np.ndarray | None = None,
     prior_precision: np.ndarray | None = None,
+    target: Target = LOG_TARGET,
 ) -> Refined:
-    """Projected Levenberg-Marquardt on ``sum w huber(log L(x; e^u) - log y)``, batched.
+    """Projected Levenberg-Marquardt on ``sum w huber(r)``, batched, where ``r`` is
+    ``log L(x; theta(u)) - log y`` (the default log ``target``) or ``(L - y) / scale``.
 
     Parameters
     ----------
     log_y, w : (P, n)
-    u0 : (P, p) starting log-parameters, inside the log-bounds.
+        ``target.transform(y)`` (``log y`` for the log target) and weights.
+    u0 : (P, p) starting fitting coordinates (`Law.to_u`), inside `Law.u_bounds`.
     prior_mean, prior_precision : (p,), optional
         A Gaussian penalty ``sum prior_precision * (u - prior_mean)**2 / 2`` added to the
-        objective (a prior on the log-parameters, in the loss's units; precision 0 leaves a
-        parameter free). ``Refined.loss`` includes it.
+        objective (a prior on the fitting coordinates, in the loss's units; precision 0
+        leaves a parameter free). ``Refined.loss`` includes it.
+    target : Target
+        How residuals are taken; see `Target`.
 
     Notes
     -----
@@ -294,13 +392,14 @@ def refine(
     linearly, hence the generous ``max_iter``. Problems leave the working set as
     they converge, so the tail costs little.
     """
-    lo, hi = log_bounds(law)
+    lo, hi = law.u_bounds()
     p_count, p = u0.shape
     m0 = np.zeros(p) if prior_mean is None else np.asarray(prior_mean, float)
     prec = np.zeros(p) if prior_precision is None else np.asarray(prior_precision, float)
 
     def penalised(lya, wa, u):
-        return objective(law, xd, lya, wa, u, delta) + 0.5 * ((u - m0) ** 2 * prec).sum(-1)
+        loss = objective(law, xd, lya, wa, u, delta, target)
+        return loss + 0.5 * ((u - m0) ** 2 * prec).sum(-1)
 
     u_out = np.clip(u0, lo, hi).astype(float)
     f_out = penalised(log_y, w, u_out)
@@ -314,11 +413,10 @@ def refine(
     for it in range(1, max_iter + 1):  # noqa: B007 - reported
         if idx.size == 0:
             break
-        theta = np.exp(ua)
+        theta = law.to_theta(ua)
         pred, grad = law.evaluate_with_grad(xd, theta)  # (a, n), (a, n, p)
-        pred = np.maximum(pred, _TINY)
-        r = np.log(pred) - lya
-        jac = grad * (theta[:, None, :] / pred[..., None])  # d log L / d u, (a, n, p)
+        r = target.of_prediction(pred) - lya
+        jac = target.jacobian(grad, law.dtheta_du(theta), pred)  # d r / d u, (a, n, p)
         om = wa * _huber_weight(r, delta)  # (a, n)
         jac_w = jac * om[..., None]
         h = np.matmul(jac_w.transpose(0, 2, 1), jac) + np.diag(prec)  # (a, p, p)

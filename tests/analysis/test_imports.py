@@ -12,6 +12,7 @@ ALLOWED = {
     "annealscale.core",
     "numpy",
     "scipy",
+    "sklearn",
     "pandas",
     "pyarrow",
     "matplotlib",
