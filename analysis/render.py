@@ -17,10 +17,16 @@ from pathlib import Path
 import pandas as pd
 
 from annealscale.analysis.budget import CostModel
-from annealscale.analysis.compare import Decision, TargetDecision, format_tokens
+from annealscale.analysis.compare import (
+    Decision,
+    SourcePrediction,
+    TargetDecision,
+    format_probability,
+)
 from annealscale.analysis.fit import FLAG_DESCRIPTIONS
 from annealscale.analysis.sources import GroupFit, SourceFits
 from annealscale.analysis.table import ResultsTable
+from annealscale.analysis.target import format_tokens
 from annealscale.analysis.validate import Validation
 
 _CSS = """
@@ -62,8 +68,11 @@ def render_report(
         "<h1>annealscale: which source to buy, at what budget</h1>",
         _headline(decision),
         f'<p class="note">Law <code>{escape(law.name)}</code>: {escape(validation.reason)}. '
-        f"Intervals are {level:.0%} bootstrap percentile intervals over {n_boot} resamples of "
-        "the cells; probabilities pair the sources' resamples.</p>",
+        f"Intervals are {level:.0%} intervals of the expected domain bpb: {n_boot} bootstrap "
+        "resamples of the cells, re-centred on the fit and widened by the extrapolation error "
+        f"measured on held-out budgets ({validation.error_rate:.2%} of bpb per e-fold of "
+        "reach) and by the candidate laws' disagreement; P(best) is the share of draws in "
+        "which a source is best.</p>",
         *(_target_section(td, costs) for td in decision.targets),
         "<h2>Plots</h2>",
         *(_figure(caption, path) for caption, path in plots),
@@ -108,7 +117,11 @@ def _headline(decision: Decision) -> str:
 
 
 def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
-    parts = [f"<h2>Decision at {escape(td.target.label)}</h2>"]
+    parts = [
+        f"<h2>Decision at {escape(td.target.label)}</h2>",
+        f"<p><b>{escape(_OUTCOME_TEXT[td.outcome])}</b> Rule: {escape(td.rule.describe())}. "
+        "Rows are ranked by predicted bpb; the first is the leader.</p>",
+    ]
     head = [
         "rank",
         "source",
@@ -118,7 +131,7 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
         "predicted bpb",
         f"{td.level:.0%} interval",
         "P(best)",
-        "extrapolated",
+        "extrapolation",
     ]
     rows, classes = [], []
     for i, s in enumerate(td.ranking):
@@ -136,8 +149,8 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
                 ),
                 _num(p.predicted, 4),
                 _right(f"{p.lower:.4f} - {p.upper:.4f}"),
-                _right(f"{td.p_best.get(s, 0.0):.1%}"),
-                _text("yes" if p.extrapolated else "no"),
+                _right(format_probability(td.p_best.get(s, 0.0))),
+                _text(_reach(p)),
             ]
         )
         classes.append("best" if s == td.recommended else "")
@@ -204,13 +217,84 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
             ),
             f'<p class="note">{escape(td.allocation.note)}.</p>',
         ]
+    parts.append(_next_cells(td))
     for n in td.notes:
         parts.append(f'<p class="note">{escape(n)}.</p>')
     return "\n".join(parts)
 
 
+_OUTCOME_TEXT = {
+    "buy": "Decided: the leader meets the rule.",
+    "not_separated": "Not separated yet: the leader does not meet the rule.",
+    "unchecked": "No decision: the grid is too small to check its own law.",
+    "single": "One source could be ranked.",
+    "none": "No source could be ranked.",
+}
+
+
+def _reach(p: SourcePrediction) -> str:
+    far = {v: f for v, f in p.reach.items() if f > 1.0 + 1e-9}
+    if not far:
+        return "inside the sampled budgets"
+    names = {"train_tokens": "tokens", "curation_spend": "spend"}
+    return ", ".join(f"{f:,.1f}x beyond in {names.get(v, v)}" for v, f in far.items())
+
+
+def _next_cells(td: TargetDecision) -> str:
+    """The proposer's top cells: what to run next to make this decision surer."""
+    head = "<h3>What to run next</h3>"
+    if not td.next_cells:
+        return (
+            f'{head}<p class="note">No proposal (the proposer needs cost columns and an '
+            "unfinished cell of the table's grid; see the notes).</p>"
+        )
+    rows = [
+        [
+            _right(str(c["rank"])),
+            _text(c["source"]),
+            _right(f"${c['curation_spend']:,.4g}"),
+            _right(format_tokens(c["train_tokens"])),
+            _num(c["decision_gain"], 3),
+            _right(f"{c['variance_gain']:.0%}" if math.isfinite(c["variance_gain"]) else ""),
+            _right(f"${c['cost']:,.4g}"),
+            _text(c["reason"]),
+        ]
+        for c in td.next_cells
+    ]
+    return "\n".join(
+        [
+            head,
+            "<p>Cells chosen jointly by <code>annealscale propose</code> for this target: "
+            "expected reduction of the probability of a wrong decision, expected reduction of "
+            "the target variance, and marginal cost.</p>",
+            _table(
+                [
+                    "rank",
+                    "source",
+                    "curation spend",
+                    "training tokens",
+                    "P(wrong) -",
+                    "variance -",
+                    "cost",
+                    "why",
+                ],
+                rows,
+            ),
+        ]
+    )
+
+
 def _validation(validation: Validation) -> str:
-    head = ["law", "parameters", "sources checked", "mean |error|", "inside interval", "chosen"]
+    head = [
+        "law",
+        "parameters",
+        "sources checked",
+        "rms error (like for like)",
+        "mean |error|",
+        "weight",
+        "inside interval",
+        "chosen",
+    ]
     rows = []
     for v in validation.laws:
         rows.append(
@@ -218,15 +302,19 @@ def _validation(validation: Validation) -> str:
                 _text(v.law.name),
                 _right(str(v.law.n_params)),
                 _right(str(len(v.sources))),
+                _right(f"{math.sqrt(v.score):.2%}" if math.isfinite(v.score) else ""),
                 _right(f"{v.mean_abs_error:.2%}" if v.cells else ""),
+                _right(f"{validation.weights.get(v.law.name, 0.0):.2f}"),
                 _right(f"{sum(c.inside for c in v.cells)}/{len(v.cells)}" if v.cells else ""),
                 _text("yes" if v.law.name == validation.selected.name else ""),
             ]
         )
     parts = [
-        f"<p>Held out: {escape(validation.held_out)}. Each law is fitted on the rest and "
-        f"predicts the held-out cells; the interval is the {validation.level:.0%} interval for "
-        "an observation (curve and noise).</p>",
+        f"<p>Held out: {escape(validation.held_out)}. The law with the lowest error on the "
+        "predictions every candidate made is chosen; the weights (inverse squared error) set "
+        "how much each law's disagreement widens the intervals. A held-out cell's interval "
+        f"is the {validation.level:.0%} interval for an observation from the extrapolation "
+        "error rate estimated without that cell's source and variable.</p>",
         _table(head, rows),
     ]
     chosen = validation.of(validation.selected)
@@ -234,6 +322,7 @@ def _validation(validation: Validation) -> str:
         crow = [
             [
                 _text(c.source),
+                _text(f"{c.variable} > {c.origin:,.4g} ({c.reach:,.1f}x)"),
                 _right(f"${c.curation_spend:,.4g}"),
                 _right(format_tokens(c.train_tokens)),
                 _num(c.observed, 4),
@@ -248,6 +337,7 @@ def _validation(validation: Validation) -> str:
             _table(
                 [
                     "source",
+                    "fold (reach)",
                     "spend",
                     "tokens",
                     "observed",

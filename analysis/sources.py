@@ -246,7 +246,7 @@ class SourceFits:
         boot = self.pooled.bootstrap
         if boot is None:
             raise AnalysisError(f"source {self.source!r} has no bootstrap")
-        raw = boot.law.evaluate(self.design(train_tokens, spend), boot.params)
+        raw = boot.draws_at(self.design(train_tokens, spend))
         point = np.log(np.maximum(self.predict(train_tokens, spend), 1e-300))
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.log(np.where(raw > 0, raw, np.nan))
@@ -262,11 +262,15 @@ class SourceFits:
             np.atleast_1d(np.asarray(train_tokens, dtype=float)),
             np.atleast_1d(np.asarray(spend, dtype=float)),
         )
-        raw = boot.law.evaluate(self.design(d, c), boot.params)
+        raw = boot.draws_at(self.design(d, c))
         point = np.log(np.maximum(self.predict(d, c), 1e-300))
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.log(np.where(raw > 0, raw, np.nan))
-        extra = np.sqrt((self.error_rate * self.log_reach(d, c)) ** 2 + self.law_spread(d, c))
+            boot_var = np.nan_to_num(np.nanvar(logs, axis=0)) if len(raw) > 1 else 0.0
+        # The rate was measured on fold errors, which include the fit's own parameter
+        # error: the extrapolation term adds only what the bootstrap does not already hold.
+        reach_var = np.maximum((self.error_rate * self.log_reach(d, c)) ** 2 - boot_var, 0.0)
+        extra = np.sqrt(reach_var + self.law_spread(d, c))
         z = np.random.default_rng(self.seed).standard_normal(len(raw))
         return np.exp(widen(logs, point, extra, z))
 

@@ -34,7 +34,7 @@ PRIOR_RATE = 0.01
 """Prior extrapolation error: sd of the log metric per e-fold of reach (1 % per e-fold).
 `benchmarks/calibration.py` measures the coverage this gives on laws in and outside the
 library; the folds of a table move the rate away from it as they accumulate."""
-PRIOR_WEIGHT = 2.0
+PRIOR_WEIGHT = 1.0
 """Pseudo-groups (source x variable) behind `PRIOR_RATE`."""
 REACH_VARIABLES = ("train_tokens", "curation_spend", "model_params")
 """Budget variables along which reach is measured and folds are rolled."""
