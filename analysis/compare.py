@@ -20,6 +20,7 @@ import pandas as pd
 
 from annealscale.analysis.budget import Allocation, CostModel, Frontier, allocate
 from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.headline import format_probability, headline
 from annealscale.analysis.sources import SourceFits
 from annealscale.analysis.target import Target, format_tokens
 
@@ -79,15 +80,6 @@ source could be ranked; ``none``: no source could."""
 MIN_TOKEN_COUNTS = 3
 """Distinct training-token counts a source needs before its curve in tokens (offset,
 amplitude, exponent) is more than a line through its points."""
-
-
-def format_probability(p: float) -> str:
-    """A probability from a finite sample of draws: never "100%" or "0%"."""
-    if p > 0.99:
-        return ">99%"
-    if p < 0.01:
-        return "<1%"
-    return f"{p:.0%}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -676,132 +668,6 @@ def decide(
         cheapest_cell_within_tolerance=None if cheapest is None else MappingProxyType(cheapest),
         messages=tuple(messages),
     )
-
-
-def headline(td: TargetDecision) -> list[str]:
-    """Sentences for a target: the outcome, what would decide it, how far the prediction
-    reaches, the micro-annealing check, crossovers and the budget split."""
-    msgs: list[str] = []
-    lead, run = td.recommended, td.runner_up
-    label = td.target.label
-    if lead is None:
-        msgs.append(f"No source could be ranked at {label}.")
-    else:
-        p = td.predictions[lead]
-        pred = f"{p.predicted:.4f} domain bpb ({td.level:.0%} interval {p.lower:.4f}-{p.upper:.4f})"
-        where = _where(td.target, p)
-        if td.outcome == "single":
-            msgs.append(f"Only {lead} could be ranked: at {label}{where} it predicts {pred}.")
-        else:
-            gap = _gap(td)
-            pb = format_probability(td.p_best.get(lead, 0.0))
-            if td.outcome == "buy":
-                msgs.append(
-                    f"Buy {lead}: at {label}{where} it predicts {pred}; P(best) {pb}, ahead of "
-                    f"{run} by {gap}, which meets the rule ({td.rule.describe()})."
-                )
-            elif td.outcome == "unchecked":
-                msgs.append(
-                    f"No decision at {label}: the grid is too small to check its own law "
-                    f"({td.small_grid}). On the fitted law {lead} leads {run} by {gap} "
-                    f"(P(best) {pb}), which these cells cannot confirm."
-                )
-            else:
-                msgs.append(
-                    f"Not separated yet at {label}: {lead} leads {run} by {gap}, P(best) {pb}; "
-                    f"buying needs {td.rule.describe()}. {lead}{where} predicts {pred}."
-                )
-    if td.next_cells and td.outcome != "buy":
-        cells = "; ".join(_next_cell(c) for c in td.next_cells[:3])
-        msgs.append(f"To separate them, run next: {cells}.")
-    far = {s: p for s, p in td.predictions.items() if p.max_reach > 1.0 + 1e-9}
-    if far:
-        parts = ", ".join(
-            f"{s} {_factor(p.max_reach)} beyond its sampled "
-            f"{_reach_var(max(p.reach, key=lambda v: p.reach[v]))}"
-            for s, p in sorted(far.items())
-        )
-        msgs.append(
-            f"Extrapolation: the predictions reach {parts}; their intervals include the "
-            "error the laws made when predicting larger budgets from smaller ones."
-        )
-    m = td.micro_annealing
-    if m is not None and m.pick is not None and len(m.ranking) > 1:
-        order = " > ".join(m.ranking)
-        target_order = " > ".join(s for s in td.ranking if s in m.ranking)
-        if m.pick_differs:
-            verb = "wins" if td.buy else "leads"
-            msgs.append(
-                f"Micro-annealing would pick {m.pick} (ranking {order} at the cheapest sampled "
-                f"cells); at the target the predicted ranking is {target_order}: the "
-                f"micro-annealing ranking is wrong at the target, {td.recommended} {verb}."
-            )
-        elif m.ranking_differs:
-            msgs.append(
-                f"Micro-annealing ranks {order} at the cheapest sampled cells; at the target "
-                f"the predicted ranking is {target_order}."
-            )
-        else:
-            msgs.append(f"Micro-annealing (cheapest sampled cells) and the target agree: {order}.")
-    for c in td.crossovers:
-        if c.point_estimate:
-            where = (
-                "between the cheapest sampled budget and the target"
-                if c.before_target
-                else "outside the span from the cheapest sampled budget to the target"
-            )
-            msgs.append(f"Crossover: {c.describe()}, {where}.")
-    if td.allocation is not None and td.allocation.chosen is not None:
-        sp = td.allocation.splits[td.allocation.chosen]
-        which = "the source to buy" if td.buy else "the leader, not yet a decision"
-        msgs.append(
-            f"Best split of ${td.allocation.total_cost:,.4g} for {sp.source} ({which}): "
-            f"${sp.curation_spend:,.4g} curation spend and {format_tokens(sp.train_tokens)} "
-            f"training tokens ({sp.curation_cost / sp.total_cost:.0%} of the budget on "
-            f"curation); it answers how to divide the budget once the source is chosen, and "
-            f"{td.allocation.note}."
-        )
-    if td.unranked:
-        msgs.append(f"Not ranked (no fit): {', '.join(td.unranked)}.")
-    return msgs
-
-
-def _gap(td: TargetDecision) -> str:
-    assert td.gap is not None and td.recommended is not None
-    lead = td.predictions[td.recommended].predicted
-    text = f"{td.gap:.4f} bpb ({td.gap / lead:.2%}"
-    if td.gap_interval is not None:
-        lo, hi = td.gap_interval
-        text += f"; {td.level:.0%} interval {lo:+.4f} to {hi:+.4f}"
-    return text + ")"
-
-
-def _next_cell(c: Mapping[str, Any]) -> str:
-    return (
-        f"{c['source']} at ${c['curation_spend']:,.4g} curation spend and "
-        f"{format_tokens(c['train_tokens'])} tokens (${c['cost']:,.4g})"
-    )
-
-
-def _factor(f: float) -> str:
-    return f"{f:,.0f}x" if f >= 10 else f"{f:.1f}x"
-
-
-def _reach_var(v: str) -> str:
-    return {"train_tokens": "training tokens", "curation_spend": "curation spend"}.get(v, v)
-
-
-def _where(target: Target, p: SourcePrediction) -> str:
-    if target.total_cost is not None:
-        return (
-            f" (best split: ${p.curation_spend:,.4g} curation, "
-            f"{format_tokens(p.train_tokens)} training tokens)"
-        )
-    if not p.spend_modelled:
-        return " (every curation spend pooled: the law has no spend term)"
-    if target.curation_spend is None:
-        return f" (curation spend ${p.curation_spend:,.4g})"
-    return ""
 
 
 def _cell(row: pd.Series) -> dict[str, Any]:

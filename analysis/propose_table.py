@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from annealscale.analysis.budget import cost_model
-from annealscale.analysis.compare import format_probability
 from annealscale.analysis.errors import AnalysisError
+from annealscale.analysis.headline import format_probability
 from annealscale.analysis.propose import Proposal, Proposer, ProposerSettings
 from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts
 from annealscale.analysis.propose_model import DEFAULT_LAW_PRIOR

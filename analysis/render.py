@@ -17,13 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from annealscale.analysis.budget import CostModel
-from annealscale.analysis.compare import (
-    Decision,
-    SourcePrediction,
-    TargetDecision,
-    format_probability,
-)
+from annealscale.analysis.compare import Decision, SourcePrediction, TargetDecision
 from annealscale.analysis.fit import FLAG_DESCRIPTIONS
+from annealscale.analysis.headline import format_probability
 from annealscale.analysis.sources import GroupFit, SourceFits
 from annealscale.analysis.table import ResultsTable
 from annealscale.analysis.target import format_tokens

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from annealscale.analysis import DecisionRule, evaluate, write_report
-from annealscale.analysis.compare import format_probability
+from annealscale.analysis.headline import format_probability
 from annealscale.analysis.laws import effective_data_law
 from annealscale.cluster.cli import main
 
