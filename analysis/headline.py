@@ -59,10 +59,15 @@ def headline(td: TargetDecision) -> list[str]:
         msgs.append(f"To separate them, run next: {cells}.")
     far = {s: p for s, p in td.predictions.items() if p.max_reach > 1.0 + 1e-9}
     if far:
-        parts = ", ".join(
-            f"{s} {_factor(p.max_reach)} beyond its sampled "
-            f"{_reach_var(max(p.reach, key=lambda v: p.reach[v]))}"
-            for s, p in sorted(far.items())
+        groups: dict[str, list[str]] = {}
+        for s, p in sorted(far.items()):
+            var = max(p.reach, key=lambda v: p.reach[v])
+            reach = f"{_factor(p.max_reach)} beyond the sampled {_reach_var(var)}"
+            groups.setdefault(reach, []).append(s)
+        every = len(far) == len(td.predictions) > 1
+        parts = "; ".join(
+            f"{reach} ({'every source' if every and len(groups) == 1 else ', '.join(names)})"
+            for reach, names in groups.items()
         )
         msgs.append(
             f"Extrapolation: the predictions reach {parts}; their intervals include the "

@@ -64,6 +64,24 @@ def table_candidates(
     return open_cells, done
 
 
+def grid_continuation(
+    finished: pd.DataFrame, target_tokens: float | None = None, count: int = 2
+) -> list[float]:
+    """Training-token counts beyond the table's largest: the grid's own geometric step
+    (x3 when it has a single count), ``count`` times, stopping at ``target_tokens``."""
+    tokens = sorted(set(finished["train_tokens"].astype(float)))
+    step = tokens[-1] / tokens[-2] if len(tokens) > 1 else 3.0
+    out, d = [], tokens[-1]
+    for _ in range(count):
+        d *= step
+        if target_tokens is not None and d > target_tokens:
+            if target_tokens > tokens[-1] and (not out or out[-1] < target_tokens):
+                out.append(float(target_tokens))
+            break
+        out.append(float(round(d)))
+    return out
+
+
 def propose_from_results(
     results: pd.DataFrame | str | os.PathLike[str],
     *,
@@ -74,6 +92,9 @@ def propose_from_results(
 ) -> Proposal:
     """The next ``n`` cells for the sweep in ``results``.
 
+    Candidates are the table's grid completed (plus ``extra_tokens``); when every cell of
+    it has finished, the grid continued toward the target (`grid_continuation`).
+
     ``settings`` default to those sweeps propose with: the law prior
     (`analysis.propose_model.DEFAULT_LAW_PRIOR`) on, since plain fits of a few cells per
     source are confidently wrong (on simulated problems after a two-cell seed, P(best)
@@ -83,10 +104,13 @@ def propose_from_results(
     table = load_results(results)
     finished = table.finished
     open_cells, done = table_candidates(finished, extra_tokens)
+    if not open_cells:  # a complete grid: continue it toward the target
+        more = grid_continuation(finished, target.train_tokens)
+        open_cells, done = table_candidates(finished, [*extra_tokens, *more])
     if not open_cells:
         raise AnalysisError(
-            "every cell of the table's grid has finished; pass --tokens to propose larger "
-            "training budgets"
+            "every cell of the table's grid has finished and the target is within it; "
+            "pass --tokens to propose other training budgets"
         )
     proposer = Proposer(target=target, costs=table_costs(finished, table), settings=settings)
     return proposer.propose(finished, open_cells, n=n, done=done)

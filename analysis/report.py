@@ -225,6 +225,7 @@ def evaluate(
             metric=METRIC,
             n_boot=n_boot,
             seed=seed,
+            fitted=validation.of(validation.selected).fits,
             **fit_options,
         ),
         validation,

@@ -347,13 +347,15 @@ def fit_sources(
     n_boot: int = 0,
     seed: int = 0,
     per_spend: bool = True,
+    fitted: Mapping[str, FitResult | None] | None = None,
     **fit_options: Any,
 ) -> dict[str, SourceFits]:
     """Fit ``law`` to ``metric`` per source (with ``n_boot`` bootstrap resamples) and
     ``power_law_D`` per (source, curation spend).
 
     A group that cannot be fitted (e.g. fewer than two distinct variable values) is
-    kept with its reason in ``error`` so the report can show it.
+    kept with its reason in ``error`` so the report can show it. ``fitted`` holds fits of
+    ``law`` to each source's rows already made (by the validation), reused as they are.
     """
     law = get_law(law)
     out: dict[str, SourceFits] = {}
@@ -366,7 +368,15 @@ def fit_sources(
                 for spend, group in rows.groupby("curation_spend", sort=True)
             )
         pooled = fit_group(
-            law, metric, name, None, rows, fit_options, n_boot=n_boot, seed=source_seed(seed, name)
+            law,
+            metric,
+            name,
+            None,
+            rows,
+            fit_options,
+            n_boot=n_boot,
+            seed=source_seed(seed, name),
+            fitted=(fitted or {}).get(name),
         )
         out[name] = SourceFits(
             source=name, pooled=pooled, per_spend=spend_fits, pool=pool_model(rows)
@@ -384,8 +394,11 @@ def fit_group(
     *,
     n_boot: int = 0,
     seed: int = 0,
+    fitted: FitResult | None = None,
 ) -> GroupFit:
-    """Fit one group of rows, with a bootstrap when ``n_boot > 0``; failures become ``error``."""
+    """Fit one group of rows, with a bootstrap when ``n_boot > 0``; failures become ``error``.
+
+    ``fitted``: the point fit of these rows, when already made (it is not refitted)."""
     missing = [c for c in law.columns if c not in rows.columns]
     if missing:
         return GroupFit(
@@ -400,7 +413,9 @@ def fit_group(
     y = rows[metric].to_numpy(dtype=float)  # (n,)
     boot = None
     try:
-        result: FitResult | None = fit_law(x, y, law=law, **fit_options)
+        result: FitResult | None = (
+            fitted if fitted is not None else fit_law(x, y, law=law, **fit_options)
+        )
         error = None
         if n_boot > 0 and result is not None:
             boot = bootstrap_law(

@@ -52,6 +52,10 @@ from annealscale.analysis.uncertainty import (
 
 SELECTION_MARGIN = 0.02
 """A law with fewer parameters is kept when its score is within 2 % of the best."""
+FOLD_FIT = {"n_refine": 4, "tol": 1e-10}
+"""Fit settings of the fold fits: fewer refined starts and a looser tolerance than the
+final fits (`analysis.fit.fit_law` defaults 8 and 1e-12); a fold's error is measured at
+percent level, so its fit need not be converged to the last digit."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -356,7 +360,7 @@ def _validate_law(
             origins = values[folds.min_values(var) - 1 : -1][-folds.max_origins :]
             for origin in origins:
                 train, held = rows[rows[var] <= origin], rows[rows[var] > origin]
-                g = fit_group(law, metric, name, None, train, options)
+                g = fit_group(law, metric, name, None, train, {**FOLD_FIT, **options})
                 if g.result is None:
                     continue
                 found += 1
