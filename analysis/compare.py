@@ -73,6 +73,10 @@ class DecisionRule:
         }
 
 
+NO_COST_TARGET = (
+    "target_cost (--target-cost) cannot be answered: the table has no cost columns "
+    "(total_cost, or curation_cost and train_cost); add them or drop the cost target"
+)
 OUTCOMES = ("buy", "not_separated", "unchecked", "single", "none")
 """``buy``: the evidence meets the rule; ``not_separated``: it does not yet; ``unchecked``:
 the grid is too small to check its own law, so no decision is claimed; ``single``: one
@@ -90,7 +94,7 @@ class SourcePrediction:
     train_tokens: float
     curation_spend: float
     predicted: float
-    """The chosen law's point prediction (the median of the draws)."""
+    """The chosen law's point prediction (the centre the draws are built around)."""
     lower: float
     upper: float
     """Interval of the expected metric: fit, extrapolation and law uncertainty."""
@@ -265,12 +269,15 @@ def decide_target(
     level: float,
     rule: DecisionRule | None = None,
     checked: bool = True,
+    checked_variables: frozenset[str] | None = None,
 ) -> TargetDecision:
     """Predict every source at ``target``, rank them, say whether the evidence decides,
     and find crossovers and flips.
 
-    ``checked`` is whether the law could be checked on held-out budgets at all
-    (`analysis.validate.Validation.checked`).
+    ``checked`` is whether the law could be checked on held-out budgets at all, and
+    ``checked_variables`` the variables its folds rolled along
+    (`analysis.validate.Validation.checked`, ``.checked_variables``); None skips the
+    per-variable check.
 
     Raises
     ------
@@ -285,17 +292,13 @@ def decide_target(
     }
     ranked = {s: sf for s, sf in fits.items() if sf.pooled.result is not None}
     if target.total_cost is not None and costs is None:
-        raise AnalysisError(
-            "target_cost (--target-cost) needs cost columns: the table has no total_cost, "
-            "nor curation_cost and train_cost; add them or drop the cost target"
-        )
+        raise AnalysisError(NO_COST_TARGET)
     if target.curation_spend is not None and not all(sf.uses_spend() for sf in ranked.values()):
         law = next(iter(ranked.values())).law if ranked else None
         raise AnalysisError(
             f"target_spend (--target-spend) cannot be answered: the law "
-            f"{law.name if law else ''!r} has no curation-spend term (it needs the "
-            "unique_tokens and domain_tokens columns, which the table lacks); drop the "
-            "spend target or record those columns"
+            f"{law.name if law else ''!r} has no curation-spend term; choose a law with "
+            "one (effective_data needs the unique_tokens and domain_tokens columns)"
         )
 
     points: dict[str, tuple[float, float]] = {}  # source -> (D, c)
@@ -331,7 +334,7 @@ def decide_target(
         d, c = points[s]
         point = float(sf.predict(d, c)[0])
         dr = sf.draws(d, c)[:, 0]  # (B,)
-        lo, hi = np.nanquantile(dr, q)
+        lo, hi = np.nanquantile(dr, q) if np.isfinite(dr).any() else (point, point)
         predictions[s] = SourcePrediction(
             source=s,
             train_tokens=d,
@@ -345,7 +348,7 @@ def decide_target(
             spend_modelled=sf.uses_spend(),
         )
         draws[s] = dr
-    small = small_grid(ranked, checked)
+    small = small_grid(ranked, checked, predictions, checked_variables)
     for s, sf in ranked.items():
         res = sf.pooled.result
         if res is not None and {"underdetermined", "too_few_points"} & set(res.flags):
@@ -361,7 +364,8 @@ def decide_target(
     gap = gap_iv = None
     if leader is not None and runner is not None:
         gap = predictions[runner].predicted - predictions[leader].predicted
-        lo, hi = np.nanquantile(draws[runner] - draws[leader], q)
+        diff = draws[runner] - draws[leader]
+        lo, hi = np.nanquantile(diff, q) if np.isfinite(diff).any() else (gap, gap)
         gap_iv = (float(min(lo, gap)), float(max(hi, gap)))
     outcome = _outcome(predictions, p_best, leader, gap, small, rule)
     micro = micro_annealing(cells, ranking, leader, by_cost=target.total_cost is not None)
@@ -405,23 +409,53 @@ def decide_target(
     )
 
 
-def small_grid(fits: Mapping[str, SourceFits], checked: bool) -> str | None:
-    """Why the grid cannot check its own law, or None."""
+def small_grid(
+    fits: Mapping[str, SourceFits],
+    checked: bool,
+    predictions: Mapping[str, SourcePrediction] | None = None,
+    checked_variables: frozenset[str] | None = None,
+) -> str | None:
+    """Why the grid cannot check its own law at this target, or None.
+
+    Too small: no budget could be held out; a source has fewer than `MIN_TOKEN_COUNTS`
+    training-token counts; or a prediction reaches beyond the data along a variable that
+    no fold checked (``checked_variables``), so nothing measured how the law extrapolates
+    there.
+    """
     reasons = []
     if not checked:
         reasons.append("no budget could be held out to check the law")
-    thin = [
-        s
+    thin = {
+        s: sf.pool.token_counts
         for s, sf in fits.items()
         if sf.pooled.result is not None and sf.pool.token_counts < MIN_TOKEN_COUNTS
-    ]
+    }
     if thin:
-        n = min(fits[s].pool.token_counts for s in thin)
+        counts = ", ".join(f"{s} {n}" for s, n in sorted(thin.items()))
         reasons.append(
-            f"{', '.join(thin)} {'has' if len(thin) == 1 else 'have'} only {n} training-token "
-            f"count(s), fewer than the {MIN_TOKEN_COUNTS} a curve in tokens needs"
+            f"too few training-token counts ({counts}) for a curve in tokens, which needs "
+            f"{MIN_TOKEN_COUNTS}"
         )
+    if checked and predictions and checked_variables is not None:
+        unchecked = sorted(
+            {
+                v
+                for p in predictions.values()
+                for v, f in p.reach.items()
+                if f > 1.0 + 1e-9 and v not in checked_variables
+            }
+        )
+        if unchecked:
+            names = ", ".join(_VARIABLE_NAMES.get(v, v) for v in unchecked)
+            reasons.append(
+                f"the target lies beyond the sampled {names}, and no fold checked how the law "
+                f"extrapolates there (a fold along training tokens needs "
+                f"{MIN_TOKEN_COUNTS + 1} or more token counts)"
+            )
     return "; ".join(reasons) or None
+
+
+_VARIABLE_NAMES = {"train_tokens": "training tokens", "curation_spend": "curation spend"}
 
 
 def _outcome(
@@ -443,15 +477,23 @@ def _outcome(
 
 
 def probability_best(draws: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """``P(source has the lowest metric)`` from paired bootstrap draws ``{source: (B,)}``."""
+    """``P(source has the lowest metric)`` from draws ``{source: (B,)}``.
+
+    Each source's draws are independent of the others' (its own cells, its own seed), so
+    draw ``b`` of every source together is one draw of the joint belief. A draw in which
+    no source has a finite value counts for none.
+    """
     if not draws:
         return {}
     names = sorted(draws)
     stack = np.stack([draws[s] for s in names])  # (S, B)
     stack = np.where(np.isfinite(stack), stack, np.inf)
-    winner = np.argmin(stack, axis=0)  # (B,)
+    valid = np.isfinite(stack).any(axis=0)  # (B,)
+    if not valid.any():
+        return {s: 0.0 for s in names}
+    winner = np.argmin(stack[:, valid], axis=0)
     counts = np.bincount(winner, minlength=len(names))
-    return {s: float(c) / stack.shape[1] for s, c in zip(names, counts, strict=True)}
+    return {s: float(c) / int(valid.sum()) for s, c in zip(names, counts, strict=True)}
 
 
 def micro_annealing(
@@ -652,7 +694,7 @@ def decide(
         limit = float(best["domain_bpb"]) * (1.0 + tolerance_pct / 100.0)
         good = cells[cells["domain_bpb"] <= limit]
         cheapest = _cell(good.sort_values(["total_cost", "domain_bpb"], kind="stable").iloc[0])
-    messages = headline(targets[0])
+    messages = [m for td in targets for m in headline(td)]
     if cheapest is not None:
         messages.append(
             f"Cheapest observed cell within {tolerance_pct:g}% of the best observed domain bpb "

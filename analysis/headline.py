@@ -3,6 +3,7 @@ target, built from a `TargetDecision` and nothing else."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ def format_probability(p: float) -> str:
         return ">99%"
     if p < 0.01:
         return "<1%"
-    return f"{p:.0%}"
+    return f"{math.floor(p * 100):d}%"  # rounded down: 0.897 never reads as 90%
 
 
 def headline(td: TargetDecision) -> list[str]:
@@ -54,7 +55,7 @@ def headline(td: TargetDecision) -> list[str]:
                     f"Not separated yet at {label}: {lead} leads {run} by {gap}, P(best) {pb}; "
                     f"buying needs {td.rule.describe()}. {lead}{where} predicts {pred}."
                 )
-    if td.next_cells and td.outcome != "buy":
+    if td.next_cells and td.outcome in ("not_separated", "unchecked"):
         cells = "; ".join(_next_cell(c) for c in td.next_cells[:3])
         msgs.append(f"To separate them, run next: {cells}.")
     far = {s: p for s, p in td.predictions.items() if p.max_reach > 1.0 + 1e-9}
@@ -78,11 +79,14 @@ def headline(td: TargetDecision) -> list[str]:
         order = " > ".join(m.ranking)
         target_order = " > ".join(s for s in td.ranking if s in m.ranking)
         if m.pick_differs:
-            verb = "wins" if td.buy else "leads"
+            verdict = (
+                f"the micro-annealing ranking is wrong at the target, {td.recommended} wins"
+                if td.buy
+                else "the rankings differ, though the target's is not yet decided"
+            )
             msgs.append(
                 f"Micro-annealing would pick {m.pick} (ranking {order} at the cheapest sampled "
-                f"cells); at the target the predicted ranking is {target_order}: the "
-                f"micro-annealing ranking is wrong at the target, {td.recommended} {verb}."
+                f"cells); at the target the predicted ranking is {target_order}: {verdict}."
             )
         elif m.ranking_differs:
             msgs.append(
@@ -117,7 +121,7 @@ def headline(td: TargetDecision) -> list[str]:
 def _gap(td: TargetDecision) -> str:
     assert td.gap is not None and td.recommended is not None
     lead = td.predictions[td.recommended].predicted
-    text = f"{td.gap:.4f} bpb ({td.gap / lead:.2%}"
+    text = f"{td.gap:.4f} bpb ({100 * td.gap / lead:.3g}%"
     if td.gap_interval is not None:
         lo, hi = td.gap_interval
         text += f"; {td.level:.0%} interval {lo:+.4f} to {hi:+.4f}"

@@ -66,9 +66,14 @@ def render_report(
         f'<p class="note">Law <code>{escape(law.name)}</code>: {escape(validation.reason)}. '
         f"Intervals are {level:.0%} intervals of the expected domain bpb: {n_boot} bootstrap "
         "resamples of the cells, re-centred on the fit and widened by the extrapolation error "
-        f"measured on held-out budgets ({validation.error_rate:.2%} of bpb per e-fold of "
-        "reach) and by the candidate laws' disagreement; P(best) is the share of draws in "
-        "which a source is best.</p>",
+        f"({validation.error_rate:.2%} of bpb per e-fold of reach, "
+        + (
+            "measured on held-out budgets and shrunk toward a 1% prior"
+            if validation.checked
+            else "the prior: nothing could be held out to measure it"
+        )
+        + ") and by the candidate laws' disagreement; P(best) is the share of draws in which "
+        "a source is best.</p>",
         *(_target_section(td, costs) for td in decision.targets),
         "<h2>Plots</h2>",
         *(_figure(caption, path) for caption, path in plots),
@@ -136,7 +141,7 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
             [
                 _right(str(i + 1)),
                 _text(s),
-                _right(f"${p.curation_spend:,.4g}"),
+                _right(f"${p.curation_spend:,.4g}" if p.spend_modelled else "pooled"),
                 _right(format_tokens(p.train_tokens)),
                 *(
                     [_right(f"${p.total_cost:,.4g}")]
@@ -241,8 +246,8 @@ def _next_cells(td: TargetDecision) -> str:
     head = "<h3>What to run next</h3>"
     if not td.next_cells:
         return (
-            f'{head}<p class="note">No proposal (the proposer needs cost columns and an '
-            "unfinished cell of the table's grid; see the notes).</p>"
+            f'{head}<p class="note">No proposal (the proposer needs cost columns; see the '
+            "notes).</p>"
         )
     rows = [
         [

@@ -18,7 +18,13 @@ import pandas as pd
 
 from annealscale.analysis import plots as plotting
 from annealscale.analysis.budget import CostModel, Frontier, cost_model, frontier
-from annealscale.analysis.compare import Decision, DecisionRule, decide, decide_target
+from annealscale.analysis.compare import (
+    NO_COST_TARGET,
+    Decision,
+    DecisionRule,
+    decide,
+    decide_target,
+)
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.laws import DEFAULT_CANDIDATES, Law, get_law
 from annealscale.analysis.render import render_report
@@ -31,7 +37,6 @@ from annealscale.analysis.sources import (
 )
 from annealscale.analysis.table import ResultsTable, cell_means, load_results
 from annealscale.analysis.target import Target
-from annealscale.analysis.uncertainty import PRIOR_RATE
 from annealscale.analysis.validate import Folds, Validation, candidate_laws, validate_laws
 
 SCHEMA_VERSION = 3
@@ -196,10 +201,7 @@ def evaluate(
     requested = _targets(target_tokens, target_spend, target_cost)
     costs, cost_note = cost_model(table)
     if costs is None and target_cost is not None:
-        raise AnalysisError(
-            "target_cost (--target-cost) cannot be answered: the table has no cost columns "
-            "(total_cost, or curation_cost and train_cost); add them or drop the cost target"
-        )
+        raise AnalysisError(NO_COST_TARGET)
     if cost_note:
         notes.append(cost_note)
 
@@ -214,6 +216,8 @@ def evaluate(
         if missing:
             raise AnalysisError(f"law {chosen.name!r} needs column(s) {', '.join(missing)}")
         laws = [chosen]
+    if target_spend is not None:
+        laws = _spend_aware(laws, table)
     fit_options = {"huber_delta": huber_delta}
     validation = validate_laws(
         table, laws, metric=METRIC, level=level, folds=folds, fit_options=fit_options
@@ -269,6 +273,7 @@ def evaluate(
             level=level,
             rule=rule,
             checked=validation.checked,
+            checked_variables=validation.checked_variables,
         )
         if next_cells > 0:
             proposed, why = _next_cells(table, t, next_cells)
@@ -296,6 +301,24 @@ def evaluate(
     )
 
 
+def _spend_aware(laws: Sequence[Law], table: ResultsTable) -> list[Law]:
+    """The candidates that can answer a spend target (a spend or pool term), or an error
+    that says what is missing."""
+    aware = [law for law in laws if {"curation_spend", "unique_tokens"} & set(law.columns)]
+    if aware:
+        return aware
+    missing = [c for c in ("unique_tokens", "domain_tokens") if not table.has(c)]
+    why = (
+        f"the table lacks the {' and '.join(missing)} column(s) a pool term needs"
+        if missing
+        else f"none of the laws ({', '.join(law.name for law in laws)}) has a spend term"
+    )
+    raise AnalysisError(
+        f"target_spend (--target-spend) cannot be answered: {why}; drop the spend target "
+        "or record unique_tokens and domain_tokens per cell"
+    )
+
+
 def with_uncertainty(
     fits: Mapping[str, SourceFits], validation: Validation, seed: int
 ) -> dict[str, SourceFits]:
@@ -309,7 +332,7 @@ def with_uncertainty(
         )
         out[s] = dataclasses.replace(
             sf,
-            error_rate=validation.error_rate if validation.checked else PRIOR_RATE,
+            error_rate=validation.error_rate,
             alternatives=alternatives,
             seed=source_seed(seed + 17, s),
         )
@@ -453,7 +476,7 @@ def fits_payload(
             else {
                 "target": primary.target.label,
                 "train_tokens": pred.train_tokens,
-                "curation_spend": pred.curation_spend,
+                "curation_spend": pred.curation_spend if pred.spend_modelled else None,
                 METRIC: pred.predicted,
                 "interval": [pred.lower, pred.upper],
                 "extrapolated": pred.extrapolated,

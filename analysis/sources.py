@@ -126,10 +126,7 @@ def pool_model(rows: pd.DataFrame) -> PoolModel:
 
 def law_inputs(law: Law, pool: PoolModel, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
     """The law's design ``(n, k)`` at budgets ``(train_tokens, spend)`` (broadcast together)."""
-    d, c = np.broadcast_arrays(
-        np.atleast_1d(np.asarray(train_tokens, dtype=float)),
-        np.atleast_1d(np.asarray(spend, dtype=float)),
-    )
+    d, c = _budgets(train_tokens, spend)
     cols = []
     for col in law.columns:
         if col == "train_tokens":
@@ -258,10 +255,7 @@ class SourceFits:
         boot = self.pooled.bootstrap
         if boot is None:
             raise AnalysisError(f"source {self.source!r} has no bootstrap")
-        d, c = np.broadcast_arrays(
-            np.atleast_1d(np.asarray(train_tokens, dtype=float)),
-            np.atleast_1d(np.asarray(spend, dtype=float)),
-        )
+        d, c = _budgets(train_tokens, spend)
         raw = boot.draws_at(self.design(d, c))
         point = np.log(np.maximum(self.predict(d, c), 1e-300))
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -274,20 +268,9 @@ class SourceFits:
         z = np.random.default_rng(self.seed).standard_normal(len(raw))
         return np.exp(widen(logs, point, extra, z))
 
-    def sd(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
-        """The sd of the log metric beyond the bootstrap (extrapolation and law terms)."""
-        d, c = np.broadcast_arrays(
-            np.atleast_1d(np.asarray(train_tokens, dtype=float)),
-            np.atleast_1d(np.asarray(spend, dtype=float)),
-        )
-        return np.sqrt((self.error_rate * self.log_reach(d, c)) ** 2 + self.law_spread(d, c))
-
     def reach(self, train_tokens: ArrayLike, spend: ArrayLike) -> dict[str, np.ndarray]:
         """Extrapolation factor (>= 1) per budget variable at ``(train_tokens, spend)``."""
-        d, c = np.broadcast_arrays(
-            np.atleast_1d(np.asarray(train_tokens, dtype=float)),
-            np.atleast_1d(np.asarray(spend, dtype=float)),
-        )
+        d, c = _budgets(train_tokens, spend)
         point = {"train_tokens": d}
         sampled = {"train_tokens": self.pool.train_tokens}
         if self.uses_spend():
@@ -301,10 +284,7 @@ class SourceFits:
     def law_spread(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
         """Weighted variance of the candidate laws' log predictions about the chosen one's."""
         res = self.pooled.result
-        d, c = np.broadcast_arrays(
-            np.atleast_1d(np.asarray(train_tokens, dtype=float)),
-            np.atleast_1d(np.asarray(spend, dtype=float)),
-        )
+        d, c = _budgets(train_tokens, spend)
         if res is None or len(self.alternatives) < 2:
             return np.zeros(d.shape)
         point = np.log(np.maximum(self.predict(d, c), 1e-300))
@@ -332,6 +312,15 @@ class SourceFits:
         """Whether the law's prediction depends on the curation spend."""
         law = self.law
         return law is not None and bool({"curation_spend", "unique_tokens"} & set(law.columns))
+
+
+def _budgets(train_tokens: ArrayLike, spend: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Training tokens and spends as 1-d float arrays broadcast together."""
+    d, c = np.broadcast_arrays(
+        np.atleast_1d(np.asarray(train_tokens, dtype=float)),
+        np.atleast_1d(np.asarray(spend, dtype=float)),
+    )
+    return d, c
 
 
 def source_seed(seed: int, source: str) -> int:

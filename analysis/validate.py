@@ -141,7 +141,14 @@ class HeldOutCell:
         )
 
     def key(self) -> tuple[Any, ...]:
-        return (self.source, self.variable, self.origin, self.curation_spend, self.train_tokens)
+        return (
+            self.source,
+            self.variable,
+            self.origin,
+            self.curation_spend,
+            self.train_tokens,
+            self.model_params,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -173,7 +180,10 @@ class LawValidation:
     fits: Mapping[str, FitResult | None] = field(default_factory=dict)
     """The law fitted to all cells of each source (None where it cannot be)."""
     score: float = math.nan
-    """Mean squared log error on the fold predictions every candidate made."""
+    """Mean squared log error on the fold predictions every candidate made (infinite when
+    the law predicted a non-positive or non-finite metric in any fold)."""
+    invalid: int = 0
+    """Fold predictions that were not a finite positive metric."""
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -197,6 +207,7 @@ class LawValidation:
             "mean_abs_error": self.mean_abs_error,
             "coverage": self.coverage,
             "n_held_out": len(self.cells),
+            "invalid_predictions": self.invalid,
             "cells": [c.to_dict() for c in self.cells],
             "skipped": dict(self.skipped),
         }
@@ -223,9 +234,18 @@ class Validation:
         return chosen is not None and bool(chosen.cells)
 
     @property
+    def checked_variables(self) -> frozenset[str]:
+        """The variables along which the chosen law predicted held-out cells."""
+        chosen = self.of(self.selected)
+        return frozenset(c.variable for c in chosen.cells) if chosen is not None else frozenset()
+
+    @property
     def held_out(self) -> str:
+        rolled = sorted({c.variable for v in self.laws for c in v.cells})
+        if not rolled:
+            return "nothing: no variable has enough values to fit on some and predict others"
         return (
-            f"rolling origins along {', '.join(self.folds.variables)}: each fold fits the "
+            f"rolling origins along {', '.join(rolled)}: each fold fits the "
             f"cells up to a value and predicts the larger ones (up to {self.folds.max_origins} "
             "origins per source and variable)"
         )
@@ -240,6 +260,7 @@ class Validation:
             "selected_law": self.selected.name,
             "reason": self.reason,
             "checked": self.checked,
+            "checked_variables": sorted(self.checked_variables),
             "extrapolation_error_rate": self.error_rate,
             "law_weights": dict(self.weights),
             "laws": {v.law.name: v.to_dict() for v in self.laws},
@@ -283,15 +304,8 @@ def validate_laws(
     folds: Folds | None = None,
     margin: float = SELECTION_MARGIN,
     fit_options: Mapping[str, Any] | None = None,
-    n_boot: int | None = None,
-    seed: int | None = None,
 ) -> Validation:
-    """Roll every law along every varied variable, score it, choose one.
-
-    ``n_boot`` and ``seed`` are accepted for compatibility and unused: folds are point
-    fits.
-    """
-    del n_boot, seed
+    """Roll every law along every varied variable, score it, choose one (point fits only)."""
     if not laws:
         raise AnalysisError("no candidate law to validate")
     folds = folds or Folds()
@@ -302,8 +316,11 @@ def validate_laws(
     common = set.intersection(*checked) if checked else set()
     scored = []
     for v in results:
-        shared = [c for c in v.cells if c.key() in common]
+        # like for like where the laws share predictions, else each on its own
+        shared = [c for c in v.cells if c.key() in common] if common else list(v.cells)
         score = _group_mean(shared, lambda c: c.log_error**2) if shared else math.nan
+        if v.invalid:
+            score = math.inf
         scored.append(_replace(v, score=score))
     selected, reason = _select(scored, list(laws), margin)
     chosen = next(v for v in scored if v.law.name == selected.name)
@@ -348,6 +365,7 @@ def _validate_law(
     cells: list[HeldOutCell] = []
     skipped: dict[str, str] = {}
     fits: dict[str, FitResult | None] = {}
+    invalid = 0
     for source, rows in finished.groupby("source", sort=True):
         name = str(source)
         full = fit_group(law, metric, name, None, rows, options)
@@ -366,8 +384,10 @@ def _validate_law(
                 found += 1
                 for _, cell in held.groupby(cell_key(held), sort=True):
                     x = cell[list(law.columns)].to_numpy(float).mean(axis=0, keepdims=True)
-                    predicted = float(g.result.law.evaluate(x, g.result.theta)[0])
+                    with np.errstate(all="ignore"):
+                        predicted = float(g.result.law.evaluate(x, g.result.theta)[0])
                     if not (math.isfinite(predicted) and predicted > 0):
+                        invalid += 1
                         continue
                     cells.append(
                         HeldOutCell(
@@ -399,6 +419,7 @@ def _validate_law(
         cells=tuple(cells),
         skipped=MappingProxyType(skipped),
         fits=MappingProxyType(fits),
+        invalid=invalid,
     )
 
 
@@ -435,7 +456,9 @@ def _group_mean(cells: Sequence[HeldOutCell], value: Any) -> float:
 def _select(
     results: Sequence[LawValidation], laws: Sequence[Law], margin: float
 ) -> tuple[Law, str]:
-    scored = [v for v in results if math.isfinite(v.score)]
+    scored = [v for v in results if math.isfinite(v.score)] or [
+        v for v in results if v.cells and not math.isnan(v.score)
+    ]
     if not scored:
         return laws[0], (
             "no source has enough values of any budget variable to fit on some and predict "

@@ -162,10 +162,42 @@ def test_a_grid_too_small_to_check_its_law_says_so(simulate_table):
     head = analysis.decision.messages[0]
     assert head.startswith("No decision at 1e8 training tokens: the grid is too small")
     assert "100%" not in " ".join(analysis.decision.messages)
-    assert "only 2 training-token count(s)" in head
+    assert "too few training-token counts (a 2, b 2)" in head
 
 
-@pytest.mark.parametrize(("p", "text"), [(1.0, ">99%"), (0.0, "<1%"), (0.64, "64%")])
+def test_a_reach_no_fold_checked_is_no_decision(simulate_table):
+    """Three token counts and three spends: folds check spend, never tokens; a target
+    beyond the sampled tokens is then not decided, one inside them is."""
+    table = simulate_table(
+        {
+            "a": {"params": {"E": 0.8, "B": 1.0, "beta": 0.4}},
+            "b": {"params": {"E": 1.2, "B": 1.0, "beta": 0.4}},
+        },
+        train_tokens=(1e6, 1e7, 1e8),
+        spends=(10.0, 40.0, 160.0),
+    )
+    far = evaluate(table, target_tokens=1e10, n_boot=100, next_cells=0)
+    assert far.validation.checked_variables == {"curation_spend"}
+    assert far.decision.primary.outcome == "unchecked"
+    assert "no fold checked how the law extrapolates there" in far.decision.messages[0]
+    inside = evaluate(table, target_tokens=1e8, n_boot=100, next_cells=0)
+    assert inside.decision.primary.outcome == "buy"
+
+
+def test_a_spend_target_is_answered_by_a_law_with_a_spend_term(simulate_table):
+    """Power-law sources: auto selection alone keeps power_law_D, which ignores spend; a
+    spend target restricts the candidates to laws that can answer it."""
+    table = _two_sources(simulate_table, 0.05)
+    plain = evaluate(table, target_tokens=3e8, n_boot=100, next_cells=0)
+    assert plain.law.name == "power_law_D"
+    spend = evaluate(table, target_tokens=3e8, target_spend=200.0, n_boot=100, next_cells=0)
+    assert {"unique_tokens"} <= set(spend.law.columns)
+    assert {p.curation_spend for p in spend.decision.primary.predictions.values()} == {200.0}
+
+
+@pytest.mark.parametrize(
+    ("p", "text"), [(1.0, ">99%"), (0.0, "<1%"), (0.64, "64%"), (0.897, "89%")]
+)
 def test_probabilities_are_never_shown_as_certain(p, text):
     assert format_probability(p) == text
 
