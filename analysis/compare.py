@@ -449,8 +449,8 @@ def small_grid(
             names = ", ".join(_VARIABLE_NAMES.get(v, v) for v in unchecked)
             reasons.append(
                 f"the target lies beyond the sampled {names}, and no fold checked how the law "
-                f"extrapolates there (a fold along training tokens needs "
-                f"{MIN_TOKEN_COUNTS + 1} or more token counts)"
+                f"extrapolates there, since a fold along training tokens needs "
+                f"{MIN_TOKEN_COUNTS + 1} or more token counts"
             )
     return "; ".join(reasons) or None
 

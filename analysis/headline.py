@@ -46,9 +46,9 @@ def headline(td: TargetDecision) -> list[str]:
                 )
             elif td.outcome == "unchecked":
                 msgs.append(
-                    f"No decision at {label}: the grid is too small to check its own law "
-                    f"({td.small_grid}). On the fitted law {lead} leads {run} by {gap} "
-                    f"(P(best) {pb}), which these cells cannot confirm."
+                    f"No decision at {label}: the grid is too small to check its own law: "
+                    f"{td.small_grid}. On the fitted law {lead} leads {run} by {gap}, "
+                    f"P(best) {pb}, which these cells cannot confirm."
                 )
             else:
                 msgs.append(
@@ -63,7 +63,7 @@ def headline(td: TargetDecision) -> list[str]:
         groups: dict[str, list[str]] = {}
         for s, p in sorted(far.items()):
             var = max(p.reach, key=lambda v: p.reach[v])
-            reach = f"{_factor(p.max_reach)} beyond the sampled {_reach_var(var)}"
+            reach = f"{factor(p.max_reach)} beyond the sampled {_reach_var(var)}"
             groups.setdefault(reach, []).append(s)
         every = len(far) == len(td.predictions) > 1
         parts = "; ".join(
@@ -135,7 +135,8 @@ def _next_cell(c: Mapping[str, Any]) -> str:
     )
 
 
-def _factor(f: float) -> str:
+def factor(f: float) -> str:
+    """An extrapolation factor for people: ``3.0x``, ``13,563x``."""
     return f"{f:,.0f}x" if f >= 10 else f"{f:.1f}x"
 
 

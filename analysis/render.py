@@ -19,7 +19,7 @@ import pandas as pd
 from annealscale.analysis.budget import CostModel
 from annealscale.analysis.compare import Decision, SourcePrediction, TargetDecision
 from annealscale.analysis.fit import FLAG_DESCRIPTIONS
-from annealscale.analysis.headline import format_probability
+from annealscale.analysis.headline import factor, format_probability
 from annealscale.analysis.sources import GroupFit, SourceFits
 from annealscale.analysis.table import ResultsTable
 from annealscale.analysis.target import format_tokens
@@ -176,11 +176,15 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
                     _num(c["domain_bpb"], 4),
                 ]
             )
-        verdict = (
-            '<p class="flip">The micro-annealing ranking is wrong at the target.</p>'
-            if m.ranking_differs
-            else "<p>The micro-annealing ranking holds at the target.</p>"
-        )
+        if not m.ranking_differs:
+            verdict = "<p>The micro-annealing ranking holds at the target.</p>"
+        elif td.buy:
+            verdict = '<p class="flip">The micro-annealing ranking is wrong at the target.</p>'
+        else:
+            verdict = (
+                '<p class="flip">The micro-annealing ranking differs from the predicted '
+                "ranking at the target, which is not yet decided.</p>"
+            )
         parts += [
             "<h3>Micro-annealing check (cheapest sampled cell per source, observed)</h3>",
             _table(["source", "curation spend", "training tokens", "observed bpb"], mrows),
@@ -238,7 +242,7 @@ def _reach(p: SourcePrediction) -> str:
     if not far:
         return "inside the sampled budgets"
     names = {"train_tokens": "tokens", "curation_spend": "spend"}
-    return ", ".join(f"{f:,.1f}x beyond in {names.get(v, v)}" for v, f in far.items())
+    return ", ".join(f"{factor(f)} beyond in {names.get(v, v)}" for v, f in far.items())
 
 
 def _next_cells(td: TargetDecision) -> str:
