@@ -243,30 +243,22 @@ class SourceFits:
         boot = self.pooled.bootstrap
         if boot is None:
             raise AnalysisError(f"source {self.source!r} has no bootstrap")
-        raw = boot.draws_at(self.design(train_tokens, spend))
-        point = np.log(np.maximum(self.predict(train_tokens, spend), 1e-300))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.log(np.where(raw > 0, raw, np.nan))
-        return np.exp(widen(logs, point, np.zeros_like(point), np.zeros(len(raw))))
+        return boot.draws_at(self.design(train_tokens, spend))
 
     def draws(self, train_tokens: ArrayLike, spend: ArrayLike) -> np.ndarray:
         """Draws ``(B, n)`` of the expected metric at budgets ``(train_tokens, spend)``:
         fit, extrapolation and law uncertainty (see the class docstring)."""
-        boot = self.pooled.bootstrap
-        if boot is None:
-            raise AnalysisError(f"source {self.source!r} has no bootstrap")
         d, c = _budgets(train_tokens, spend)
-        raw = boot.draws_at(self.design(d, c))
-        point = np.log(np.maximum(self.predict(d, c), 1e-300))
+        curves = self.curve_draws(d, c)  # median = the point fit, per budget
         with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.log(np.where(raw > 0, raw, np.nan))
-            boot_var = np.nan_to_num(np.nanvar(logs, axis=0)) if len(raw) > 1 else 0.0
+            logs = np.log(np.where(curves > 0, curves, np.nan))
+            boot_var = np.nan_to_num(np.nanvar(logs, axis=0)) if len(curves) > 1 else 0.0
         # The rate was measured on fold errors, which include the fit's own parameter
         # error: the extrapolation term adds only what the bootstrap does not already hold.
         reach_var = np.maximum((self.error_rate * self.log_reach(d, c)) ** 2 - boot_var, 0.0)
         extra = np.sqrt(reach_var + self.law_spread(d, c))
-        z = np.random.default_rng(self.seed).standard_normal(len(raw))
-        return np.exp(widen(logs, point, extra, z))
+        z = np.random.default_rng(self.seed).standard_normal(len(curves))
+        return np.exp(widen(logs, extra, z))
 
     def reach(self, train_tokens: ArrayLike, spend: ArrayLike) -> dict[str, np.ndarray]:
         """Extrapolation factor (>= 1) per budget variable at ``(train_tokens, spend)``."""

@@ -112,16 +112,8 @@ def law_weights(mse: Mapping[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in inv.items()}
 
 
-def widen(
-    log_draws: np.ndarray, log_point: np.ndarray, extra_sd: np.ndarray, z: np.ndarray
-) -> np.ndarray:
-    """Draws ``(B, n)`` re-centred on ``log_point (n,)`` plus ``extra_sd (n,) * z (B, 1)``.
-
-    Re-centring puts the point estimate at the median of the draws, so every interval
-    taken from them contains it; one normal ``z`` per draw keeps a draw's error smooth
-    along a curve (a law that is wrong at one budget is wrong at its neighbours).
-    """
-    with np.errstate(invalid="ignore"):
-        centre = np.nanmedian(log_draws, axis=0) if log_draws.shape[0] else log_point
-    centred = log_draws - centre[None, :] + log_point[None, :]
-    return centred + np.asarray(extra_sd)[None, :] * z[:, None]
+def widen(log_draws: np.ndarray, extra_sd: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Draws ``(B, n)`` plus ``extra_sd (n,) * z (B,)``: one normal per draw keeps a draw's
+    error smooth along a curve (a law that is wrong at one budget is wrong at its
+    neighbours), and a symmetric term keeps the draws' median where it was."""
+    return log_draws + np.asarray(extra_sd)[None, :] * z[:, None]

@@ -321,12 +321,12 @@ def validate_laws(
         score = _group_mean(shared, lambda c: c.log_error**2) if shared else math.nan
         if v.invalid:
             score = math.inf
-        scored.append(_replace(v, score=score))
+        scored.append(dataclasses.replace(v, score=score))
     selected, reason = _select(scored, list(laws), margin)
     chosen = next(v for v in scored if v.law.name == selected.name)
     rate = extrapolation_rate(c.fold_error() for c in chosen.cells)
     with_intervals = tuple(
-        _replace(v, cells=_intervals(v.cells, level)) if v.cells else v for v in scored
+        dataclasses.replace(v, cells=_intervals(v.cells, level)) if v.cells else v for v in scored
     )
     weights = law_weights({v.law.name: v.score for v in scored})
     return Validation(
@@ -338,10 +338,6 @@ def validate_laws(
         error_rate=rate,
         weights=MappingProxyType(weights),
     )
-
-
-def _replace(v: LawValidation, **changes: Any) -> LawValidation:
-    return dataclasses.replace(v, **changes)
 
 
 def _noise_var(finished: pd.DataFrame, metric: str) -> float:
