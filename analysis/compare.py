@@ -51,9 +51,13 @@ class DecisionRule:
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.threshold < 1.0:
-            raise AnalysisError(f"threshold must lie in [0.5, 1); got {self.threshold}")
+            raise AnalysisError(
+                f"threshold (--threshold) must lie in [0.5, 1), e.g. 0.9; got {self.threshold}"
+            )
         if not self.margin_pct >= 0 or (self.margin_bpb is not None and not self.margin_bpb >= 0):
-            raise AnalysisError("the decision margin must be non-negative")
+            raise AnalysisError(
+                "the decision margin (--margin) must be non-negative, e.g. '0.5%' or '0.01'"
+            )
 
     def margin(self, leader_metric: float) -> float:
         """The margin in the metric's units."""
