@@ -7,7 +7,7 @@ here: it does not change the result and lives in the resources section.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -168,12 +168,23 @@ class TrainSpec(SpecModel):
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold (0 disables)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """``auto``: bf16 on GPUs, fp32 on CPU."""
+    """``auto``: bf16 on GPUs, fp32 on CPU; ``bf16`` also on CPU (DeepSpeed's CPU backend);
+    ``fp32`` casts a bf16 checkpoint's weights to fp32."""
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     """The optimizer built when ``deepspeed_config`` names none."""
     deepspeed_config: str | None = None
     """A DeepSpeed JSON file passed through (validated; batch sizes must agree with this
     section; what it leaves out is filled from this section)."""
+    activation_checkpointing: bool | None = None
+    """Recompute each decoder layer's activations in the backward pass instead of keeping
+    them (about a third more compute, far less memory). Absent: on when the memory planner
+    says a GPU run needs it, off otherwise. Not part of any identity (same result)."""
+    offload_optimizer: bool = False
+    """Keep the optimizer states in host memory (DeepSpeed ``offload_optimizer``, ZeRO 1-3):
+    frees 12 bytes per parameter of GPU memory, slows each step. Not part of any identity."""
+
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("activation_checkpointing", "offload_optimizer")
+    """Fields that change how an anneal runs but not its result (left out of identities)."""
 
     def validate_spec(self) -> None:
         check(self.seq_len >= 8, "seq_len", f"must be at least 8 tokens, got {self.seq_len}")

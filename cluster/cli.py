@@ -304,7 +304,40 @@ def _cmd_validate(args) -> int:
             f"  {cell.source:<20} spend={cell.curation_spend:<8g} "
             f"tokens={cell.train_tokens:<9d} seed={cell.seed}"
         )
+    _print_memory_plan(spec)
     return 0
+
+
+def _print_memory_plan(spec) -> None:
+    """Per-GPU memory of the spec's training setup on its GPUs; refuses (exit 2) a setup
+    that cannot fit, naming the cheapest fix. Every cell shares one setup."""
+    from annealscale.anneal import memory_plan
+    from annealscale.anneal.model import load_model_config
+    from annealscale.core.errors import AnnealscaleError
+
+    res = spec.resources
+    if not res.gpus_per_worker:
+        return
+    memory = memory_plan.gpu_memory_bytes(res.gpu_kind, res.gpu_memory_gib)
+    if memory is None or spec.base_model.path.startswith("demo:"):
+        print("memory plan: skipped (set resources.gpu_kind or resources.gpu_memory_gib)")
+        return
+    config = load_model_config(spec.base_model.path, spec.base_model.trust_remote_code)
+    dims = memory_plan.model_dims(config)
+    setup = memory_plan.spec_setup(
+        spec.train,
+        gpus=res.num_workers * res.gpus_per_worker,
+        gpu_memory_bytes=memory,
+        gpus_per_node=res.gpus_per_node,
+        dims=dims,
+    )
+    planned = memory_plan.plan(dims, setup)
+    print(f"memory plan ({memory_plan.describe(dims, setup)}): {planned.line()}")
+    if not planned.fits:
+        raise AnnealscaleError(
+            f"train: needs {planned.total / memory_plan.GIB:.0f} GiB per GPU of "
+            f"{memory / memory_plan.GIB:.0f}; {memory_plan.cheapest_fix(dims, setup)}"
+        )
 
 
 def _sweep_and_report(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from annealscale.core.hashing import content_hash
+from annealscale.core.hashing import content_hash, to_plain
 from annealscale.tune.spec import ExperimentSpec
 
 
@@ -43,7 +43,11 @@ def shared_identity(spec: ExperimentSpec) -> str:
             "eval": spec.eval,
             "domain_fraction": spec.domain_fraction,
             "schedule": spec.schedule,
-            "train": spec.train,
+            "train": {
+                name: value
+                for name, value in to_plain(spec.train).items()
+                if name not in spec.train.EXECUTION_ONLY
+            },
         }
     )
 

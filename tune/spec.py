@@ -75,6 +75,17 @@ class ResourcesSpec(SpecModel):
     """Custom Ray resources each trial's driver asks for, e.g. ``{on_demand: 0.001}`` with
     that resource declared only on non-preemptible nodes, so a spot node going away takes
     workers (which Train restarts) but never a driver."""
+    gpu_kind: str | None = None
+    """The GPUs' kind (e.g. ``h100-80gb``, ``a100-80gb``, ``h200``; table in
+    `anneal.memory_plan.GPU_KINDS`): gives their memory for the memory plan and their peak
+    FLOP/s for MFU."""
+    gpu_memory_gib: float | None = None
+    """Memory of one GPU (GiB); overrides ``gpu_kind``'s. With GPUs and neither field set,
+    ``annealscale validate`` prints no memory plan."""
+    gpus_per_node: int = 8
+    """GPUs in one node, for the memory plan's advice on how many nodes a cell needs."""
+    peak_flops: float | None = None
+    """Dense bf16 peak of one device (FLOP/s) for MFU; overrides ``gpu_kind``'s."""
     torch_backend: Literal["auto", "nccl", "gloo"] = "auto"
     """Process-group backend: ``auto`` is nccl with GPUs and gloo without; gloo lets
     logical GPUs (CPU nodes declaring GPU resources, as in tests) schedule like real ones."""
@@ -83,6 +94,22 @@ class ResourcesSpec(SpecModel):
         check(self.num_workers >= 1, "num_workers", "must be at least 1")
         check(self.cpus_per_worker >= 1, "cpus_per_worker", "must be at least 1")
         check(self.gpus_per_worker >= 0, "gpus_per_worker", "must not be negative")
+        check(self.gpus_per_node >= 1, "gpus_per_node", "must be at least 1")
+        check(
+            self.gpu_memory_gib is None or self.gpu_memory_gib > 0,
+            "gpu_memory_gib",
+            "must be a positive number of GiB",
+        )
+        check(self.peak_flops is None or self.peak_flops > 0, "peak_flops", "must be positive")
+        if self.gpu_kind is not None:
+            from annealscale.anneal.memory_plan import GPU_KINDS
+
+            check(
+                self.gpu_kind.lower() in GPU_KINDS,
+                "gpu_kind",
+                f"unknown kind {self.gpu_kind!r}; known: {', '.join(sorted(GPU_KINDS))} "
+                "(or set gpu_memory_gib and peak_flops)",
+            )
         check(
             self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
             "max_concurrent_trials",
