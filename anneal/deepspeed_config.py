@@ -79,16 +79,11 @@ _OPTIMIZER_KEYS = frozenset({"type", "params", "legacy_fusion"})
 
 
 def uses_bf16(train: TrainSpec, *, use_gpu: bool) -> bool:
-    """bf16 on GPUs unless fp32 is asked for; CPU workers always train in fp32.
-
-    DeepSpeed's bf16 path on the CPU accelerator is untested here and gives no speed-up on
-    CPUs without AMX, so an explicit ``bf16`` on CPU is logged and trained in fp32.
-    """
-    if not use_gpu:
-        if train.precision == "bf16":
-            log.warning("train.precision: bf16 asked for but workers have no GPU; using fp32")
-        return False
-    return train.precision in ("auto", "bf16")
+    """bf16 when asked for (on GPUs and on CPUs alike: DeepSpeed's CPU backend trains
+    bf16 over gloo), and by default on GPUs; fp32 otherwise."""
+    if train.precision == "bf16":
+        return True
+    return use_gpu and train.precision == "auto"
 
 
 def load_user_config(path: str) -> dict:

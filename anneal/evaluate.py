@@ -1,4 +1,5 @@
-"""Held-out bits per byte: the fitted metric."""
+"""Held-out bits per byte (the fitted metric) and multiple-choice scores, from per-token
+losses computed over chunks of the vocabulary projection (`anneal.loss`)."""
 
 from __future__ import annotations
 
@@ -16,26 +17,26 @@ def nll_and_bytes(model, windows: np.ndarray, token_bytes: np.ndarray, *, batch_
     """
     import torch
 
+    from annealscale.anneal.loss import token_nll
+
     device = next(model.parameters()).device
     token_bytes_t = torch.as_tensor(token_bytes, device=device)
-    total_nll = 0.0
-    total_bytes = 0
+    # summed on the device: one host sync per call, not per batch
+    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+    bytes_sum = torch.zeros((), dtype=torch.int64, device=device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for start in range(0, len(windows), batch_size):
             batch = torch.as_tensor(windows[start : start + batch_size], device=device).long()
             inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
-            logits = model(input_ids=inputs).logits.float()  # (B, T, V)
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
-            )  # (B*T,)
+            nll = token_nll(model, inputs, targets).reshape(-1)  # (B*T,), chunked logits
             nbytes = token_bytes_t[targets.reshape(-1)]
             mask = nbytes > 0
-            total_nll += float(nll[mask].sum())
-            total_bytes += int(nbytes.sum())
+            nll_sum += nll[mask].sum()
+            bytes_sum += nbytes.sum()
     model.train(was_training)
-    return total_nll, total_bytes
+    return float(nll_sum), int(bytes_sum)
 
 
 def bits_per_byte(total_nll_nats: float, total_bytes: int) -> float:
@@ -55,6 +56,8 @@ def score_choices(model, task, *, indices=None, batch_size: int = 16, pad_id: in
     """
     import torch
 
+    from annealscale.anneal.loss import token_nll
+
     indices = np.arange(task.pairs) if indices is None else np.asarray(indices)
     device = next(model.parameters()).device
     scores = np.zeros(len(indices), dtype=np.float64)
@@ -69,8 +72,7 @@ def score_choices(model, task, *, indices=None, batch_size: int = 16, pad_id: in
             for row, sequence in enumerate(sequences):
                 batch[row, : len(sequence)] = sequence
             ids = torch.as_tensor(batch, device=device)
-            logprobs = torch.log_softmax(model(input_ids=ids[:, :-1]).logits.float(), -1)
-            picked = logprobs.gather(-1, ids[:, 1:, None])[..., 0].cpu().numpy()  # (B, L-1)
+            picked = -token_nll(model, ids[:, :-1], ids[:, 1:]).cpu().numpy()  # (B, L-1)
             for row, (i, sequence) in enumerate(zip(chunk, sequences, strict=True)):
                 # target position t predicts token t + 1: the choice is targets start-1..L-2
                 first = int(task.choice_starts[i]) - 1

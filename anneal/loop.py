@@ -72,6 +72,13 @@ class AnnealJob:
     """Training FLOPs of one optimizer step (compute-spent ledger)."""
     trunk: bool = False
     """A WSD trunk segment: constant rate after warmup up to ``steps``, no evaluation."""
+    expect_cuda: bool = False
+    """Workers were given GPUs and must use CUDA (false for logical GPUs under gloo)."""
+    activation_checkpointing: bool = False
+    """Recompute decoder layers in the backward pass (resolved from the spec and the
+    memory plan by `tune.prepare`)."""
+    peak_flops: float = 0.0
+    """Dense peak FLOP/s of one device, for MFU (0: unknown, no MFU reported)."""
 
 
 def anneal_worker(config: dict) -> None:
@@ -79,7 +86,7 @@ def anneal_worker(config: dict) -> None:
     job: AnnealJob = config["job"]
     from annealscale.anneal.engine import build_engine, prepare_threads
 
-    use_gpu = prepare_threads(job.threads_per_worker)
+    use_gpu = prepare_threads(job.threads_per_worker, expect_cuda=job.expect_cuda)
     import ray.train
     import torch
 
@@ -91,6 +98,7 @@ def anneal_worker(config: dict) -> None:
     started = time.time()
     built = build_engine(job, world_size=world, use_gpu=use_gpu)
     engine, device, accum = built.engine, built.device, built.accumulation
+    model = engine.module.lm  # the Hugging Face model (engine.module adds the loss)
     micro = job.train.micro_batch_size
     evaluator = Evaluator(job, rank=rank, world=world, device=device, batch_size=micro)
 
@@ -113,18 +121,15 @@ def anneal_worker(config: dict) -> None:
             fetch_started = time.time()
             rows = np.concatenate([domain.take(int(k_domain)), replay.take(micro - int(k_domain))])
             data_seconds += time.time() - fetch_started
-            batch = torch.as_tensor(rows, device=device).long()  # (micro, seq_len + 1)
-            logits = engine(input_ids=batch[:, :-1]).logits  # (micro, seq_len, V)
-            loss = torch.nn.functional.cross_entropy(
-                logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
-            )
+            batch = _to_device(rows, device)  # (micro, seq_len + 1)
+            loss = engine(batch[:, :-1], batch[:, 1:])  # chunked logits, never all at once
             engine.backward(loss)
             engine.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())  # on the device: no host sync per micro-batch
         if step == start.state.step:
             first_step_seconds = time.time() - train_started
         if not job.trunk:
-            evaluator.after_step(engine.module, step + 1, (step + 1) * accum * tokens_per_micro)
+            evaluator.after_step(model, step + 1, (step + 1) * accum * tokens_per_micro)
         if _checkpoint_due(job, step + 1):
             state = WorkerState(
                 step=step + 1,
@@ -132,23 +137,24 @@ def anneal_worker(config: dict) -> None:
                 replay_rows=replay.rows_taken,
                 restarts=start.state.restarts,
             )
-            report_checkpoint(engine, state, rank, {"train_loss": losses[-1]})
+            report_checkpoint(engine, state, rank, {"train_loss": float(losses[-1])})
     train_seconds = time.time() - train_started - evaluator.seconds
     if job.trunk:
         ray.train.report({"step": job.steps, "trunk_steps": job.steps - start.state.step})
         return
 
-    local = [domain.rows_taken, replay.rows_taken]
-    domain_rows, replay_rows = _all_reduce_sum([float(x) for x in local], device)
+    tail = max(1, len(losses) // 10)
+    tail_loss = float(torch.stack(losses[-tail:]).float().mean()) if losses else float("nan")
+    local = [domain.rows_taken, replay.rows_taken, tail_loss]
+    domain_rows, replay_rows, loss_sum = _all_reduce_sum([float(x) for x in local], device)
     seq_len = job.train.seq_len
     train_tokens = int((domain_rows + replay_rows) * seq_len)
-    metrics = evaluator.final(engine.module, job.steps, train_tokens)
-    tail = max(1, len(losses) // 10)
+    metrics = evaluator.final(model, job.steps, train_tokens)
     trained_steps = job.steps - start.state.step
     steady_tokens = (trained_steps - 1) * job.train.tokens_per_step
     metrics.update(
         {
-            "train_loss": float(np.mean(losses[-tail:])),
+            "train_loss": loss_sum / world,  # rank-averaged
             "train_tokens": train_tokens,
             "domain_tokens": int(domain_rows * seq_len),
             "replay_tokens": int(replay_rows * seq_len),
@@ -177,6 +183,11 @@ def anneal_worker(config: dict) -> None:
             "worker_node": ray.get_runtime_context().get_node_id(),
         }
     )
+    if job.peak_flops > 0:
+        # model FLOPs utilisation (PaLM, Chowdhery et al. 2022, appendix B)
+        metrics["mfu"] = (
+            job.flops_per_step * trained_steps / max(train_seconds, 1e-9) / (world * job.peak_flops)
+        )
     ray.train.report(metrics)
 
 
@@ -271,6 +282,17 @@ def _epochs(shard, seed: int, cache_bytes: int = REPEAT_CACHE_BYTES):
         return iter(np.array_split(pool[order], max(1, len(pool) // ROWS_PER_READ)))
 
     return epoch
+
+
+def _to_device(rows: np.ndarray, device):
+    """A batch of token ids on ``device`` as int64; to a GPU through pinned memory with a
+    non-blocking copy, so the copy overlaps the previous step's work."""
+    import torch
+
+    batch = torch.from_numpy(np.ascontiguousarray(rows)).long()
+    if device.type != "cuda":
+        return batch
+    return batch.pin_memory().to(device, non_blocking=True)
 
 
 def _all_reduce_sum(values: list[float], device) -> list[float]:

@@ -210,6 +210,7 @@ def prepare(
                 log.warning("source %s at %g USD: %s", cell.source, cell.curation_spend, err)
                 pools[key] = err
 
+    execution = execution_settings(spec, model_path)
     plans = []
     failed = {}
     per_step = spec.train.tokens_per_step
@@ -239,6 +240,7 @@ def prepare(
             deepspeed_user_config=deepspeed_user,
             eval_every_steps=spec.eval.every_steps,
             tasks=tuple((name, str(path)) for name, (_, path) in tasks.items()),
+            **execution,
         )
         evaluations = 1 + len(evaluation_steps(steps, spec.eval.every_steps))
         t_flops = train_flops(shape, tokens, seq_len)
@@ -284,3 +286,30 @@ def prepare(
 def model_key(model_path: str) -> str:
     """Pools are counted in the base tokenizer's tokens, so their cache is per model."""
     return "model-" + content_hash(model_path)
+
+
+def execution_settings(spec: ExperimentSpec, model_path: str) -> dict:
+    """How the workers run, beyond the spec's train section: whether they must find CUDA
+    (GPUs reserved, not logical GPUs under gloo), activation checkpointing as asked for or,
+    when left unset, as the memory plan needs it, and the device's peak FLOP/s for MFU."""
+    from annealscale.anneal import memory_plan
+
+    res = spec.resources
+    checkpointing = bool(spec.train.activation_checkpointing)
+    memory = memory_plan.gpu_memory_bytes(res.gpu_kind, res.gpu_memory_gib)
+    if spec.train.activation_checkpointing is None and res.gpus_per_worker and memory:
+        config = load_model_config(model_path, spec.base_model.trust_remote_code)
+        setup = memory_plan.spec_setup(
+            spec.train,
+            gpus=res.num_workers * res.gpus_per_worker,
+            gpu_memory_bytes=memory,
+            gpus_per_node=res.gpus_per_node,
+            dims=memory_plan.model_dims(config),
+        )
+        checkpointing = setup.activation_checkpointing
+    peak = memory_plan.peak_flops(res.gpu_kind, res.peak_flops) if res.gpus_per_worker else None
+    return {
+        "expect_cuda": res.gpus_per_worker > 0 and res.torch_backend != "gloo",
+        "activation_checkpointing": checkpointing,
+        "peak_flops": float(peak or 0.0),
+    }

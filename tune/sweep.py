@@ -60,6 +60,7 @@ METRIC_COLUMNS = (
     "worker_restarts",
     "trunk_steps_trained",
     "spent_train_flops",
+    "mfu",
 )
 TEXT_COLUMNS = ("driver_node", "worker_node")
 """Where the last attempt ran (Ray node ids)."""
