@@ -7,7 +7,8 @@ master weights and moments per parameter, 16 bytes in all; fp32 Adam holds 4 + 4
 16. ZeRO-1 partitions the optimizer states over the data-parallel GPUs, ZeRO-2 also the
 gradients, ZeRO-3 also the weights (plus the layers gathered while they compute).
 Optimizer offload moves the optimizer states (and, with them, the fp32 master copy) to host
-memory. Activations are counted per layer from what a Llama-style decoder layer saves for
+memory. ZeRO-2 and ZeRO-3 also allocate a gradient reduce bucket up front (DeepSpeed's
+``reduce_bucket_size``, 5e8 elements by default: 1 GB in bf16). Activations are counted per layer from what a Llama-style decoder layer saves for
 its backward pass (Korthikanti et al. 2022, section 4.1, adapted to gated MLPs, grouped
 KV heads and fused attention, which saves no ``seq x seq`` scores); with activation
 checkpointing only each layer's input is kept, plus one layer recomputed at a time. Logits
@@ -88,6 +89,9 @@ class TrainSetup:
     gpu_memory_bytes: int
     gpus_per_node: int = 8
     """GPUs in one node, to say how many nodes a cell needs."""
+    reduce_bucket_elements: int = 500_000_000
+    """DeepSpeed's ``zero_optimization.reduce_bucket_size`` (its default): under ZeRO-2
+    and ZeRO-3 a gradient bucket of this many elements is allocated up front."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +104,8 @@ class MemoryPlan:
     optimizer: float
     activations: float
     logits: float
+    buffers: float
+    """DeepSpeed's gradient reduce bucket (bytes)."""
     margin: float
 
     @property
@@ -110,6 +116,7 @@ class MemoryPlan:
             + self.optimizer
             + self.activations
             + self.logits
+            + self.buffers
             + self.margin
         )
 
@@ -127,6 +134,7 @@ class MemoryPlan:
                 ("optimizer", self.optimizer),
                 ("activations", self.activations),
                 ("logits", self.logits),
+                ("buffers", self.buffers),
                 ("margin", self.margin),
             )
         )
@@ -157,18 +165,20 @@ def model_state_bytes(params: int, setup: TrainSetup) -> tuple[float, float, flo
 def activation_bytes_per_token_layer(dims: ModelDims, *, bf16: bool) -> float:
     """Bytes one token's activations take in one decoder layer, saved for backward.
 
-    Elements saved: two RMSNorms (input and output each, the input upcast to fp32 counts
-    twice), the q/k/v projections, fused attention's output and log-sum-exp, the output
-    projection's input, the MLP's gate and up outputs, the activation and the product
-    fed to the down projection.
+    Elements saved, as a Hugging Face Llama-style layer saves them: two RMSNorms (each
+    keeps its input upcast to fp32, two elements' worth, and its output), rotary
+    embedding's q and k with their rotated copies, attention's q and the k and v repeated
+    to every head (grouped-query attention expands them), its output and the contiguous
+    copy fed to the output projection, and the MLP's gate and up outputs, the activation
+    and the product fed to the down projection.
     """
     h, ff = dims.d_model, dims.d_ff
     kv = h * dims.n_kv_heads // dims.n_heads
-    norms = 2 * (h + 2 * h)
-    attention = h + 2 * kv + h + h + dims.n_heads / 1  # q, k, v, out, o_proj input, lse
+    norms = 2 * 3 * h
+    rotary = 2 * h + 2 * kv
+    attention = 5 * h  # q, repeated k and v, output, output-projection input
     mlp = (4 if dims.gated_mlp else 2) * ff
-    elements = norms + attention + mlp
-    return elements * (2.0 if bf16 else 4.0)
+    return (norms + rotary + attention + mlp) * (2.0 if bf16 else 4.0)
 
 
 def activations_bytes(dims: ModelDims, setup: TrainSetup) -> float:
@@ -176,10 +186,11 @@ def activations_bytes(dims: ModelDims, setup: TrainSetup) -> float:
     tokens = setup.micro_batch_size * setup.seq_len
     width = 2.0 if setup.bf16 else 4.0
     per_layer = activation_bytes_per_token_layer(dims, bf16=setup.bf16) * tokens
+    final_norm = 3 * dims.d_model * tokens * width
     if setup.activation_checkpointing:
         # each layer's input kept, one layer's full activations during its recompute
-        return dims.n_layer * tokens * dims.d_model * width + per_layer
-    return dims.n_layer * per_layer
+        return dims.n_layer * tokens * dims.d_model * width + per_layer + final_norm
+    return dims.n_layer * per_layer + final_norm
 
 
 def logits_bytes(
@@ -197,8 +208,9 @@ def logits_bytes(
 def plan(dims: ModelDims, setup: TrainSetup) -> MemoryPlan:
     """Estimated per-GPU bytes of ``setup`` training the model ``dims``."""
     parameters, gradients, optimizer = model_state_bytes(dims.params, setup)
+    width = 2.0 if setup.bf16 else 4.0
     if setup.zero_stage >= 3:
-        parameters += STAGE3_LIVE_LAYERS * dims.layer_params * (2.0 if setup.bf16 else 4.0)
+        parameters += STAGE3_LIVE_LAYERS * dims.layer_params * width
     return MemoryPlan(
         setup=setup,
         parameters=parameters,
@@ -206,6 +218,7 @@ def plan(dims: ModelDims, setup: TrainSetup) -> MemoryPlan:
         optimizer=optimizer,
         activations=activations_bytes(dims, setup),
         logits=logits_bytes(dims, setup),
+        buffers=setup.reduce_bucket_elements * width if setup.zero_stage >= 2 else 0.0,
         margin=FRAMEWORK_MARGIN_BYTES,
     )
 
