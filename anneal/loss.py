@@ -4,8 +4,9 @@ At a 128k vocabulary, 4096-token sequences and micro-batch 4, full fp32 logits a
 8 GB before their gradient. Here the model's body runs once to its final hidden states and
 the output projection runs over chunks of tokens: each chunk's logits are upcast to fp32,
 reduced to one loss per token and dropped. In training each chunk is wrapped in
-`torch.utils.checkpoint`, so its logits are recomputed during the backward pass instead of
-kept: one chunk's logits (and their gradient) are alive at a time. The output projection is
+`torch.utils.checkpoint` (once the full logits would be large, `RECOMPUTE_ABOVE_BYTES`), so
+its logits are recomputed during the backward pass instead of kept: one chunk's logits
+(and their gradient) are alive at a time. The output projection is
 called as a module, so DeepSpeed ZeRO-3 gathers its partitioned weight on every call like
 for any other layer.
 
@@ -22,6 +23,12 @@ from torch.utils.checkpoint import checkpoint as recompute
 CHUNK_TOKENS = 1024
 """Tokens per chunk (also `anneal.memory_plan.LOSS_CHUNK_TOKENS`)."""
 
+RECOMPUTE_ABOVE_BYTES = 32 * 2**20
+"""Recompute chunks' logits in the backward pass only when a micro-batch's full fp32 logits
+would exceed this (bytes): below it keeping them costs little memory, and the recompute
+(one more output projection per token) would cost a small model with a large vocabulary
+a tenth of its step time."""
+
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
 
 
@@ -33,7 +40,9 @@ def token_nll(model, input_ids, targets, *, chunk_tokens: int = CHUNK_TOKENS):
         logits = model(input_ids=input_ids).logits  # (B, T, V)
         return _chunked(lambda x: x, logits, targets, chunk_tokens, checkpoint=False)
     hidden = model.base_model(input_ids=input_ids).last_hidden_state  # (B, T, d)
-    return _chunked(head, hidden, targets, chunk_tokens, checkpoint=torch.is_grad_enabled())
+    full_logits_bytes = targets.numel() * head.weight.shape[0] * 4
+    recompute = torch.is_grad_enabled() and full_logits_bytes > RECOMPUTE_ABOVE_BYTES
+    return _chunked(head, hidden, targets, chunk_tokens, checkpoint=recompute)
 
 
 def mean_token_nll(model, input_ids, targets, *, chunk_tokens: int = CHUNK_TOKENS):

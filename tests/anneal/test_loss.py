@@ -3,6 +3,8 @@ in every parameter's gradient, on tiny Hugging Face models built from configs.""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -35,9 +37,11 @@ def _plain(model, inputs, targets):
     )
 
 
+@pytest.mark.parametrize("recompute_above", [0, 2**40])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("chunk", [7, 1024])
-def test_chunked_loss_and_gradients_match_the_plain_path(arch, chunk):
+def test_chunked_loss_and_gradients_match_the_plain_path(arch, chunk, recompute_above, monkeypatch):
+    monkeypatch.setattr("annealscale.anneal.loss.RECOMPUTE_ABOVE_BYTES", recompute_above)
     model = _model(arch)
     batch = torch.randint(0, 97, (3, 21))
     inputs, targets = batch[:, :-1], batch[:, 1:]
@@ -68,8 +72,8 @@ def test_per_token_losses_without_gradients_match_and_keep_no_graph():
 
 
 def test_chunk_logits_are_not_kept_for_backward():
-    """What autograd saves for the backward pass holds no (tokens, vocabulary) tensor: the
-    chunks' logits are recomputed, not stored."""
+    """Recomputing (as for large logits), what autograd saves for the backward pass holds
+    no (tokens, vocabulary) tensor: the chunks' logits are recomputed, not stored."""
     model = _model("llama")
     batch = torch.randint(0, 97, (2, 33))
     shapes = []
@@ -78,6 +82,9 @@ def test_chunk_logits_are_not_kept_for_backward():
         shapes.append(tuple(tensor.shape))
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        mock.patch("annealscale.anneal.loss.RECOMPUTE_ABOVE_BYTES", 0),
+    ):
         LossModel(model)(batch[:, :-1], batch[:, 1:])
     assert shapes and not any(s[-1] == 97 and len(s) >= 2 and s[0] > 1 for s in shapes)

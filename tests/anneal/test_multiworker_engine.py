@@ -33,7 +33,9 @@ WORKER = textwrap.dedent(
     dist.init_process_group("gloo", rank=rank, world_size=int(os.environ["WORLD_SIZE"]))
     torch.set_num_threads(1)
     torch.manual_seed(args["seed"])
+    import numpy as np
     from annealscale.anneal.checkpoint import WorkerState, load, save
+    from annealscale.anneal.evaluate import nll_and_bytes
     from annealscale.anneal.engine import build_engine
     from annealscale.anneal.loop import AnnealJob
     from annealscale.anneal.run_spec import ScheduleSpec, TrainSpec
@@ -72,6 +74,11 @@ WORKER = textwrap.dedent(
                 dist.barrier()
         out["losses"] = losses
         out["accumulation"] = built.accumulation
+        # evaluation calls the Hugging Face model directly (no engine), as the evaluator does
+        windows = data[0, 0].reshape(-1, 17).numpy()
+        nll, nbytes = nll_and_bytes(engine.module.lm, windows, np.ones(97, dtype=np.int64),
+                                    batch_size=2)
+        out["eval_nll_per_token"] = nll / nbytes
         return out
 
     result = {str(stage): run(stage) for stage in args["stages"]}
@@ -163,6 +170,7 @@ def test_two_ranks_resume_from_a_checkpoint_to_the_same_losses(runs, stage):
         assert later["losses"] == full["losses"][SAVE_AT * full["accumulation"] :]
         # it trained: the loss moved
         assert full["losses"][-1] != full["losses"][0]
+        assert full["eval_nll_per_token"] == later["eval_nll_per_token"] < 6
 
 
 def test_zero3_loading_leaves_each_rank_about_half_the_parameters(runs, tiny_model):

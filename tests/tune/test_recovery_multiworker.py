@@ -1,0 +1,77 @@
+"""Fault test with two data-parallel workers under ZeRO-3 in bf16 on a real local Ray: one
+Train worker process SIGKILLed after a checkpoint, Ray Train restarts the group from it,
+and the cell ends where an uninterrupted run of it ends (same tokens, same losses within
+the noise of bf16 reductions in a different order).
+
+The exact-loss property of the engine alone (ZeRO-2 and ZeRO-3, no Ray) is
+`tests/anneal/test_multiworker_engine.py`."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from annealscale.tune.spec import parse_spec
+from annealscale.tune.sweep import run_sweep
+from tests.helpers import sweep_spec
+from tests.tune.test_recovery import WorkerKiller
+
+pytestmark = pytest.mark.slow
+
+STEPS = 16
+EVERY = 4
+TOKENS_PER_STEP = 8 * 64
+
+
+@pytest.fixture(scope="module")
+def runs(ray_local, tiny_assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("recovery-2w")
+    storage = root / "storage"
+    spec = parse_spec(
+        sweep_spec(
+            str(storage),
+            name="recovery-2w",
+            grid={"curation_spend": [0.2], "train_tokens": [STEPS * TOKENS_PER_STEP]},
+            train={
+                "seq_len": 64,
+                "batch_size": 8,
+                "micro_batch_size": 2,
+                "zero_stage": 3,
+                "precision": "bf16",
+            },
+            resources={"num_workers": 2},
+            checkpoint={"every_steps": EVERY},
+        )
+    )
+    results = {}
+    for name in ("uninterrupted", "killed"):
+        for runs_dir in ("train", "tune", "results"):
+            shutil.rmtree(storage / runs_dir, ignore_errors=True)
+        killer = None
+        if name == "killed":
+            killer = WorkerKiller(storage / "train", after=1)
+            killer.start()
+        outcome = run_sweep(spec, root / name, resolve=tiny_assets.resolve)
+        if killer is not None:
+            killer.stop.set()
+            killer.join()
+        results[name] = (outcome, pd.read_parquet(outcome.results_path), killer)
+    return results
+
+
+def test_two_zero3_bf16_workers_resume_to_the_uninterrupted_losses(runs):
+    _, reference, _ = runs["uninterrupted"]
+    outcome, killed, killer = runs["killed"]
+    assert killer.error is None, killer.error
+    assert killer.killed_pid is not None, "no worker was killed"
+    assert outcome.finished == 1 and outcome.failed == 0
+    ref, got = reference.iloc[0], killed.iloc[0]
+    assert got["worker_restarts"] == 1 and ref["worker_restarts"] == 0
+    assert EVERY <= got["resumed_from_step"] < STEPS
+    assert got["train_tokens"] == ref["train_tokens"] == STEPS * TOKENS_PER_STEP
+    assert got["domain_tokens"] == ref["domain_tokens"]
+    assert got["train_loss"] == pytest.approx(ref["train_loss"], rel=0.02)
+    assert got["domain_bpb"] == pytest.approx(ref["domain_bpb"], rel=0.02)
+    assert got["general_bpb"] == pytest.approx(ref["general_bpb"], rel=0.02)
