@@ -322,7 +322,11 @@ def _print_memory_plan(spec) -> None:
     if memory is None or spec.base_model.path.startswith("demo:"):
         print("memory plan: skipped (set resources.gpu_kind or resources.gpu_memory_gib)")
         return
-    config = load_model_config(spec.base_model.path, spec.base_model.trust_remote_code)
+    try:
+        config = load_model_config(spec.base_model.path, spec.base_model.trust_remote_code)
+    except AnnealscaleError as err:  # a hub id offline: the sweep itself will say so
+        print(f"memory plan: skipped ({err})")
+        return
     dims = memory_plan.model_dims(config)
     setup = memory_plan.spec_setup(
         spec.train,

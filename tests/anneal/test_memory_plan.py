@@ -213,3 +213,12 @@ def test_cpu_spec_prints_no_plan(tmp_path, capsys):
     open(path, "w").write(yaml.safe_dump(data))
     assert main(["validate", path]) == 0
     assert "memory plan" not in capsys.readouterr().out
+
+
+def test_unreadable_model_config_skips_the_plan(tmp_path, capsys):
+    path = _spec(tmp_path, LLAMA3_8B, gpus=1, stage=0)
+    data = yaml.safe_load(open(path))
+    data["base_model"] = {"path": str(tmp_path / "missing")}
+    open(path, "w").write(yaml.safe_dump(data))
+    assert main(["validate", path]) == 0
+    assert "memory plan: skipped (base_model.path" in capsys.readouterr().out
