@@ -37,8 +37,11 @@ def questions() -> list[dict]:
         if i == 7:
             question = "Let f(x) = x**2 + 3*x. " * 4 + question
         items.append(
-            {"question": question, "choices": choices, "answer": choices.index(
-                (" " if i == 5 else "") + str(right))}
+            {
+                "question": question,
+                "choices": choices,
+                "answer": choices.index((" " if i == 5 else "") + str(right)),
+            }
         )
     return items
 
@@ -63,11 +66,11 @@ def tiny_model(vocab_size: int):
 def main() -> None:
     import tempfile
 
+    from annealscale.anneal.base_model import BaseModelConfig, train_tokenizer
     from annealscale.anneal.evaluate import choice_metrics, score_choices
+    from annealscale.anneal.synthetic_math import generate_math_document
     from annealscale.anneal.tasks import encode_questions, read_questions
     from tests.anneal.conftest import _english_document
-    from annealscale.anneal.base_model import BaseModelConfig, train_tokenizer
-    from annealscale.anneal.synthetic_math import generate_math_document
 
     # the `tokenizer` fixture of tests/anneal/conftest.py
     texts = [generate_math_document(100, i) for i in range(150)]
