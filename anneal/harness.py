@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,9 @@ class TaskSuite:
     """Tokens per scored sequence (the anneal's ``seq_len + 1``)."""
     columns: tuple[str, ...] = ()
     """Result columns the suite produces (known once it ran on the base model)."""
+    cache_dir: str | None = None
+    """Where `datasets` keeps the tasks' prepared data (the sweep's cache; None: its
+    default under the home directory). Not part of any identity."""
 
     @property
     def empty(self) -> bool:
@@ -151,6 +155,27 @@ def load_suite(suite: TaskSuite, manager=None) -> list[tuple[str, dict, int | No
     zero shots keeps it, as in ``simple_evaluate``); JSONL tasks are cut at read time.
     """
     _require_harness()
+    with _datasets_cache(suite.cache_dir):
+        return _load_suite(suite, manager)
+
+
+@contextmanager
+def _datasets_cache(cache_dir: str | None):
+    """`datasets` reads its cache directory from its config at each load."""
+    import datasets
+
+    if cache_dir is None:
+        yield
+        return
+    before = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = Path(cache_dir)
+    try:
+        yield
+    finally:
+        datasets.config.HF_DATASETS_CACHE = before
+
+
+def _load_suite(suite: TaskSuite, manager) -> list[tuple[str, dict, int | None]]:
     entries = []
     if suite.tasks:
         manager = manager or task_manager(suite)
@@ -208,6 +233,7 @@ def check_suite(suite: TaskSuite, field_name: str = "eval.harness") -> None:
                     tasks=(name,),
                     include_paths=suite.include_paths,
                     include_defaults=suite.include_defaults,
+                    cache_dir=suite.cache_dir,
                 ),
                 manager,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 from annealscale.anneal.deepspeed_config import deepspeed_config, load_user_config, uses_bf16
 from annealscale.anneal.harness import (
@@ -35,9 +36,12 @@ def check_deepspeed(spec: ExperimentSpec, resolve: Callable[[str], str]) -> dict
     return user
 
 
-def task_suite(spec: ExperimentSpec, resolve: Callable[[str], str]) -> TaskSuite:
+def task_suite(
+    spec: ExperimentSpec, resolve: Callable[[str], str], cache: Path | None = None
+) -> TaskSuite:
     """Every evaluation task of ``spec`` (lm-eval tasks and our JSONL tasks) with its
-    paths resolved; its result columns are filled once it ran on the base model."""
+    paths resolved, its data prepared under ``cache``; its result columns are filled
+    once it ran on the base model."""
     harness = spec.eval.harness
     return TaskSuite(
         tasks=harness.tasks if harness else (),
@@ -51,6 +55,7 @@ def task_suite(spec: ExperimentSpec, resolve: Callable[[str], str]) -> TaskSuite
             for t in spec.eval.tasks
         ),
         max_len=spec.train.seq_len + 1,
+        cache_dir=str(Path(cache) / "task-datasets") if cache is not None else None,
     )
 
 

@@ -131,7 +131,7 @@ def prepare(
     storage = Path(storage)
     cache = storage / "cache"
     deepspeed_user = check_deepspeed(spec, resolve)
-    suite = task_suite(spec, resolve)
+    suite = task_suite(spec, resolve, cache)
     check_tasks(suite)
     model_path = checkpoint_location(resolve(spec.base_model.path))
     tokenizer = load_tokenizer(model_path, trust_remote_code=spec.base_model.trust_remote_code)

@@ -28,12 +28,9 @@ from tests.helpers import write_math_task
 BEFORE = Path(__file__).parent / "data" / "choice_scores_before.json"
 
 
-@pytest.fixture(autouse=True)
-def _datasets_cache(tmp_path, monkeypatch):
-    """The harness loads task data through `datasets`, whose cache goes under tmp_path."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+def _suite(tmp_path, **fields) -> TaskSuite:
+    """A suite whose task data `datasets` prepares under ``tmp_path``."""
+    return TaskSuite(cache_dir=str(tmp_path / "task-datasets"), **fields)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +42,8 @@ def test_jsonl_tasks_give_the_scores_recorded_before_the_harness(tokenizer, mode
     before = json.loads(BEFORE.read_text())
     path = tmp_path / "arith.jsonl"
     path.write_text("".join(json.dumps(q) + "\n" for q in before["questions"]))
-    suite = TaskSuite(
+    suite = _suite(
+        tmp_path,
         choice_tasks=(
             ChoiceTask(name="arith", path=str(path)),
             ChoiceTask(name="arith6", path=str(path), max_questions=6),
@@ -68,7 +66,7 @@ def test_local_yaml_task_reports_metrics_stderr_and_the_correct_answers_bpb(
     tokenizer, model, tmp_path
 ):
     include = write_math_task(tmp_path / "tasks", questions=12)
-    suite = TaskSuite(tasks=("mathqa_local",), include_paths=(str(include),), max_len=64)
+    suite = _suite(tmp_path, tasks=("mathqa_local",), include_paths=(str(include),), max_len=64)
     scores = evaluate_suite(model, tokenizer, suite)
     metrics = scores.metrics
     assert {
@@ -86,6 +84,7 @@ def test_local_yaml_task_reports_metrics_stderr_and_the_correct_answers_bpb(
         math.sqrt(acc * (1 - acc) / 11), abs=1e-9
     )
     assert scores.tokens > 0
+    assert list((tmp_path / "task-datasets").rglob("*.arrow"))  # not under the home directory
 
     # bpb by hand: -log2 p(correct answer | question) over its UTF-8 bytes, averaged
     rows = [json.loads(line) for line in (include / "mathqa_local.jsonl").read_text().splitlines()]
@@ -104,7 +103,7 @@ def test_data_parallel_scoring_equals_one_process(tokenizer, model, tmp_path):
     process. (The ranks run one after the other here; the second's sum adds the first's
     share, as `all_reduce` would.)"""
     include = write_math_task(tmp_path / "tasks", questions=7)
-    suite = TaskSuite(tasks=("mathqa_local",), include_paths=(str(include),), max_len=64)
+    suite = _suite(tmp_path, tasks=("mathqa_local",), include_paths=(str(include),), max_len=64)
     single = evaluate_suite(model, tokenizer, suite).metrics
     shares = []
 
@@ -123,7 +122,7 @@ def test_data_parallel_scoring_equals_one_process(tokenizer, model, tmp_path):
 
 def test_unknown_task_is_one_line_with_a_suggestion(tmp_path):
     include = write_math_task(tmp_path / "tasks")
-    suite = TaskSuite(tasks=("mathqa_locl",), include_paths=(str(include),))
+    suite = _suite(tmp_path, tasks=("mathqa_locl",), include_paths=(str(include),))
     with pytest.raises(AnnealscaleError) as err:
         check_suite(suite)
     message = str(err.value)
@@ -134,7 +133,7 @@ def test_unknown_task_is_one_line_with_a_suggestion(tmp_path):
 
 def test_missing_task_data_is_one_line(tmp_path):
     include = write_math_task(tmp_path / "tasks", data=False)
-    suite = TaskSuite(tasks=("mathqa_local",), include_paths=(str(include),))
+    suite = _suite(tmp_path, tasks=("mathqa_local",), include_paths=(str(include),))
     with pytest.raises(AnnealscaleError) as err:
         check_suite(suite)
     message = str(err.value)
@@ -144,18 +143,18 @@ def test_missing_task_data_is_one_line(tmp_path):
 
 def test_missing_include_path_and_generative_tasks_are_rejected(tmp_path):
     with pytest.raises(AnnealscaleError, match=r"^eval.harness.include_path: .* does not exist"):
-        check_suite(TaskSuite(tasks=("x",), include_paths=(str(tmp_path / "nowhere"),)))
+        check_suite(_suite(tmp_path, tasks=("x",), include_paths=(str(tmp_path / "nowhere"),)))
     include = write_math_task(tmp_path / "tasks")
     yaml_path = include / "mathqa_local.yaml"
     text = yaml_path.read_text().replace("multiple_choice", "generate_until")
     yaml_path.write_text(text.replace("metric_list:\n  - metric: acc\n  - metric: acc_norm\n", ""))
     with pytest.raises(AnnealscaleError, match="is a generate_until task"):
-        check_suite(TaskSuite(tasks=("mathqa_local",), include_paths=(str(include),)))
+        check_suite(_suite(tmp_path, tasks=("mathqa_local",), include_paths=(str(include),)))
 
 
 def test_identity_follows_the_task_files_bytes(tmp_path):
     include = write_math_task(tmp_path / "tasks")
-    suite = TaskSuite(tasks=("mathqa_local",), include_paths=(str(include),))
+    suite = _suite(tmp_path, tasks=("mathqa_local",), include_paths=(str(include),))
     first = suite_identity(suite)
     assert suite_identity(suite) == first
     data = include / "mathqa_local.jsonl"
