@@ -132,6 +132,13 @@ class EvalSpec(SpecModel):
         names = [t.name for t in self.tasks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         check(not dupes, "tasks", f"task names must be unique; repeated: {', '.join(dupes)}")
+        both = sorted(set(names) & set(self.harness.tasks if self.harness else ()))
+        check(
+            not both,
+            "tasks",
+            f"{', '.join(both)}: also named in harness.tasks; their columns would collide, "
+            "rename the JSONL task",
+        )
 
 
 class ScheduleSpec(SpecModel):

@@ -1,6 +1,6 @@
-"""Evaluation tasks in a cell's identity: the harness section's fields, the bytes of the
-task configs and data files, and the harness version change every cell's identity; a
-spec without tasks keeps the identities it had before tasks went through the harness."""
+"""The eval.harness spec section and evaluation tasks in a cell's identity: the section's
+fields, the bytes of the task configs and data files, and the harness version change every
+cell's identity; a spec without tasks keeps the identities it had before."""
 
 from __future__ import annotations
 
@@ -76,6 +76,16 @@ def test_bad_harness_fields_are_one_line(harness, fragment):
     with pytest.raises(SpecError) as err:
         parse_spec(data)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_jsonl_task_may_not_share_a_harness_tasks_name():
+    from annealscale.core.errors import SpecError
+
+    data = yaml.safe_load(DEMO.read_text())
+    data["eval"]["tasks"] = [{"name": "arith", "path": "arith.jsonl"}]
+    data["eval"]["harness"] = {"tasks": ["arith"]}
+    with pytest.raises(SpecError, match=r"^eval.tasks: arith: also named in harness.tasks"):
+        parse_spec(data)
 
 
 def test_include_path_is_one_path_or_a_list():
