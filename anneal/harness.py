@@ -92,7 +92,8 @@ def _require_harness() -> None:
         import lm_eval  # noqa: F401
     except ImportError:
         raise AnnealscaleError(
-            "eval.harness: needs lm-evaluation-harness; pip install 'annealscale[tasks]'"
+            "eval.harness / eval.tasks: evaluation tasks need lm-evaluation-harness; "
+            "pip install 'annealscale[tasks]'"
         ) from None
 
 

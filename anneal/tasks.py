@@ -47,10 +47,6 @@ class EncodedTask:
     def sequence(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
-    def scored_tokens(self) -> int:
-        """Tokens run through the model to score every pair (for eval FLOPs)."""
-        return int(self.offsets[-1] - self.pairs)  # each pair predicts all but its first
-
 
 def read_questions(path: str, max_questions: int | None = None) -> list[Question]:
     """Questions of the JSONL at ``path``, checked line by line."""

@@ -188,6 +188,7 @@ def prepare(
     log.info("base model: domain %.4f bpb, general %.4f bpb", base["domain"], base["general"])
     del model
     task_tokens = task_scores.tokens
+    harness_provenance = suite_provenance(suite) if not suite.empty else None
 
     ctx = CurationContext(
         tokenizer=tokenizer, resolve=resolve, cache_dir=cache / model_key(model_path)
@@ -270,7 +271,7 @@ def prepare(
             "base_domain_bpb": base["domain"],
             "base_general_bpb": base["general"],
             **{f"base_{k}": v for k, v in base.items() if k not in ("domain", "general")},
-            "eval_harness": suite_provenance(suite) if not suite.empty else None,
+            "eval_harness": harness_provenance,
         }
         plans.append(
             CellPlan(
