@@ -282,9 +282,11 @@ def suite_identity(suite: TaskSuite) -> str:
 
 
 def _version_or_none() -> str | None:
+    import importlib.metadata
+
     try:
         return harness_version()
-    except Exception:
+    except importlib.metadata.PackageNotFoundError:  # validation says to install it
         return None
 
 
@@ -297,16 +299,16 @@ def _config_files(root: Path) -> list[Path]:
 
 
 def _data_files(config: Path) -> list[Path]:
-    """Local files a task YAML names in ``dataset_kwargs.data_files`` (or ``data_dir``)."""
+    """Local files a task YAML names in ``dataset_kwargs.data_files``: absolute, or relative
+    to the working directory (as `datasets` reads them) or to the YAML file."""
+    import yaml
+
     if config.suffix not in (".yaml", ".yml"):
         return []
     try:
-        import yaml
-
-        text = config.read_text()
-        loaded = yaml.load(text, Loader=_tolerant_loader())
-    except Exception:
-        return []
+        loaded = yaml.load(config.read_text(), Loader=_tolerant_loader())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []  # its bytes are hashed all the same; loading it reports the problem
     kwargs = (loaded or {}).get("dataset_kwargs") if isinstance(loaded, dict) else None
     if not isinstance(kwargs, dict):
         return []
@@ -317,9 +319,9 @@ def _data_files(config: Path) -> list[Path]:
         for item in value if isinstance(value, list | tuple) else [value]:
             if isinstance(item, str):
                 path = Path(item).expanduser()
-                path = path if path.is_absolute() else config.parent / path
-                paths.extend(sorted(path.parent.glob(path.name)) if "*" in item else [path])
-    return [p for p in paths if p.is_file()]
+                for where in [path] if path.is_absolute() else [path, config.parent / path]:
+                    paths.extend(sorted(where.parent.glob(where.name)) if "*" in item else [where])
+    return [p.resolve() for p in paths if p.is_file()]
 
 
 def _tolerant_loader():
