@@ -156,8 +156,23 @@ def load_suite(suite: TaskSuite, manager=None) -> list[tuple[str, dict, int | No
     zero shots keeps it, as in ``simple_evaluate``); JSONL tasks are cut at read time.
     """
     _require_harness()
-    with _datasets_cache(suite.cache_dir):
+    with _datasets_cache(suite.cache_dir), _quiet_harness():
         return _load_suite(suite, manager)
+
+
+@contextmanager
+def _quiet_harness():
+    """The harness logs a line per task loaded and per request type run, and warns that
+    an inline task's dataset takes keyword arguments; cells keep its errors only."""
+    import logging
+
+    harness_log = logging.getLogger("lm_eval")
+    level = harness_log.level
+    harness_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        harness_log.setLevel(level)
 
 
 @contextmanager
@@ -432,8 +447,6 @@ def evaluate_suite(
     reduce: Callable[[list[float]], list[float]] | None = None,
 ) -> SuiteScores:
     """Run every task of ``suite`` on ``model``; the metrics as result columns."""
-    import logging
-
     from lm_eval.evaluator import evaluate
 
     lm = scoring_lm(
@@ -446,12 +459,8 @@ def evaluate_suite(
         reduce=reduce,
     )
     metrics: dict[str, float] = {}
-    was_training = model.training
-    harness_log = logging.getLogger("lm_eval")
-    level = harness_log.level
-    harness_log.setLevel(logging.WARNING)  # a line per task and request type otherwise
-    try:
-        for _name, loaded, limit in load_suite(suite):
+    for _name, loaded, limit in load_suite(suite):
+        with _quiet_harness():
             out = evaluate(
                 lm=lm,
                 task_dict=loaded,
@@ -459,13 +468,10 @@ def evaluate_suite(
                 bootstrap_iters=BOOTSTRAP_ITERS,
                 log_samples=True,
             )
-            metrics.update(result_columns(out, loaded))
-        for choice in suite.choice_tasks:  # the pre-harness names of JSONL tasks' metrics
-            metrics[f"{choice.name}_accuracy"] = metrics[f"task/{choice.name}/acc"]
-            metrics[f"{choice.name}_logprob"] = metrics[f"task/{choice.name}/logprob"]
-    finally:
-        harness_log.setLevel(level)
-        model.train(was_training)
+        metrics.update(result_columns(out, loaded))
+    for choice in suite.choice_tasks:  # the pre-harness names of JSONL tasks' metrics
+        metrics[f"{choice.name}_accuracy"] = metrics[f"task/{choice.name}/acc"]
+        metrics[f"{choice.name}_logprob"] = metrics[f"task/{choice.name}/logprob"]
     return SuiteScores(metrics=metrics, tokens=lm.tokens)
 
 
