@@ -46,13 +46,16 @@ def bits_per_byte(total_nll_nats: float, total_bytes: int) -> float:
     return total_nll_nats / math.log(2) / total_bytes
 
 
-def score_choices(model, task, *, indices=None, batch_size: int = 16, pad_id: int = 0):
+def score_choices(
+    model, task, *, indices=None, batch_size: int = 16, pad_id: int = 0, greedy: bool = False
+):
     """Summed log-probability (nats) of each pair's choice tokens given what precedes them.
 
     ``task`` is an `anneal.tasks.EncodedTask`; ``indices`` selects pairs (all by default).
     Pairs are right-padded into batches: under a causal mask padding after a sequence never
     changes the logits of its real positions, so no attention mask is needed. Returns one
-    float64 per selected pair.
+    float64 per selected pair; with ``greedy`` also whether each choice is the greedy
+    continuation (every token the argmax), as lm-eval's loglikelihood requests report.
     """
     import torch
 
@@ -61,6 +64,7 @@ def score_choices(model, task, *, indices=None, batch_size: int = 16, pad_id: in
     indices = np.arange(task.pairs) if indices is None else np.asarray(indices)
     device = next(model.parameters()).device
     scores = np.zeros(len(indices), dtype=np.float64)
+    is_greedy = np.zeros(len(indices), dtype=bool)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -77,8 +81,11 @@ def score_choices(model, task, *, indices=None, batch_size: int = 16, pad_id: in
                 # target position t predicts token t + 1: the choice is targets start-1..L-2
                 first = int(task.choice_starts[i]) - 1
                 scores[start + row] = float(picked[row, first : len(sequence) - 1].sum())
+                if greedy:
+                    best = logprobs[row, first : len(sequence) - 1].argmax(-1).cpu().numpy()
+                    is_greedy[start + row] = bool((best == sequence[first + 1 :]).all())
     model.train(was_training)
-    return scores
+    return (scores, is_greedy) if greedy else scores
 
 
 def choice_metrics(task, scores: np.ndarray) -> tuple[float, float]:

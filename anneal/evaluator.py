@@ -1,5 +1,6 @@
 """Evaluation inside a Ray Train worker: held-out bits per byte (at the end and every
-``eval.every_steps`` optimizer steps) and multiple-choice tasks (at the end).
+``eval.every_steps`` optimizer steps) and the evaluation tasks (at the end, through
+lm-evaluation-harness: `anneal.harness`).
 
 Work is shared equally among the data-parallel workers and the sums are all-reduced:
 under ZeRO-3 every forward pass gathers parameters collectively, so every rank must run
@@ -14,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from annealscale.anneal.evaluate import bits_per_byte, choice_metrics, nll_and_bytes, score_choices
-from annealscale.anneal.tasks import EncodedTask
+from annealscale.anneal.evaluate import bits_per_byte, nll_and_bytes
 
 
 def task_metric_names(job) -> list[str]:
-    """Result columns the tasks add: ``<name>_accuracy`` and ``<name>_logprob``."""
-    return [f"{name}_{kind}" for name, _ in job.tasks for kind in ("accuracy", "logprob")]
+    """Result columns the tasks add: ``task/<task>/<metric>`` (and ``_stderr``, ``bpb``)
+    for every task, and ``<name>_accuracy`` and ``<name>_logprob`` for our JSONL tasks."""
+    return list(job.tasks.columns) if job.tasks is not None else []
 
 
 class Evaluator:
@@ -38,7 +39,7 @@ class Evaluator:
         for name, path in (("domain", job.domain_eval_dir), ("general", job.general_eval_dir)):
             windows = read_windows(Path(path), job.eval_windows)
             self.windows[name] = windows[: len(windows) - len(windows) % world][rank::world]
-        self.tasks = {name: EncodedTask.load(path) for name, path in job.tasks}
+        self.suite = job.tasks if job.tasks is not None and not job.tasks.empty else None
         self.curve: list[dict] = []
         self.seconds = 0.0
         self.tokens = 0
@@ -59,26 +60,28 @@ class Evaluator:
         return metrics
 
     def task_scores(self, model) -> dict[str, float]:
-        """Accuracy and mean correct-choice log-probability of every task."""
+        """Every task's metrics as result columns; the requests are shared among the
+        workers and their scores summed, so every rank computes the same metrics."""
+        if self.suite is None:
+            return {}
+        from annealscale.anneal.harness import evaluate_suite
+        from annealscale.anneal.model import load_tokenizer
+
         started = time.time()
-        metrics = {}
-        for name, task in self.tasks.items():
-            mine = np.arange(self.rank, task.pairs, self.world)
-            longest = -(-task.pairs // self.world)
-            # pad with a repeat so every rank runs as many batches (results discarded)
-            padded = np.concatenate(
-                [mine, np.full(longest - len(mine), mine[0] if len(mine) else 0)]
-            )
-            local = score_choices(model, task, indices=padded, batch_size=self.batch_size)
-            scores = np.zeros(task.pairs)
-            scores[mine] = local[: len(mine)]
-            scores = np.asarray(all_reduce_sum(scores.tolist(), self.device))
-            accuracy, logprob = choice_metrics(task, scores)
-            metrics[f"{name}_accuracy"] = accuracy
-            metrics[f"{name}_logprob"] = logprob
-            self.tokens += sum(len(task.sequence(int(i))) - 1 for i in mine)
+        tokenizer = load_tokenizer(
+            self.job.model_path, trust_remote_code=self.job.trust_remote_code
+        )
+        scores = evaluate_suite(
+            model,
+            tokenizer,
+            self.suite,
+            rank=self.rank,
+            world=self.world,
+            reduce=lambda values: all_reduce_sum(values, self.device),
+        )
+        self.tokens += scores.tokens
         self.seconds += time.time() - started
-        return metrics
+        return scores.metrics
 
     def after_step(self, model, step: int, tokens: int) -> None:
         """Every ``eval_every_steps`` steps before the last, evaluate and report

@@ -15,6 +15,7 @@ import numpy as np
 from annealscale.anneal.checkpoint import Start, WorkerState, checkpoint_name, discard
 from annealscale.anneal.checkpoint import load as load_checkpoint
 from annealscale.anneal.checkpoint import save as save_checkpoint
+from annealscale.anneal.harness import TaskSuite
 from annealscale.anneal.mixture import RowStream, domain_counts, epochs_over
 from annealscale.anneal.run_spec import ScheduleSpec, TrainSpec
 
@@ -56,8 +57,8 @@ class AnnealJob:
     """The user's validated DeepSpeed JSON (``train.deepspeed_config``), if any."""
     eval_every_steps: int = 0
     """Evaluate bits per byte every this many optimizer steps (0: only at the end)."""
-    tasks: tuple[tuple[str, str], ...] = ()
-    """Multiple-choice tasks as (name, encoded ``.npz`` path)."""
+    tasks: TaskSuite | None = None
+    """Evaluation tasks run at the end through lm-evaluation-harness (`anneal.harness`)."""
     checkpoint_every: int = 0
     """Report a checkpoint every this many optimizer steps (0: none)."""
     checkpoint_steps: tuple[int, ...] = ()

@@ -62,6 +62,51 @@ class TaskSpec(SpecModel):
         )
 
 
+class HarnessSpec(SpecModel):
+    """lm-evaluation-harness tasks run on each annealed model (and the base model).
+
+    Offline by default: the team's tasks are lm-eval YAML configs under ``include_path``
+    reading local files (``dataset_path: json`` with ``dataset_kwargs.data_files``; a
+    relative data file is relative to the working directory, so prefer absolute paths).
+    Reported as ``task/<task>/<metric>`` and ``task/<task>/<metric>_stderr`` for every
+    metric the harness reports, plus ``task/<task>/bpb``: mean bits per byte of the
+    correct answer (the task's loss). Needs the ``tasks`` extra (``lm-eval``).
+    """
+
+    tasks: tuple[str, ...]
+    """lm-eval task, group or tag names."""
+    include_path: str | tuple[str, ...] = ()
+    """Directories of the team's own lm-eval task YAML files (one path or a list)."""
+    include_defaults: bool = False
+    """Also offer lm-eval's built-in tasks (their data come from the Hugging Face hub
+    unless already in the local datasets cache); off keeps the sweep offline and quick."""
+    num_fewshot: int | None = None
+    """Few-shot examples per question; absent: each task's own default (0 if none)."""
+    limit: int | None = None
+    """Score only the first this many documents of each task (all when absent)."""
+    batch_size: int = 8
+    """Sequences per forward pass while scoring."""
+
+    @property
+    def include_paths(self) -> tuple[str, ...]:
+        return (self.include_path,) if isinstance(self.include_path, str) else self.include_path
+
+    def validate_spec(self) -> None:
+        check(len(self.tasks) > 0, "tasks", "list at least one lm-eval task name")
+        check(len(set(self.tasks)) == len(self.tasks), "tasks", "task names must not repeat")
+        check(
+            self.num_fewshot is None or self.num_fewshot >= 0,
+            "num_fewshot",
+            "must be 0 or more (or omitted for each task's default)",
+        )
+        check(
+            self.limit is None or self.limit > 0,
+            "limit",
+            "must be a positive number of documents (or omitted for all)",
+        )
+        check(self.batch_size > 0, "batch_size", "must be a positive number of sequences")
+
+
 class EvalSpec(SpecModel):
     """Held-out sets; neither may overlap any training pool."""
 
@@ -77,6 +122,9 @@ class EvalSpec(SpecModel):
     the end."""
     tasks: tuple[TaskSpec, ...] = ()
     """Multiple-choice tasks scored at the end of each anneal (and on the base model)."""
+    harness: HarnessSpec | None = None
+    """lm-evaluation-harness tasks scored at the end of each anneal (and on the base
+    model); our JSONL ``tasks`` run through the same harness."""
 
     def validate_spec(self) -> None:
         check(self.max_tokens > 0, "max_tokens", "must be a positive number of tokens")
@@ -84,6 +132,13 @@ class EvalSpec(SpecModel):
         names = [t.name for t in self.tasks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         check(not dupes, "tasks", f"task names must be unique; repeated: {', '.join(dupes)}")
+        both = sorted(set(names) & set(self.harness.tasks if self.harness else ()))
+        check(
+            not both,
+            "tasks",
+            f"{', '.join(both)}: also named in harness.tasks; their columns would collide, "
+            "rename the JSONL task",
+        )
 
 
 class ScheduleSpec(SpecModel):

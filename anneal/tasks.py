@@ -1,22 +1,21 @@
-"""Multiple-choice tasks: reading the JSONL and encoding every (question, choice) pair.
+"""Multiple-choice tasks: reading our JSONL and encoding (context, continuation) pairs.
 
-Encoding happens once, on the driver, with the base model's tokenizer; workers receive
-token arrays (``.npz``) and only run forward passes (`anneal.evaluate.score_choices`).
-Each pair becomes ``[EOS] + question + " " + choice``: EOS opens it as packing opens every
-document, so the model sees a question where it would see the start of a document.
+Our JSONL tasks run through lm-evaluation-harness like any other task (`anneal.harness`
+adapts them); every pair the harness asks to score, of any task, is encoded here as
+``[EOS] + context + continuation`` and scored by `anneal.evaluate.score_choices`. EOS
+opens it as packing opens every document, so the model sees a question where it would see
+the start of a document; for our tasks the continuation is ``" " + choice``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from annealscale.core.errors import AnnealscaleError
-from annealscale.core.hashing import content_hash
 
 
 @dataclass(frozen=True)
@@ -47,20 +46,6 @@ class EncodedTask:
 
     def sequence(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
-
-    def scored_tokens(self) -> int:
-        """Tokens run through the model to score every pair (for eval FLOPs)."""
-        return int(self.offsets[-1] - self.pairs)  # each pair predicts all but its first
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-        np.savez(tmp, **self.__dict__)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> EncodedTask:
-        with np.load(path) as data:
-            return cls(**{k: data[k] for k in data.files})
 
 
 def read_questions(path: str, max_questions: int | None = None) -> list[Question]:
@@ -104,41 +89,50 @@ def read_questions(path: str, max_questions: int | None = None) -> list[Question
     return questions
 
 
-def encode_questions(questions: list[Question], tokenizer, max_len: int) -> EncodedTask:
-    """Encode every pair, keeping at most ``max_len`` tokens (the question is cut from the
-    left when the pair is longer; the choice is always kept whole when it fits)."""
-    eos = tokenizer.eos_token_id
-    sequences, starts, question_of, answers = [], [], [], []
-    for q, item in enumerate(questions):
-        context = [eos, *tokenizer(item.question, add_special_tokens=False)["input_ids"]]
-        answers.append(item.answer)
-        for choice in item.choices:
-            text = choice if choice[:1].isspace() or item.question[-1:].isspace() else " " + choice
-            continuation = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if not continuation:
-                raise AnnealscaleError(f"eval.tasks: choice {choice!r} encodes to no tokens")
-            continuation = continuation[: max_len - 1]
-            keep = max(1, max_len - len(continuation))
-            sequence = context[-keep:] + continuation
-            sequences.append(sequence)
-            starts.append(len(sequence) - len(continuation))
-            question_of.append(q)
+def continuation_text(question: str, choice: str) -> str:
+    """The text scored after ``question`` for ``choice``: a space between them unless one
+    side already has it."""
+    return choice if choice[:1].isspace() or question[-1:].isspace() else " " + choice
+
+
+def encode_pair(tokenizer, context: str, continuation: str, max_len: int) -> tuple[list[int], int]:
+    """``[EOS] + context + continuation`` as token ids, each side encoded on its own, at most
+    ``max_len`` tokens (the context is cut from the left when the pair is longer; the
+    continuation is kept whole when it fits); returns the ids and where the continuation
+    starts. Every scored pair, of our JSONL tasks or of lm-eval's, is encoded here."""
+    ids = [tokenizer.eos_token_id, *tokenizer(context, add_special_tokens=False)["input_ids"]]
+    scored = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    if not scored:
+        raise AnnealscaleError(f"eval: continuation {continuation!r} encodes to no tokens")
+    scored = scored[: max_len - 1]
+    keep = max(1, max_len - len(scored))
+    sequence = ids[-keep:] + scored
+    return sequence, len(sequence) - len(scored)
+
+
+def encode_pairs(
+    pairs: list[tuple[str, str]], tokenizer, max_len: int, question_of=None, answers=()
+) -> EncodedTask:
+    """`encode_pair` over every (context, continuation) in ``pairs``, flattened."""
+    encoded = [encode_pair(tokenizer, c, x, max_len) for c, x in pairs]
+    sequences = [s for s, _ in encoded]
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64)
     return EncodedTask(
         tokens=np.asarray([t for s in sequences for t in s], dtype=np.int32),
         offsets=offsets,
-        choice_starts=np.asarray(starts, dtype=np.int64),
-        question_of=np.asarray(question_of, dtype=np.int64),
+        choice_starts=np.asarray([start for _, start in encoded], dtype=np.int64),
+        question_of=np.asarray(
+            range(len(pairs)) if question_of is None else question_of, dtype=np.int64
+        ),
         answers=np.asarray(answers, dtype=np.int64),
     )
 
 
-def encode_task_file(
-    path: str, tokenizer, *, max_len: int, cache_dir: Path, max_questions: int | None, key: str
-) -> Path:
-    """Encode the task at ``path`` once per tokenizer and length; return the ``.npz``."""
-    questions = read_questions(path, max_questions)
-    out = Path(cache_dir) / "tasks" / f"{content_hash([key, path, max_questions, max_len])}.npz"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    encode_questions(questions, tokenizer, max_len).save(out)
-    return out
+def encode_questions(questions: list[Question], tokenizer, max_len: int) -> EncodedTask:
+    """Encode every (question, choice) pair (`encode_pair`)."""
+    pairs, question_of = [], []
+    for q, item in enumerate(questions):
+        for choice in item.choices:
+            pairs.append((item.question, continuation_text(item.question, choice)))
+            question_of.append(q)
+    return encode_pairs(pairs, tokenizer, max_len, question_of, [q.answer for q in questions])

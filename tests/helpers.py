@@ -47,3 +47,48 @@ def eval_section(max_tokens: int) -> dict:
         "general": {"path": "demo:general_eval"},
         "max_tokens": max_tokens,
     }
+
+
+def write_math_task(root, name: str = "mathqa_local", questions: int = 12, *, data=True):
+    """A small lm-eval multiple-choice task on the demo's math domain, written under
+    ``root``: ``<name>.yaml`` (``dataset_path: json``, an absolute ``data_files``) and
+    ``<name>.jsonl`` of linear equations in the synthetic math documents' wording. Returns
+    the directory to give as ``include_path``; ``data=False`` leaves the JSONL out."""
+    import json
+    import random
+    from pathlib import Path
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"{name}-{questions}")
+    rows = []
+    for _ in range(questions):
+        a, x, b = rng.randint(2, 12), rng.randint(-20, 20), rng.randint(-30, 30)
+        wrong = sorted({x + 1, x - 2, -x if x else 7, x * 2 if x else 3} - {x})[:3]
+        choices = [str(c) for c in [x, *wrong]]
+        rng.shuffle(choices)
+        rows.append(
+            {
+                "question": f"Solve the linear equation {a}*x + {b} = {a * x + b} for x.",
+                "choices": choices,
+                "answer": choices.index(str(x)),
+            }
+        )
+    data_file = root / f"{name}.jsonl"
+    if data:
+        data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / f"{name}.yaml").write_text(
+        f"task: {name}\n"
+        "dataset_path: json\n"
+        "dataset_kwargs:\n"
+        f"  data_files:\n    test: {data_file}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{question}}\\nDivide both sides:"\n'
+        "doc_to_choice: choices\n"
+        "doc_to_target: answer\n"
+        "metric_list:\n"
+        "  - metric: acc\n"
+        "  - metric: acc_norm\n"
+    )
+    return root

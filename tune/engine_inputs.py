@@ -1,15 +1,21 @@
 """Engine inputs a sweep prepares on the driver, before any anneal: the validated DeepSpeed
-configuration, the encoded multiple-choice tasks, and when evaluations happen."""
+configuration, the checked evaluation tasks, and when evaluations happen."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 from annealscale.anneal.deepspeed_config import deepspeed_config, load_user_config, uses_bf16
-from annealscale.anneal.evaluate import choice_metrics, score_choices
-from annealscale.anneal.tasks import EncodedTask, encode_task_file
-from annealscale.core.hashing import content_hash
+from annealscale.anneal.harness import (
+    ChoiceTask,
+    SuiteScores,
+    TaskSuite,
+    check_suite,
+    evaluate_suite,
+)
+from annealscale.anneal.tasks import read_questions
 from annealscale.tune.spec import ExperimentSpec
 
 
@@ -30,32 +36,44 @@ def check_deepspeed(spec: ExperimentSpec, resolve: Callable[[str], str]) -> dict
     return user
 
 
-def encode_tasks(
-    spec: ExperimentSpec, tokenizer, *, resolve, cache: Path, model_path: str
-) -> dict[str, tuple[EncodedTask, Path]]:
-    """Every task of ``spec`` encoded with the base tokenizer, by task name."""
-    tasks = {}
-    for task in spec.eval.tasks:
-        path = encode_task_file(
-            resolve(task.path),
-            tokenizer,
-            max_len=spec.train.seq_len + 1,
-            cache_dir=cache,
-            max_questions=task.max_questions,
-            key=content_hash(model_path),
-        )
-        tasks[task.name] = (EncodedTask.load(path), path)
-    return tasks
+def task_suite(
+    spec: ExperimentSpec, resolve: Callable[[str], str], cache: Path | None = None
+) -> TaskSuite:
+    """Every evaluation task of ``spec`` (lm-eval tasks and our JSONL tasks) with its
+    paths resolved, its data prepared under ``cache``; its result columns are filled
+    once it ran on the base model."""
+    harness = spec.eval.harness
+    return TaskSuite(
+        tasks=harness.tasks if harness else (),
+        include_paths=tuple(resolve(p) for p in harness.include_paths) if harness else (),
+        include_defaults=harness.include_defaults if harness else False,
+        num_fewshot=harness.num_fewshot if harness else None,
+        limit=harness.limit if harness else None,
+        batch_size=harness.batch_size if harness else spec.train.micro_batch_size,
+        choice_tasks=tuple(
+            ChoiceTask(name=t.name, path=resolve(t.path), max_questions=t.max_questions)
+            for t in spec.eval.tasks
+        ),
+        max_len=spec.train.seq_len + 1,
+        cache_dir=str(Path(cache) / "task-datasets") if cache is not None else None,
+    )
 
 
-def base_task_scores(model, tasks: dict[str, tuple[EncodedTask, Path]]) -> dict[str, float]:
-    """The base model's task metrics (``<name>_accuracy``, ``<name>_logprob``)."""
-    scores = {}
-    for name, (task, _) in tasks.items():
-        accuracy, logprob = choice_metrics(task, score_choices(model, task))
-        scores[f"{name}_accuracy"] = accuracy
-        scores[f"{name}_logprob"] = logprob
-    return scores
+def check_tasks(suite: TaskSuite) -> None:
+    """Read every JSONL task and build every lm-eval task once on the driver, so an unknown
+    task name or missing data is one line before any compute (`anneal.harness.check_suite`)."""
+    for task in suite.choice_tasks:
+        read_questions(task.path, task.max_questions)
+    if not suite.empty:
+        check_suite(suite)
+
+
+def base_task_scores(model, tokenizer, suite: TaskSuite) -> tuple[TaskSuite, SuiteScores]:
+    """The base model's task metrics, and ``suite`` with the result columns they name."""
+    if suite.empty:
+        return suite, SuiteScores()
+    scores = evaluate_suite(model, tokenizer, suite)
+    return dataclasses.replace(suite, columns=tuple(scores.metrics)), scores
 
 
 def evaluation_steps(steps: int, every: int) -> list[int]:

@@ -19,6 +19,7 @@ import numpy as np
 from annealscale.anneal.documents import as_parquet, files_identity, is_uri
 from annealscale.anneal.evaluate import bits_per_byte, nll_and_bytes
 from annealscale.anneal.flops import eval_flops, train_flops
+from annealscale.anneal.harness import suite_identity, suite_provenance
 from annealscale.anneal.loop import AnnealJob
 from annealscale.anneal.mixture import domain_counts
 from annealscale.anneal.model import (
@@ -38,8 +39,9 @@ from annealscale.tune.cells import Cell
 from annealscale.tune.engine_inputs import (
     base_task_scores,
     check_deepspeed,
-    encode_tasks,
+    check_tasks,
     evaluation_steps,
+    task_suite,
 )
 from annealscale.tune.spec import ExperimentSpec
 
@@ -101,6 +103,8 @@ def inputs_identity(spec: ExperimentSpec, resolve: Callable[[str], str]) -> Inpu
             identify(spec.replay.path),
             identify(spec.eval.domain.path),
             identify(spec.eval.general.path),
+            # evaluation tasks (harness version, task configs and data), when there are any
+            *filter(None, [suite_identity(task_suite(spec, resolve))]),
         ]
     )
     per_source = {}
@@ -127,6 +131,8 @@ def prepare(
     storage = Path(storage)
     cache = storage / "cache"
     deepspeed_user = check_deepspeed(spec, resolve)
+    suite = task_suite(spec, resolve, cache)
+    check_tasks(suite)
     model_path = checkpoint_location(resolve(spec.base_model.path))
     tokenizer = load_tokenizer(model_path, trust_remote_code=spec.base_model.trust_remote_code)
     seq_len = spec.train.seq_len
@@ -165,7 +171,6 @@ def prepare(
     }
     eval_windows = max(1, spec.eval.max_tokens // seq_len)
 
-    tasks = encode_tasks(spec, tokenizer, resolve=resolve, cache=cache, model_path=model_path)
     model = load_model(model_path, trust_remote_code=spec.base_model.trust_remote_code)
     shape = model_shape(model)
     base = {}
@@ -178,10 +183,12 @@ def prepare(
         base[name] = bits_per_byte(*nll_and_bytes(model, windows, token_bytes))
         usable = len(windows) - len(windows) % spec.resources.num_workers
         eval_set_tokens += usable * seq_len
-    base.update(base_task_scores(model, tasks))
+    suite, task_scores = base_task_scores(model, tokenizer, suite)
+    base.update(task_scores.metrics)
     log.info("base model: domain %.4f bpb, general %.4f bpb", base["domain"], base["general"])
     del model
-    task_tokens = sum(task.scored_tokens() for task, _ in tasks.values())
+    task_tokens = task_scores.tokens
+    harness_provenance = suite_provenance(suite) if not suite.empty else None
 
     ctx = CurationContext(
         tokenizer=tokenizer, resolve=resolve, cache_dir=cache / model_key(model_path)
@@ -239,7 +246,7 @@ def prepare(
             threads_per_worker=spec.resources.cpus_per_worker,
             deepspeed_user_config=deepspeed_user,
             eval_every_steps=spec.eval.every_steps,
-            tasks=tuple((name, str(path)) for name, (_, path) in tasks.items()),
+            tasks=suite,
             **execution,
         )
         evaluations = 1 + len(evaluation_steps(steps, spec.eval.every_steps))
@@ -266,6 +273,7 @@ def prepare(
             "base_domain_bpb": base["domain"],
             "base_general_bpb": base["general"],
             **{f"base_{k}": v for k, v in base.items() if k not in ("domain", "general")},
+            "eval_harness": harness_provenance,
         }
         plans.append(
             CellPlan(

@@ -2,7 +2,8 @@
 ``save_pretrained``, each run as a real sweep cell on the local Ray (Ray Tune trial ->
 Ray Train -> DeepSpeed on CPU). One cell per architecture, each with different engine
 settings, so the same runs also cover ZeRO 1/2/3, two data-parallel workers with gradient
-accumulation, a user DeepSpeed JSON, intermediate evaluation and a multiple-choice task."""
+accumulation, a user DeepSpeed JSON, intermediate evaluation and a multiple-choice task;
+the ZeRO-3 cell also runs an lm-evaluation-harness task, data-parallel over its ranks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from annealscale.tune.spec import parse_spec
 from annealscale.tune.sweep import run_sweep
+from tests.helpers import write_math_task
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +114,7 @@ def _spec(arch: str, model_dir: str, task: str, root) -> dict:
         path = root / f"{arch}-deepspeed.json"
         path.write_text(json.dumps(user))
         train["deepspeed_config"] = str(path)
-    return {
+    spec = {
         "name": f"arch-{arch}",
         "base_model": {"path": model_dir},
         "replay": {"path": "demo:general_train"},
@@ -138,6 +140,10 @@ def _spec(arch: str, model_dir: str, task: str, root) -> dict:
         "prices": {"usd_per_pflop": 500.0},
         "storage_path": str(root / "storage"),
     }
+    if train.get("zero_stage") == 3:  # sharded weights: the harness must not gather them
+        include = write_math_task(root / "harness-tasks", questions=5)
+        spec["eval"]["harness"] = {"tasks": ["mathqa_local"], "include_path": str(include)}
+    return spec
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +192,13 @@ def test_task_metrics_and_eval_flops_are_recorded(rows, arch):
     # the planned evaluation tokens (2 evaluations of two sets plus the task) were run
     per_token = row["eval_flops"] / row["eval_tokens"]
     assert per_token == pytest.approx(row["train_flops"] / row["train_tokens"] / 3, rel=1e-9)
+
+
+def test_zero3_cell_scores_the_harness_task_over_its_two_ranks(rows):
+    row = rows["llama"]
+    assert row["task/mathqa_local/acc"] in {k / 5 for k in range(6)}
+    assert row["task/mathqa_local/acc_stderr"] >= 0
+    assert row["task/mathqa_local/bpb"] < row["base_task/mathqa_local/bpb"]
 
 
 def test_architectures_differ_in_shape(rows):

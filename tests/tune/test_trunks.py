@@ -1,6 +1,6 @@
 """WSD trunk branching: the spec's schedule fields, which segment a cell trains, the
 planned saving of the demo, and a real sweep on local Ray whose two budgets share one
-trunk trained once."""
+trunk trained once (each cooldown scored on an lm-eval task)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from annealscale.core.errors import SpecError
 from annealscale.tune.spec import load_spec, parse_spec
 from annealscale.tune.sweep import run_sweep
 from annealscale.tune.trunks import next_segment, planned_train_steps, read_catalog
-from tests.helpers import TOKENS_PER_STEP, sweep_spec
+from tests.helpers import TOKENS_PER_STEP, sweep_spec, write_math_task
 
 
 def wsd_spec(storage: str, budgets_steps=(10, 20), **schedule) -> dict:
@@ -99,7 +99,10 @@ def test_demo_wsd_spends_at_most_065_of_independent_runs():
 
 @pytest.mark.slow
 def test_two_budgets_branch_off_one_trunk_trained_once(ray_local, tiny_assets, tmp_path):
-    spec = parse_spec(wsd_spec(str(tmp_path / "storage"), budgets_steps=(10, 20)))
+    data = wsd_spec(str(tmp_path / "storage"), budgets_steps=(10, 20))
+    include = write_math_task(tmp_path / "tasks", questions=4)
+    data["eval"]["harness"] = {"tasks": ["mathqa_local"], "include_path": str(include)}
+    spec = parse_spec(data)
     outcome = run_sweep(spec, tmp_path / "out", resolve=tiny_assets.resolve)
     table = pd.read_parquet(outcome.results_path).set_index("train_tokens")
     assert outcome.finished == 2 and outcome.failed == 0
@@ -129,3 +132,6 @@ def test_two_budgets_branch_off_one_trunk_trained_once(ray_local, tiny_assets, t
     assert large["domain_bpb"] < small["domain_bpb"]
     assert np.all(table["steps"] == [10, 20])
     assert (table["domain_tokens"] + table["replay_tokens"] == table.index).all()
+    # each cooldown's annealed model is scored on the lm-eval task
+    assert table["task/mathqa_local/acc"].isin([0, 0.25, 0.5, 0.75, 1]).all()
+    assert (table["task/mathqa_local/bpb"] < table["base_task/mathqa_local/bpb"]).all()
