@@ -141,7 +141,9 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
         except (TypeError, ValueError):
             raise AnalysisError(f"results column {col!r} must be numeric") from None
     df["source"] = df["source"].astype(str)
-    notes = _fill_defaults(df)
+    df, notes = _drop_repeated_rows(df)
+    notes += _fill_defaults(df)
+    notes += _bad_metric_notes(df)
 
     ok = (df["status"] == FINISHED) & np.isfinite(df["domain_bpb"]) & (df["domain_bpb"] > 0)
     finished = df.loc[ok]
@@ -163,12 +165,63 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
     order = [*cell_key(finished), "seed", "domain_bpb"]
     finished = finished.sort_values(order, kind="mergesort").reset_index(drop=True)
     return ResultsTable(
-        rows=df,
+        rows=df.reset_index(drop=True),
         finished=finished,
         baselines={c: _baseline(df, c) for c in BASELINE_COLUMNS},
         source_path=source_path,
         notes=tuple(notes),
     )
+
+
+def _row_list(index: pd.Index, limit: int = 8) -> str:
+    """Row numbers as a reader counts them in the table (from 0), at most ``limit``."""
+    rows = [str(i) for i in index[:limit]]
+    more = f" and {len(index) - limit} more" if len(index) > limit else ""
+    return ", ".join(rows) + more
+
+
+def _drop_repeated_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Drop exact copies of a row (a table appended to itself, a cell written twice), which
+    would otherwise count as extra seeds and narrow every interval; refuse two different
+    results for one cell and seed, of which neither can be chosen silently."""
+    hashable = df.map(lambda v: repr(v) if isinstance(v, list | dict | np.ndarray) else v)
+    copies = hashable.duplicated(keep="first")
+    notes = []
+    if copies.any():
+        notes.append(
+            f"dropped {int(copies.sum())} row(s) repeating an earlier row exactly (rows "
+            f"{_row_list(df.index[copies])}); a repeated row is not another seed"
+        )
+        df = df.loc[~copies].copy()
+    if "seed" in df.columns:
+        key = [*cell_key(df), "seed"]
+        finished = df.loc[df["status"] == FINISHED] if "status" in df.columns else df
+        clash = finished.duplicated(key, keep=False)
+        if clash.any():
+            first = finished.loc[clash].iloc[0]
+            where = ", ".join(f"{c}={first[c]!r}" for c in key)
+            raise AnalysisError(
+                f"results rows {_row_list(finished.index[clash])} are the same cell and seed "
+                f"({where}) with different values; keep one of them or give them distinct "
+                "seeds"
+            )
+    return df, notes
+
+
+def _bad_metric_notes(df: pd.DataFrame) -> list[str]:
+    """Finished rows whose domain_bpb is not a positive, finite number: left out of every
+    fit, and named here so the terminal says so (not only the HTML report)."""
+    finished = df["status"] == FINISHED
+    value = df["domain_bpb"]
+    bad = finished & ~(np.isfinite(value) & (value > 0))
+    if not bad.any():
+        return []
+    shown = ", ".join(f"{i} ({value[i]:g})" for i in df.index[bad][:8])
+    more = f" and {int(bad.sum()) - 8} more" if bad.sum() > 8 else ""
+    return [
+        f"dropped {int(bad.sum())} finished row(s) whose domain_bpb is NaN, infinite or not "
+        f"positive (rows {shown}{more}): a diverged or broken anneal; rerun those cells"
+    ]
 
 
 def _fill_defaults(df: pd.DataFrame) -> list[str]:

@@ -163,8 +163,10 @@ class TrainSpec(SpecModel):
     """Sequences per worker per forward pass; gradient accumulation makes up the rest."""
     zero_stage: int = 1
     """DeepSpeed ZeRO stage (0 to 3)."""
-    weight_decay: float = 0.1
-    """AdamW decoupled weight decay (per step, multiplied by the learning rate)."""
+    weight_decay: float = Field(0.1, allow_inf_nan=True)
+    """AdamW decoupled weight decay (per step, multiplied by the learning rate). Unlike
+    other spec numbers it may be ``inf``: such an anneal diverges and its cell is recorded
+    as failed (diverged), the documented way to see that path."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold (0 disables)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"

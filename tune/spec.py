@@ -6,6 +6,7 @@ any compute starts. Errors name the field path and the fix, e.g.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -24,9 +25,14 @@ from annealscale.anneal.run_spec import (
 from annealscale.anneal.schedule import branch_step
 from annealscale.anneal.sources import SourceSpec
 from annealscale.core.errors import check
+from annealscale.core.redact import has_userinfo, redact
 from annealscale.core.spec_model import SpecModel, from_mapping
 from annealscale.core.spec_yaml import load_yaml
 from annealscale.tune.adaptive_spec import AdaptiveSpec
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+"""An experiment name: one path component (it names the Tune experiment's directory under
+the storage path), so no separators, no ``..`` and no leading dot."""
 
 
 class GridSpec(SpecModel):
@@ -130,6 +136,13 @@ class TrackingSpec(SpecModel):
 
     def validate_spec(self) -> None:
         check(self.progress_seconds > 0, "progress_seconds", "must be positive (seconds)")
+        check(
+            not has_userinfo(self.mlflow_tracking_uri or ""),
+            "mlflow_tracking_uri",
+            f"{redact(self.mlflow_tracking_uri or '')} carries credentials, which would be "
+            "written to provenance.json and logs; set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD in the environment instead",
+        )
 
 
 class ExperimentSpec(SpecModel):
@@ -171,6 +184,19 @@ class ExperimentSpec(SpecModel):
 
     def validate_spec(self) -> None:
         check(bool(self.name.strip()), "name", "must not be empty")
+        check(
+            bool(SAFE_NAME.match(self.name)) and len(self.name) <= 100,
+            "name",
+            f"{self.name!r} must be letters, digits, '.', '_' and '-' (at most 100, not "
+            "starting with '.' or '-'): it names a directory inside storage_path",
+        )
+        check(
+            not has_userinfo(self.storage_path),
+            "storage_path",
+            f"{redact(self.storage_path)} carries credentials; give the cloud credentials "
+            "through the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS) instead",
+        )
+        check(bool(self.storage_path.strip()), "storage_path", "must not be empty")
         check(len(self.sources) > 0, "sources", "list at least one source")
         names = [s.name for s in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
