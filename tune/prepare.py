@@ -7,6 +7,7 @@ over the same sources (or a resumed one) reuses them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -95,14 +96,26 @@ def inputs_identity(spec: ExperimentSpec, resolve: Callable[[str], str]) -> Inpu
         known = local.exists() or "*" in resolved or is_uri(resolved)
         return files_identity(resolved) if known else resolved
 
-    shared = content_hash(
-        [
-            identify(spec.base_model.path),
-            identify(spec.replay.path),
-            identify(spec.eval.domain.path),
-            identify(spec.eval.general.path),
-        ]
-    )
+    def contents(path: str) -> str:
+        # Task and DeepSpeed files are small and read whole: their bytes are their identity
+        # (an edit that keeps size and time, or a copy elsewhere, is still seen right).
+        resolved = resolve(path)
+        local = Path(resolved).expanduser()
+        if local.is_file():
+            return hashlib.sha256(local.read_bytes()).hexdigest()
+        return identify(path)
+
+    files = [
+        identify(spec.base_model.path),
+        identify(spec.replay.path),
+        identify(spec.eval.domain.path),
+        identify(spec.eval.general.path),
+    ]
+    if spec.eval.tasks:
+        files.append({"tasks": [contents(task.path) for task in spec.eval.tasks]})
+    if spec.train.deepspeed_config:
+        files.append({"deepspeed_config": contents(spec.train.deepspeed_config)})
+    shared = content_hash(files)
     per_source = {}
     for source in spec.sources:
         paths = {
