@@ -25,6 +25,7 @@ from annealscale.anneal.run_spec import (
 from annealscale.anneal.schedule import branch_step
 from annealscale.anneal.sources import SourceSpec
 from annealscale.core.errors import check
+from annealscale.core.hashing import to_plain
 from annealscale.core.redact import has_userinfo, redact
 from annealscale.core.spec_model import SpecModel, from_mapping
 from annealscale.core.spec_yaml import load_yaml
@@ -190,12 +191,14 @@ class ExperimentSpec(SpecModel):
             f"{self.name!r} must be letters, digits, '.', '_' and '-' (at most 100, not "
             "starting with '.' or '-'): it names a directory inside storage_path",
         )
-        check(
-            not has_userinfo(self.storage_path),
-            "storage_path",
-            f"{redact(self.storage_path)} carries credentials; give the cloud credentials "
-            "through the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS) instead",
-        )
+        for field, text in _strings(to_plain(self)):
+            check(
+                not has_userinfo(text),
+                field,
+                f"{redact(text)} carries credentials, which would be written to "
+                "provenance.json and logs; give them through the environment instead "
+                "(AWS_*, GOOGLE_APPLICATION_CREDENTIALS, a .netrc)",
+            )
         check(bool(self.storage_path.strip()), "storage_path", "must not be empty")
         check(len(self.sources) > 0, "sources", "list at least one source")
         names = [s.name for s in self.sources]
@@ -249,6 +252,21 @@ class ExperimentSpec(SpecModel):
 
     def spends_for(self, source: SourceSpec) -> tuple[float, ...]:
         return source.curation_spend or self.grid.curation_spend
+
+
+def _strings(plain: object, path: str = "") -> list[tuple[str, str]]:
+    """Every string in a plain spec with its field path."""
+    if isinstance(plain, str):
+        return [(path, plain)]
+    if isinstance(plain, dict):
+        return [
+            pair
+            for key, value in plain.items()
+            for pair in _strings(value, f"{path}.{key}" if path else str(key))
+        ]
+    if isinstance(plain, list):
+        return [pair for i, value in enumerate(plain) for pair in _strings(value, f"{path}[{i}]")]
+    return []
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:

@@ -298,6 +298,18 @@ SPEC_CASES = [
         r"^storage_path: s3://\*\*\*@bucket/x carries credentials",
         hidden="topsecret",
     ),
+    spec(
+        "data-uri-credentials",
+        {"replay.path": "s3://AKIA:topsecret@bucket/replay/"},
+        r"^replay.path: s3://\*\*\*@bucket/replay/ carries credentials",
+        hidden="topsecret",
+    ),
+    spec(
+        "source-uri-credentials",
+        {"sources[0].params.path": "gs://u:pw123@bucket/books.parquet"},
+        r"^sources\[0\].params.path: gs://\*\*\*@bucket/books.parquet carries",
+        hidden="pw123",
+    ),
     spec("storage-is-a-file", {"storage_path": "notes.txt"}, r"^storage_path: notes.txt is not a"),
     spec("storage-under-a-file", {"storage_path": "notes.txt/x"}, r"^storage_path: .*is a file"),
 ]

@@ -418,7 +418,7 @@ def test_empty_spec_file_is_an_error_not_a_crash(tmp_path):
         (lambda d: d["grid"].update(curation_spend=[0.2, 0.2]), "grid.curation_spend", "repeat"),
         (
             lambda d: d["grid"].update(curation_spend=[float("inf")]),
-            "grid.curation_spend",
+            "grid.curation_spend[0]",
             "finite",
         ),
         (lambda d: d["grid"].update(seeds=[]), "grid.seeds", "at least one seed"),
