@@ -273,3 +273,115 @@ def test_warmup_fraction_does_not_move_a_wsd_schedule(base, tmp_path):
     wsd = _changed(base, WSD, tmp_path)
     other = _changed(wsd, {"schedule.warmup_fraction": 0.3}, tmp_path)
     assert identities(parse_spec(other)) == identities(parse_spec(wsd))
+
+
+# -- the params of every built-in source kind and curation step ----------------------------
+# All on the SOURCE side: they decide which documents a spend buys. Each kind is checked
+# from a base source of that kind (sources[0] of the demo spec replaced).
+
+KIND_BASE = {
+    "as_is": {"path": "demo:math_train", "usd_per_token": 1e-5},
+    "classifier_filter": {
+        "raw_path": "demo:web",
+        "usd_per_doc_scored": 3.6e-4,
+        "positives_path": "demo:math_seed",
+        "negatives_path": "demo:general_seed",
+    },
+    "synthetic": {"generator": "ngram_lm", "seed_path": "demo:math_seed", "usd_per_token": 2e-6},
+    "dedup": {},
+}
+PARAMS_CONTRACT: dict[str, dict[str, dict[str, Any]]] = {
+    "as_is": {
+        "path": {"path": "demo:math_seed"},
+        "usd_per_token": {"usd_per_token": 2e-5},
+        "text_field": {"text_field": "body"},
+    },
+    "classifier_filter": {
+        "raw_path": {"raw_path": "demo:general_train"},
+        "usd_per_doc_scored": {"usd_per_doc_scored": 1e-3},
+        "positives_path": {"positives_path": "demo:math_train"},
+        "negatives_path": {"negatives_path": "demo:general_train"},
+        "positives": {"positives": ["a proof"]},
+        "negatives": {"negatives": ["a recipe"]},
+        "model_path": {"model_path": "/models/clf", "positives_path": None, "negatives_path": None},
+        "positive_label": {"positive_label": 0},
+        "max_length": {"max_length": 64},
+        "threshold": {"threshold": 0.7},
+        "top_fraction": {"top_fraction": 0.3},
+        "calibration_docs": {"calibration_docs": 50},
+        "n_features": {"n_features": 1024},
+        "text_field": {"text_field": "body"},
+    },
+    "synthetic": {
+        "generator": {"generator": "math_worked_examples"},
+        "usd_per_token": {"usd_per_token": 1e-6},
+        "seed_path": {"seed_path": "demo:math_train"},
+        "order": {"order": 2},
+        "worked_examples_fraction": {"worked_examples_fraction": 0.5},
+        "seed": {"seed": 1},
+        "text_field": {"text_field": "body"},
+        "model_path": {"model_path": "/models/gen"},
+        "prompts": {"prompts": ["Prove that"]},
+        "prompt_chars": {"prompt_chars": 100},
+        "max_new_tokens": {"max_new_tokens": 64},
+        "temperature": {"temperature": 0.7},
+        "top_k": {"top_k": 5},
+        "top_p": {"top_p": 0.9},
+        "do_sample": {"do_sample": False},
+        "keep_prompt": {"keep_prompt": True},
+    },
+    "dedup": {
+        "threshold": {"threshold": 0.9},
+        "num_perm": {"num_perm": 64},
+        "shingle": {"shingle": 3},
+        "seed": {"seed": 1},
+        "usd_per_doc": {"usd_per_doc": 1e-4},
+    },
+}
+
+
+def _kinds() -> dict[str, type[SpecModel]]:
+    from annealscale.anneal.sources import SOURCE_KINDS, STEP_KINDS
+
+    return {
+        kind: implementation.Params
+        for registry in (SOURCE_KINDS, STEP_KINDS)
+        for kind, implementation in registry.items()
+        if implementation.__module__.startswith("annealscale.")
+    }
+
+
+def test_every_builtin_params_field_has_a_declared_change():
+    declared = {(kind, name) for kind, fields in PARAMS_CONTRACT.items() for name in fields}
+    walked = {(kind, name) for kind, params in _kinds().items() for name in spec_fields(params)}
+    assert walked == declared, (
+        f"undeclared: {sorted(walked - declared)}; gone: {sorted(declared - walked)}"
+    )
+
+
+def _with_kind(base: dict, kind: str, params: dict) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(base))
+    source = data["sources"][0]
+    if kind == "dedup":
+        source["steps"] = [{"kind": "dedup", "params": params}]
+    else:
+        source.update(kind=kind, params=params)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [(kind, name) for kind, fields in PARAMS_CONTRACT.items() for name in fields],
+)
+def test_changing_a_params_field_renews_only_its_sources_cells(base, kind, name):
+    before_data = _with_kind(base, kind, KIND_BASE[kind])
+    after_data = _with_kind(base, kind, {**KIND_BASE[kind], **PARAMS_CONTRACT[kind][name]})
+    before = identities(parse_spec(before_data))
+    after = identities(parse_spec(after_data))
+
+    source = base["sources"][0]["name"]
+    assert {k: v for k, v in after.items() if k[0] != source} == {
+        k: v for k, v in before.items() if k[0] != source
+    }
+    mine = [v for k, v in after.items() if k[0] == source]
+    assert mine and set(mine).isdisjoint(before.values())
