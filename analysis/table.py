@@ -173,11 +173,20 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
     )
 
 
-def _row_list(index: pd.Index, limit: int = 8) -> str:
-    """Row numbers as a reader counts them in the table (from 0), at most ``limit``."""
-    rows = [str(i) for i in index[:limit]]
-    more = f" and {len(index) - limit} more" if len(index) > limit else ""
-    return ", ".join(rows) + more
+def _named_rows(df: pd.DataFrame, mask: pd.Series, limit: int = 6) -> str:
+    """The rows under ``mask`` named by their cell (source, spend, tokens, seed when given)
+    and domain_bpb, in cell order, so the message does not depend on the table's row order."""
+    rows = df.loc[mask]
+    key = [c for c in (*CELL_KEY, "seed") if c in rows.columns]
+    rows = rows.sort_values(key, kind="mergesort")
+    names = [
+        f"{r['source']} spend={r['curation_spend']:g} tokens={r['train_tokens']:g}"
+        + (f" seed={r['seed']:g}" if "seed" in rows.columns else "")
+        + f" bpb={r['domain_bpb']:g}"
+        for _, r in rows.head(limit).iterrows()
+    ]
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return "; ".join(names) + more
 
 
 def _drop_repeated_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -189,21 +198,20 @@ def _drop_repeated_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     notes = []
     if copies.any():
         notes.append(
-            f"dropped {int(copies.sum())} row(s) repeating an earlier row exactly (rows "
-            f"{_row_list(df.index[copies])}); a repeated row is not another seed"
+            f"dropped {int(copies.sum())} row(s) repeating an earlier row exactly "
+            f"({_named_rows(df, copies)}); a repeated row is not another seed"
         )
         df = df.loc[~copies].copy()
     if "seed" in df.columns:
         key = [*cell_key(df), "seed"]
-        finished = df.loc[df["status"] == FINISHED] if "status" in df.columns else df
-        clash = finished.duplicated(key, keep=False)
+        counted = df[key].notna().all(axis=1)
+        if "status" in df.columns:
+            counted &= df["status"] == FINISHED
+        clash = df[counted].duplicated(key, keep=False).reindex(df.index, fill_value=False)
         if clash.any():
-            first = finished.loc[clash].iloc[0]
-            where = ", ".join(f"{c}={first[c]!r}" for c in key)
             raise AnalysisError(
-                f"results rows {_row_list(finished.index[clash])} are the same cell and seed "
-                f"({where}) with different values; keep one of them or give them distinct "
-                "seeds"
+                f"results rows {_named_rows(df, clash)} are the same cell and seed with "
+                "different values; keep one of them or give them distinct seeds"
             )
     return df, notes
 
@@ -211,16 +219,13 @@ def _drop_repeated_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def _bad_metric_notes(df: pd.DataFrame) -> list[str]:
     """Finished rows whose domain_bpb is not a positive, finite number: left out of every
     fit, and named here so the terminal says so (not only the HTML report)."""
-    finished = df["status"] == FINISHED
     value = df["domain_bpb"]
-    bad = finished & ~(np.isfinite(value) & (value > 0))
+    bad = (df["status"] == FINISHED) & ~(np.isfinite(value) & (value > 0))
     if not bad.any():
         return []
-    shown = ", ".join(f"{i} ({value[i]:g})" for i in df.index[bad][:8])
-    more = f" and {int(bad.sum()) - 8} more" if bad.sum() > 8 else ""
     return [
         f"dropped {int(bad.sum())} finished row(s) whose domain_bpb is NaN, infinite or not "
-        f"positive (rows {shown}{more}): a diverged or broken anneal; rerun those cells"
+        f"positive ({_named_rows(df, bad)}): a diverged or broken anneal; rerun those cells"
     ]
 
 

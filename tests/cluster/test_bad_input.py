@@ -428,7 +428,7 @@ TABLE_CASES = [
     table(
         "same-cell-and-seed-differ",
         _conflicting_copy,
-        r"results rows 3, \d+ are the same cell and seed",
+        r"results rows \w+ spend=[\d.]+ tokens=\d+ seed=\d+ bpb=[\d.]+; .* are the same cell and seed",
     ),
     table(
         "row-tokens-negative",
@@ -640,7 +640,11 @@ def test_bad_bpb_rows_are_named_and_dropped():
 
     assert len(table.finished) == len(df) - 3
     note = next(n for n in table.notes if "domain_bpb" in n)
-    assert "rows 2 (nan), 5 (inf), 7 (-1)" in note
+    assert note.startswith("dropped 3 finished row(s)")
+    for row in (2, 5, 7):
+        r = df.loc[row]
+        named = f"{r['source']} spend={r['curation_spend']:g} tokens={r['train_tokens']:g}"
+        assert f"{named} seed={r['seed']:g} bpb={r['domain_bpb']:g}" in note
 
 
 def test_repeated_rows_are_dropped_not_counted_as_seeds():
@@ -652,7 +656,7 @@ def test_repeated_rows_are_dropped_not_counted_as_seeds():
 
     assert len(table.finished) == len(plain.finished)
     pd.testing.assert_frame_equal(table.finished, plain.finished)
-    assert any(f"rows {len(df)}, {len(df) + 1}" in n for n in table.notes)
+    assert any(n.startswith("dropped 2 row(s) repeating an earlier row") for n in table.notes)
 
 
 def test_repeated_rows_without_a_seed_column_are_not_extra_seeds():
@@ -660,3 +664,11 @@ def test_repeated_rows_without_a_seed_column_are_not_extra_seeds():
     doubled = pd.concat([df, df], ignore_index=True)
 
     assert len(load_results(doubled).finished) == len(load_results(df).finished)
+
+
+def test_dropped_rows_are_named_alike_in_any_row_order():
+    df = pd.read_parquet(DEMO_RESULTS)
+    df.loc[[2, 9], "domain_bpb"] = [np.nan, -2.0]
+    df = pd.concat([df, df.iloc[[4]]], ignore_index=True)
+    shuffled = df.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    assert load_results(shuffled).notes == load_results(df).notes
