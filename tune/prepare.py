@@ -43,6 +43,7 @@ from annealscale.tune.engine_inputs import (
     evaluation_steps,
 )
 from annealscale.tune.spec import ExperimentSpec
+from annealscale.tune.spec_paths import check_paths
 
 if TYPE_CHECKING:
     from annealscale.tune.trunks import TrunkPlan
@@ -88,7 +89,12 @@ class InputsIdentity:
 
 
 def inputs_identity(spec: ExperimentSpec, resolve: Callable[[str], str]) -> InputsIdentity:
-    """Resolve every path of ``spec`` (building demo assets if needed) and identify the files."""
+    """Resolve every path of ``spec`` (building demo assets if needed) and identify the files.
+
+    Local paths are checked first (`tune.spec_paths.check_paths`), so a missing file or an
+    empty model folder is reported naming its spec field, from the CLI and the API alike.
+    """
+    check_paths(spec)
 
     def identify(path: str) -> str:
         resolved = resolve(path)

@@ -672,3 +672,17 @@ def test_dropped_rows_are_named_alike_in_any_row_order():
     df = pd.concat([df, df.iloc[[4]]], ignore_index=True)
     shuffled = df.sample(frac=1.0, random_state=3).reset_index(drop=True)
     assert load_results(shuffled).notes == load_results(df).notes
+
+
+def test_a_sweep_started_from_python_names_the_field_too(tmp_path):
+    """`run_sweep` identifies the inputs first (`inputs_identity`), which checks the paths:
+    an empty model folder is named as such, not as a folder without data files."""
+    from annealscale.core.errors import SpecError
+    from annealscale.tune.prepare import inputs_identity
+    from annealscale.tune.spec import parse_spec
+
+    (tmp_path / "model").mkdir()
+    data = yaml.safe_load(DEMO_SPEC.read_text())
+    data["base_model"]["path"] = str(tmp_path / "model")
+    with pytest.raises(SpecError, match="^base_model.path: .* is an empty directory"):
+        inputs_identity(parse_spec(data), resolve=lambda path: path)

@@ -43,7 +43,7 @@ BASE = "__base__"
 WSD = {"schedule.kind": "wsd"}
 CONTRACT: dict[str, tuple[str, dict[str, Any]]] = {
     "name": (NONE, {"name": "renamed"}),
-    "base_model.path": (ALL, {"base_model.path": "/models/other"}),
+    "base_model.path": (ALL, {"base_model.path": "hub-org/other-model"}),
     "base_model.trust_remote_code": (ALL, {"base_model.trust_remote_code": True}),
     "replay.path": (ALL, {"replay.path": "demo:general_eval"}),
     "replay.text_field": (ALL, {"replay.text_field": "body"}),
@@ -303,7 +303,11 @@ PARAMS_CONTRACT: dict[str, dict[str, dict[str, Any]]] = {
         "negatives_path": {"negatives_path": "demo:general_train"},
         "positives": {"positives": ["a proof"]},
         "negatives": {"negatives": ["a recipe"]},
-        "model_path": {"model_path": "/models/clf", "positives_path": None, "negatives_path": None},
+        "model_path": {
+            "model_path": "hub-org/classifier",
+            "positives_path": None,
+            "negatives_path": None,
+        },
         "positive_label": {"positive_label": 0},
         "max_length": {"max_length": 64},
         "threshold": {"threshold": 0.7},
@@ -320,7 +324,7 @@ PARAMS_CONTRACT: dict[str, dict[str, dict[str, Any]]] = {
         "worked_examples_fraction": {"worked_examples_fraction": 0.5},
         "seed": {"seed": 1},
         "text_field": {"text_field": "body"},
-        "model_path": {"model_path": "/models/gen"},
+        "model_path": {"model_path": "hub-org/generator"},
         "prompts": {"prompts": ["Prove that"]},
         "prompt_chars": {"prompt_chars": 100},
         "max_new_tokens": {"max_new_tokens": 64},
