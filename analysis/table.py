@@ -160,7 +160,8 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
         if bad.any():
             raise AnalysisError(
                 f"results column {col!r} must be finite and {rule} on finished cells; "
-                f"{int(bad.sum())} row(s) are not"
+                f"{int(bad.sum())} row(s) are not ({col}={values[bad].iloc[0]:g} in "
+                f"{_named_rows(finished, bad)})"
             )
     order = [*cell_key(finished), "seed", "domain_bpb"]
     finished = finished.sort_values(order, kind="mergesort").reset_index(drop=True)

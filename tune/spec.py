@@ -271,7 +271,9 @@ def _strings(plain: object, path: str = "") -> list[tuple[str, str]]:
 
 def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and validate the YAML spec at ``path``."""
-    return parse_spec(load_yaml(path))
+    data = load_yaml(path)
+    check(data is not None, str(path), "is empty; write a spec (see examples/demo.yaml)")
+    return parse_spec(data)
 
 
 def parse_spec(data: object) -> ExperimentSpec:

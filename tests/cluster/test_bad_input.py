@@ -362,7 +362,7 @@ YAML_CASES = [
     yaml_text("duplicate-key", _valid_yaml("name: other\n"), r"spec.yaml: line \d+: key 'name'"),
     yaml_text("duplicate-nested-key", _twice_nested(), r"spec.yaml: line \d+: key 'seq_len' app"),
     yaml_text("not-yaml", "name: [unclosed\n", r"spec.yaml: not valid YAML \(line \d+\)"),
-    yaml_text("empty-file", "", r"^spec: expected a mapping of fields"),
+    yaml_text("empty-file", "", r"^spec.yaml: is empty; write a spec"),
     yaml_text("a-list", "- 1\n- 2\n", r"^spec: expected a mapping of fields, got a list"),
     yaml_text("number-key", _valid_yaml("5: x\n"), r"spec.yaml: line \d+: key 5 is not a name"),
     yaml_text("tab-indent", "name: x\n\tbase_model: y\n", r"spec.yaml: not valid YAML"),
