@@ -141,7 +141,9 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
         except (TypeError, ValueError):
             raise AnalysisError(f"results column {col!r} must be numeric") from None
     df["source"] = df["source"].astype(str)
-    notes = _fill_defaults(df)
+    df, notes = _drop_repeated_rows(df)
+    notes += _fill_defaults(df)
+    notes += _bad_metric_notes(df)
 
     ok = (df["status"] == FINISHED) & np.isfinite(df["domain_bpb"]) & (df["domain_bpb"] > 0)
     finished = df.loc[ok]
@@ -158,17 +160,74 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
         if bad.any():
             raise AnalysisError(
                 f"results column {col!r} must be finite and {rule} on finished cells; "
-                f"{int(bad.sum())} row(s) are not"
+                f"{int(bad.sum())} row(s) are not ({col}={values[bad].iloc[0]:g} in "
+                f"{_named_rows(finished, bad)})"
             )
     order = [*cell_key(finished), "seed", "domain_bpb"]
     finished = finished.sort_values(order, kind="mergesort").reset_index(drop=True)
     return ResultsTable(
-        rows=df,
+        rows=df.reset_index(drop=True),
         finished=finished,
         baselines={c: _baseline(df, c) for c in BASELINE_COLUMNS},
         source_path=source_path,
         notes=tuple(notes),
     )
+
+
+def _named_rows(df: pd.DataFrame, mask: pd.Series, limit: int = 6) -> str:
+    """The rows under ``mask`` named by their cell (source, spend, tokens, seed when given)
+    and domain_bpb, in cell order, so the message does not depend on the table's row order."""
+    rows = df.loc[mask]
+    key = [c for c in (*CELL_KEY, "seed") if c in rows.columns]
+    rows = rows.sort_values(key, kind="mergesort")
+    names = [
+        f"{r['source']} spend={r['curation_spend']:g} tokens={r['train_tokens']:g}"
+        + (f" seed={r['seed']:g}" if "seed" in rows.columns else "")
+        + f" bpb={r['domain_bpb']:g}"
+        for _, r in rows.head(limit).iterrows()
+    ]
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return "; ".join(names) + more
+
+
+def _drop_repeated_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Drop exact copies of a row (a table appended to itself, a cell written twice), which
+    would otherwise count as extra seeds and narrow every interval; refuse two different
+    results for one cell and seed, of which neither can be chosen silently."""
+    hashable = df.map(lambda v: repr(v) if isinstance(v, list | dict | np.ndarray) else v)
+    copies = hashable.duplicated(keep="first")
+    notes = []
+    if copies.any():
+        notes.append(
+            f"dropped {int(copies.sum())} row(s) repeating an earlier row exactly "
+            f"({_named_rows(df, copies)}); a repeated row is not another seed"
+        )
+        df = df.loc[~copies].copy()
+    if "seed" in df.columns:
+        key = [*cell_key(df), "seed"]
+        counted = df[key].notna().all(axis=1)
+        if "status" in df.columns:
+            counted &= df["status"] == FINISHED
+        clash = df[counted].duplicated(key, keep=False).reindex(df.index, fill_value=False)
+        if clash.any():
+            raise AnalysisError(
+                f"results rows {_named_rows(df, clash)} are the same cell and seed with "
+                "different values; keep one of them or give them distinct seeds"
+            )
+    return df, notes
+
+
+def _bad_metric_notes(df: pd.DataFrame) -> list[str]:
+    """Finished rows whose domain_bpb is not a positive, finite number: left out of every
+    fit, and named here so the terminal says so (not only the HTML report)."""
+    value = df["domain_bpb"]
+    bad = (df["status"] == FINISHED) & ~(np.isfinite(value) & (value > 0))
+    if not bad.any():
+        return []
+    return [
+        f"dropped {int(bad.sum())} finished row(s) whose domain_bpb is NaN, infinite or not "
+        f"positive ({_named_rows(df, bad)}): a diverged or broken anneal; rerun those cells"
+    ]
 
 
 def _fill_defaults(df: pd.DataFrame) -> list[str]:

@@ -218,8 +218,10 @@ class TrainSpec(SpecModel):
     """Sequences per worker per forward pass; gradient accumulation makes up the rest."""
     zero_stage: int = 1
     """DeepSpeed ZeRO stage (0 to 3)."""
-    weight_decay: float = 0.1
-    """AdamW decoupled weight decay (per step, multiplied by the learning rate)."""
+    weight_decay: float = Field(0.1, allow_inf_nan=True)
+    """AdamW decoupled weight decay (per step, multiplied by the learning rate). Unlike
+    other spec numbers it may be ``inf``: such an anneal diverges and its cell is recorded
+    as failed (diverged), the documented way to see that path."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold (0 disables)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -238,8 +240,16 @@ class TrainSpec(SpecModel):
     """Keep the optimizer states in host memory (DeepSpeed ``offload_optimizer``, ZeRO 1-3):
     frees 12 bytes per parameter of GPU memory, slows each step. Not part of any identity."""
 
-    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("activation_checkpointing", "offload_optimizer")
-    """Fields that change how an anneal runs but not its result (left out of identities)."""
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = (
+        "zero_stage",
+        "micro_batch_size",
+        "activation_checkpointing",
+        "offload_optimizer",
+    )
+    """Fields that change how an anneal runs but not its result, left out of identities: the
+    ZeRO stage and offload shard or move optimizer state, the micro-batch sets gradient
+    accumulation and activation checkpointing recomputes; none changes the optimizer step
+    taken on the fixed global batch (up to floating-point summation order)."""
 
     def validate_spec(self) -> None:
         check(self.seq_len >= 8, "seq_len", f"must be at least 8 tokens, got {self.seq_len}")

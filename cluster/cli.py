@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import annealscale.examples
+from annealscale.cluster.arg_types import positive_float, positive_int, probability
+from annealscale.core.redact import RedactingFilter, redact
 from annealscale.core.units import pflops
 
 EXAMPLES = Path(annealscale.examples.__file__).resolve().parent
@@ -33,15 +35,24 @@ def main(argv: list[str] | None = None) -> int:
     except AnnealscaleError as err:
         if args.debug:
             raise
-        print(f"annealscale: error: {err}", file=sys.stderr)
+        line = " ".join(str(err).split())  # one line, whatever the message held
+        print(f"annealscale: error: {redact(line)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("annealscale: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (naming the command and ``--help``) and exit
+    code 2, like every other bad input; the usage block stays behind ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {redact(message)}; see {self.prog} --help\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="annealscale",
         description="Pick domain data sources by fitting scaling laws to small anneals.",
     )
@@ -92,12 +103,24 @@ def _parser() -> argparse.ArgumentParser:
 
     propose = sub.add_parser("propose", help="print the next cells to run for a results table")
     propose.add_argument("results", help="results.parquet of a sweep")
-    propose.add_argument("-n", type=int, default=4, help="cells to propose (chosen jointly)")
-    propose.add_argument("--target-tokens", type=float, help="training tokens at the target")
-    propose.add_argument("--target-spend", type=float, help="curation spend at the target (USD)")
-    propose.add_argument("--target-cost", type=float, help="total budget at the target (USD)")
     propose.add_argument(
-        "--tokens", type=float, nargs="*", default=(), help="extra training budgets to consider"
+        "-n", type=positive_int, default=4, help="cells to propose (chosen jointly)"
+    )
+    propose.add_argument(
+        "--target-tokens", type=positive_float, help="training tokens at the target"
+    )
+    propose.add_argument(
+        "--target-spend", type=positive_float, help="curation spend at the target (USD)"
+    )
+    propose.add_argument(
+        "--target-cost", type=positive_float, help="total budget at the target (USD)"
+    )
+    propose.add_argument(
+        "--tokens",
+        type=positive_float,
+        nargs="*",
+        default=(),
+        help="extra training budgets to consider",
     )
     propose.add_argument(
         "--law-prior",
@@ -113,14 +136,16 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("results", help="results.parquet of a sweep")
     analyze.add_argument("--out", required=True, help="output directory")
     analyze.add_argument(
-        "--target-tokens", type=float, help="training tokens of the final anneal (the target)"
+        "--target-tokens",
+        type=positive_float,
+        help="training tokens of the final anneal (the target)",
     )
     analyze.add_argument(
-        "--target-spend", type=float, help="curation spend per source at the target (USD)"
+        "--target-spend", type=positive_float, help="curation spend per source at the target (USD)"
     )
     analyze.add_argument(
         "--target-cost",
-        type=float,
+        type=positive_float,
         help="total budget to split across sources, curation and training (USD)",
     )
     _decision_flags(analyze)
@@ -190,8 +215,10 @@ def _cmd_base(args) -> int:
 def _cmd_sweep(args) -> int:
     from annealscale.anneal.demo import DemoAssets
     from annealscale.tune.spec import load_spec
+    from annealscale.tune.spec_paths import check_paths
 
     spec = load_spec(args.spec)
+    check_paths(spec)
     return _sweep_and_report(
         spec,
         Path(args.out),
@@ -206,7 +233,7 @@ def _cmd_sweep(args) -> int:
 def _decision_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=probability,
         default=0.9,
         help="least P(best) before the headline says buy (default 0.9)",
     )
@@ -271,6 +298,7 @@ def _cmd_propose(args) -> int:
 def _cmd_analyze(args) -> int:
     from annealscale.analysis import evaluate, write_report
 
+    check_out_dir(args.out)
     analysis = evaluate(
         args.results,
         target_tokens=args.target_tokens,
@@ -295,8 +323,10 @@ def _print_decision(analysis) -> None:
 def _cmd_validate(args) -> int:
     from annealscale.tune.cells import expand_grid
     from annealscale.tune.spec import load_spec
+    from annealscale.tune.spec_paths import check_paths
 
     spec = load_spec(args.spec)
+    check_paths(spec)
     cells = expand_grid(spec)
     print(f"{args.spec}: valid; {len(spec.sources)} sources, {len(cells)} cells")
     for cell in cells:
@@ -358,6 +388,7 @@ def _sweep_and_report(
     from annealscale.cluster.storage_check import check_shared_storage
     from annealscale.tune.sweep import run_sweep
 
+    check_out_dir(str(out))
     connect(address)
     check_shared_storage(spec.storage_path)
     factory, messages, target = None, [], {}
@@ -397,9 +428,30 @@ def _sweep_and_report(
     return 1 if outcome.failed else 0
 
 
+def check_out_dir(out: str) -> None:
+    """``--out`` must be (or be creatable as) a directory: refused before any work."""
+    from annealscale.core.errors import AnnealscaleError
+
+    path = Path(out).expanduser()
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "" if place == path else f" ({place} is a file)"
+                raise AnnealscaleError(
+                    f"--out {out}: not a directory{where}; give a directory (it is created "
+                    "if missing)"
+                )
+            if not os.access(place, os.W_OK):
+                raise AnnealscaleError(f"--out {out}: {place} is not writable; give another")
+            return
+
+
 def _setup_logging(quiet: bool, debug: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if debug else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())  # an address with a password never logs
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for noisy in ("ray", "filelock", "urllib3", "DeepSpeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -35,7 +35,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from annealscale.cluster.arg_types import positive_float, positive_int
 from annealscale.core.errors import AnnealscaleError
+from annealscale.core.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,19 @@ WORKING_DIR_EXCLUDES = (
 """Never uploaded with the working directory: environments, outputs, VCS data, caches
 (gitignore patterns, matched the way Ray matches ``runtime_env["excludes"]``)."""
 SECRET_ENV_NAMES = (TOKEN_ENV, TOKEN_PATH_ENV)
+SECRET_LOOKING = re.compile(
+    r"(^|_)(TOKENS?|SECRETS?|PASSWORDS?|PASSWD|PASSPHRASE|CREDENTIALS?|AUTH|COOKIES?|PRIVATE)"
+    r"($|_)|KEYS?($|_)",
+    re.IGNORECASE,
+)
+"""Names of variables that look like secrets (``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``,
+``WANDB_API_KEY``): refused by ``submit --env`` unless ``--allow-secret-env``, since the
+cluster keeps a job's environment in its job table, readable by anyone who can list jobs."""
+
+
+def looks_secret(name: str) -> bool:
+    """Whether the environment variable ``name`` looks like it holds a secret."""
+    return SECRET_LOOKING.search(name) is not None
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,7 @@ def jobs_address(address: str | None, environ: Mapping[str, str]) -> str:
         )
     if not re.match(r"^https?://", address):
         raise AnnealscaleError(
-            f"--address {address}: the Jobs API is the dashboard's HTTP address, e.g. "
+            f"--address {redact(address)}: the Jobs API is the dashboard's HTTP address, e.g. "
             "http://HEAD:8265"
         )
     return address.rstrip("/")
@@ -144,26 +159,26 @@ def jobs_api(address: str, token: AuthToken | None) -> Iterator:
     except AuthenticationError as err:
         if str(err).startswith("Authentication required"):
             raise AnnealscaleError(
-                f"{address}: the cluster requires a token (RAY_AUTH_MODE=token); set "
+                f"{redact(address)}: the cluster requires a token (RAY_AUTH_MODE=token); set "
                 f"${TOKEN_ENV} or ${TOKEN_PATH_ENV}, or pass --token-file"
             ) from None
         raise AnnealscaleError(
-            f"{address}: the cluster rejected the token from {token.source if token else '?'}"
+            f"{redact(address)}: the cluster rejected the token from {token.source if token else '?'}"
             "; use the token the cluster was started with"
         ) from None
     except ConnectionError:
         raise AnnealscaleError(
-            f"{address}: cannot reach the Ray Jobs API; check the address (the dashboard "
+            f"{redact(address)}: cannot reach the Ray Jobs API; check the address (the dashboard "
             "port, 8265 by default) and that the cluster is up"
         ) from None
     except RuntimeError as err:
         message = str(err)
         if "status code 404" in message:
             raise AnnealscaleError(
-                f"{address}: no such job; list jobs with `ray job list`"
+                f"{redact(address)}: no such job; list jobs with `ray job list`"
             ) from None
         first = message.strip().splitlines()[0] if message.strip() else type(err).__name__
-        raise AnnealscaleError(f"{address}: the Jobs API answered: {first[:300]}") from None
+        raise AnnealscaleError(redact(f"{address}: the Jobs API answered: {first[:300]}")) from None
 
 
 # -- what to submit ------------------------------------------------------------------------
@@ -195,6 +210,7 @@ def plan_submission(
     num_gpus: float | None = None,
     memory: int | None = None,
     analyze: bool = True,
+    allow_secret_env: bool = False,
 ) -> Submission:
     """Validate the spec here, before anything reaches the cluster, and build the job.
 
@@ -205,6 +221,26 @@ def plan_submission(
     from annealscale.core.hashing import content_hash
     from annealscale.tune.spec import load_spec
 
+    if not os.path.isabs(out):
+        raise AnnealscaleError(
+            f"--out {out}: give an absolute path on storage the cluster keeps (the job runs "
+            "in a temporary copy of the working directory)"
+        )
+    env = dict(env or {})
+    for name in SECRET_ENV_NAMES:
+        if name in env:
+            raise AnnealscaleError(
+                f"--env {name}: never pass the token to the job; the cluster stores a job's "
+                "environment in its job table, and its nodes already hold the token"
+            )
+    secret = sorted(name for name in env if looks_secret(name))
+    if secret and not allow_secret_env:
+        raise AnnealscaleError(
+            f"--env {', '.join(secret)}: looks like a secret, and the cluster keeps a job's "
+            "environment in its job table, readable by anyone who can list jobs; give it to "
+            "the cluster's nodes instead (a Kubernetes secret, the node image), or pass "
+            "--allow-secret-env if it is not one (see docs/security.md)"
+        )
     spec = load_spec(spec_path)
     if is_local_path(spec.storage_path) and not os.path.isabs(spec.storage_path):
         log.warning(
@@ -222,18 +258,6 @@ def plan_submission(
             f"{spec_path}: the spec must be inside the uploaded working directory "
             f"{working_dir}; move it there or pass --working-dir"
         )
-    if not os.path.isabs(out):
-        raise AnnealscaleError(
-            f"--out {out}: give an absolute path on storage the cluster keeps (the job runs "
-            "in a temporary copy of the working directory)"
-        )
-    env = dict(env or {})
-    for name in SECRET_ENV_NAMES:
-        if name in env:
-            raise AnnealscaleError(
-                f"--env {name}: never pass the token to the job; the cluster stores a job's "
-                "environment in its job table, and its nodes already hold the token"
-            )
     runtime_env: dict = {
         "working_dir": str(working_dir),
         "excludes": list(WORKING_DIR_EXCLUDES) + _own_sources_in(working_dir),
@@ -403,13 +427,24 @@ def add_job_commands(sub) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="environment variable for the job (not for secrets)",
+        help="environment variable for the job (not for secrets: names such as *_TOKEN, "
+        "*_KEY or *PASSWORD* are refused)",
+    )
+    submit_parser.add_argument(
+        "--allow-secret-env",
+        action="store_true",
+        help="pass --env names that look like secrets anyway (they are stored in the "
+        "cluster's job table)",
     )
     submit_parser.add_argument("--submission-id", help="default: a hash of the spec and --out")
-    submit_parser.add_argument("--entrypoint-num-cpus", type=float, help="CPUs for the driver")
-    submit_parser.add_argument("--entrypoint-num-gpus", type=float, help="GPUs for the driver")
     submit_parser.add_argument(
-        "--entrypoint-memory", type=int, help="memory for the driver (bytes)"
+        "--entrypoint-num-cpus", type=positive_float, help="CPUs for the driver"
+    )
+    submit_parser.add_argument(
+        "--entrypoint-num-gpus", type=positive_float, help="GPUs for the driver"
+    )
+    submit_parser.add_argument(
+        "--entrypoint-memory", type=positive_int, help="memory for the driver (bytes)"
     )
     submit_parser.add_argument("--no-analyze", action="store_true", help="skip the report")
     submit_parser.add_argument(
@@ -464,12 +499,15 @@ def _cmd_submit(args) -> int:
         num_gpus=args.entrypoint_num_gpus,
         memory=args.entrypoint_memory,
         analyze=not args.no_analyze,
+        allow_secret_env=args.allow_secret_env,
     )
     with jobs_api(address, token) as client:
         job_id, now = submit(client, submission)
         print(f"{'submitted' if now else 'already submitted'}: {job_id}", flush=True)
         if not args.follow:
-            print(f"follow it with: annealscale jobs logs {job_id} --address {address} --follow")
+            print(
+                f"follow it with: annealscale jobs logs {job_id} --address {redact(address)} --follow"
+            )
             return 0
         status = follow_logs(client, job_id, _write)
     print(f"job {job_id}: {status}")

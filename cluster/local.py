@@ -6,6 +6,7 @@ import logging
 import os
 
 from annealscale.core.errors import AnnealscaleError
+from annealscale.core.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,11 @@ def connect(
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, TimeoutError, ValueError) as err:
             raise AnnealscaleError(
-                f"--address {address}: cannot connect to a Ray cluster ({_first_line(err)}); "
-                "check the "
-                "address and that the cluster is up, or unset RAY_ADDRESS to run locally"
+                redact(
+                    f"--address {address}: cannot connect to a Ray cluster "
+                    f"({_first_line(err)}); check the address and that the cluster is up, or "
+                    "unset RAY_ADDRESS to run locally"
+                )
             ) from None
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -82,10 +85,11 @@ def connect(
                     log.warning("local Ray did not start within Ray's 30 s; trying again")
                     _stop(_children() - before)  # ray.shutdown() cannot: no node was set
                     continue
+                # Never advise `ray stop`: it ends every Ray on the host, other users' too.
                 raise AnnealscaleError(
                     f"cannot start a local Ray instance ({_first_line(err)}); if the machine "
-                    "is busy, retry when it is quieter; run `ray stop` to clear a stale "
-                    "instance, or pass --address to use a running cluster"
+                    "is busy, retry when it is quieter, or pass --address to use a running "
+                    "cluster"
                 ) from None
     # Ray Data logs its streaming progress at INFO on its own handler; our log lines say
     # what step is running, so keep Ray's libraries to warnings.

@@ -3,11 +3,14 @@
 A cell's identity is a short hash of what determines its measured metrics: the source's
 definition (not its display name), the spend, the training tokens as whole optimizer
 steps, the seed, the experiment settings shared by all cells (mixture, schedule,
-optimisation, eval size) and the identity of the *resolved* inputs (base model and data
-files, see `tune.prepare.inputs_identity`), so rebuilt demo assets or a replaced
-checkpoint never reuse stale results. Resources, storage, the experiment name and prices
-are left out: moving a sweep to another cluster or repricing compute never reruns a
-finished cell (costs are recomputed from the stored FLOPs).
+optimisation with the *resolved* precision, eval size) and the identity of the *resolved*
+inputs (base model, data, task and DeepSpeed files, see `tune.prepare.inputs_identity`),
+so rebuilt demo assets, an edited task file or a replaced checkpoint never reuse stale
+results. Resources, storage, the experiment name and prices are left out, and so are the
+ZeRO stage and the micro-batch size (how the fixed global batch is split and sharded, not
+what it computes): moving a sweep to another cluster, repricing compute or fitting a
+bigger model in memory never reruns a finished cell (costs are recomputed from the stored
+FLOPs). ``tests/tune/test_identity_contract.py`` declares the side of every spec field.
 """
 
 from __future__ import annotations
@@ -34,20 +37,37 @@ class Cell:
     """Hash naming this cell's result."""
 
 
+def resolved_precision(spec: ExperimentSpec) -> str:
+    """The precision the anneals train in: ``auto`` is bf16 on GPU workers and fp32 on CPU
+    ones, and CPU workers always train in fp32 (`anneal.deepspeed_config.uses_bf16`)."""
+    on_gpu = spec.resources.gpus_per_worker > 0
+    return "bf16" if on_gpu and spec.train.precision in ("auto", "bf16") else "fp32"
+
+
+UNUSED_BY_SCHEDULE = {
+    "linear": ("warmup_steps", "cooldown_fraction", "cooldown_shape", "share_trunk"),
+    "wsd": ("warmup_fraction",),
+}
+"""``schedule`` fields the other kind reads; left out of identities under this kind."""
+
+
 def shared_identity(spec: ExperimentSpec) -> str:
     """Hash of the settings every cell of ``spec`` shares."""
+    train = to_plain(spec.train)
+    for name in spec.train.EXECUTION_ONLY:
+        del train[name]
+    train["precision"] = resolved_precision(spec)
+    schedule = to_plain(spec.schedule)
+    for name in UNUSED_BY_SCHEDULE[spec.schedule.kind]:
+        del schedule[name]
     return content_hash(
         {
             "base_model": spec.base_model,
             "replay": spec.replay,
             "eval": spec.eval,
             "domain_fraction": spec.domain_fraction,
-            "schedule": spec.schedule,
-            "train": {
-                name: value
-                for name, value in to_plain(spec.train).items()
-                if name not in spec.train.EXECUTION_ONLY
-            },
+            "schedule": schedule,
+            "train": train,
         }
     )
 

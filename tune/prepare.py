@@ -7,6 +7,7 @@ over the same sources (or a resumed one) reuses them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from annealscale.tune.engine_inputs import (
     task_suite,
 )
 from annealscale.tune.spec import ExperimentSpec
+from annealscale.tune.spec_paths import check_paths
 
 if TYPE_CHECKING:
     from annealscale.tune.trunks import TrunkPlan
@@ -89,7 +91,12 @@ class InputsIdentity:
 
 
 def inputs_identity(spec: ExperimentSpec, resolve: Callable[[str], str]) -> InputsIdentity:
-    """Resolve every path of ``spec`` (building demo assets if needed) and identify the files."""
+    """Resolve every path of ``spec`` (building demo assets if needed) and identify the files.
+
+    Local paths are checked first (`tune.spec_paths.check_paths`), so a missing file or an
+    empty model folder is reported naming its spec field, from the CLI and the API alike.
+    """
+    check_paths(spec)
 
     def identify(path: str) -> str:
         resolved = resolve(path)
@@ -97,16 +104,29 @@ def inputs_identity(spec: ExperimentSpec, resolve: Callable[[str], str]) -> Inpu
         known = local.exists() or "*" in resolved or is_uri(resolved)
         return files_identity(resolved) if known else resolved
 
-    shared = content_hash(
-        [
-            identify(spec.base_model.path),
-            identify(spec.replay.path),
-            identify(spec.eval.domain.path),
-            identify(spec.eval.general.path),
-            # evaluation tasks (harness version, task configs and data), when there are any
-            *filter(None, [suite_identity(task_suite(spec, resolve))]),
-        ]
-    )
+    def contents(path: str) -> str:
+        # DeepSpeed files are small and read whole: their bytes are their identity (an edit
+        # that keeps size and time, or a copy elsewhere, is still seen right).
+        resolved = resolve(path)
+        local = Path(resolved).expanduser()
+        if local.is_file():
+            return hashlib.sha256(local.read_bytes()).hexdigest()
+        return identify(path)
+
+    files = [
+        identify(spec.base_model.path),
+        identify(spec.replay.path),
+        identify(spec.eval.domain.path),
+        identify(spec.eval.general.path),
+    ]
+    # evaluation tasks (harness version, task configs, JSONL tasks and data by their bytes),
+    # when there are any
+    tasks = suite_identity(task_suite(spec, resolve))
+    if tasks:
+        files.append({"tasks": tasks})
+    if spec.train.deepspeed_config:
+        files.append({"deepspeed_config": contents(spec.train.deepspeed_config)})
+    shared = content_hash(files)
     per_source = {}
     for source in spec.sources:
         paths = {

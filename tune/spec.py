@@ -6,6 +6,7 @@ any compute starts. Errors name the field path and the fix, e.g.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -24,9 +25,15 @@ from annealscale.anneal.run_spec import (
 from annealscale.anneal.schedule import branch_step
 from annealscale.anneal.sources import SourceSpec
 from annealscale.core.errors import check
+from annealscale.core.hashing import to_plain
+from annealscale.core.redact import has_userinfo, redact
 from annealscale.core.spec_model import SpecModel, from_mapping
 from annealscale.core.spec_yaml import load_yaml
 from annealscale.tune.adaptive_spec import AdaptiveSpec
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+"""An experiment name: one path component (it names the Tune experiment's directory under
+the storage path), so no separators, no ``..`` and no leading dot."""
 
 
 class GridSpec(SpecModel):
@@ -157,6 +164,13 @@ class TrackingSpec(SpecModel):
 
     def validate_spec(self) -> None:
         check(self.progress_seconds > 0, "progress_seconds", "must be positive (seconds)")
+        check(
+            not has_userinfo(self.mlflow_tracking_uri or ""),
+            "mlflow_tracking_uri",
+            f"{redact(self.mlflow_tracking_uri or '')} carries credentials, which would be "
+            "written to provenance.json and logs; set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD in the environment instead",
+        )
 
 
 class ExperimentSpec(SpecModel):
@@ -198,6 +212,21 @@ class ExperimentSpec(SpecModel):
 
     def validate_spec(self) -> None:
         check(bool(self.name.strip()), "name", "must not be empty")
+        check(
+            bool(SAFE_NAME.match(self.name)) and len(self.name) <= 100,
+            "name",
+            f"{self.name!r} must be letters, digits, '.', '_' and '-' (at most 100, not "
+            "starting with '.' or '-'): it names a directory inside storage_path",
+        )
+        for field, text in _strings(to_plain(self)):
+            check(
+                not has_userinfo(text),
+                field,
+                f"{redact(text)} carries credentials, which would be written to "
+                "provenance.json and logs; give them through the environment instead "
+                "(AWS_*, GOOGLE_APPLICATION_CREDENTIALS, a .netrc)",
+            )
+        check(bool(self.storage_path.strip()), "storage_path", "must not be empty")
         check(len(self.sources) > 0, "sources", "list at least one source")
         names = [s.name for s in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -252,9 +281,26 @@ class ExperimentSpec(SpecModel):
         return source.curation_spend or self.grid.curation_spend
 
 
+def _strings(plain: object, path: str = "") -> list[tuple[str, str]]:
+    """Every string in a plain spec with its field path."""
+    if isinstance(plain, str):
+        return [(path, plain)]
+    if isinstance(plain, dict):
+        return [
+            pair
+            for key, value in plain.items()
+            for pair in _strings(value, f"{path}.{key}" if path else str(key))
+        ]
+    if isinstance(plain, list):
+        return [pair for i, value in enumerate(plain) for pair in _strings(value, f"{path}[{i}]")]
+    return []
+
+
 def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and validate the YAML spec at ``path``."""
-    return parse_spec(load_yaml(path))
+    data = load_yaml(path)
+    check(data is not None, str(path), "is empty; write a spec (see examples/demo.yaml)")
+    return parse_spec(data)
 
 
 def parse_spec(data: object) -> ExperimentSpec:

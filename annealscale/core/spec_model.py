@@ -33,6 +33,9 @@ class SpecModel(BaseModel):
         frozen=True,
         extra="forbid",
         strict=True,
+        # A price, spend or rate of inf or NaN only turns every cost and metric into NaN
+        # downstream; refuse it where it is written. A field that needs one opts in.
+        allow_inf_nan=False,
         use_attribute_docstrings=True,
         validate_default=False,
     )
@@ -135,6 +138,8 @@ def _problem(error: dict) -> str:
     }
     if kind in expected:
         return f"expected {expected[kind]}, got {describe(value)}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {value!r}"
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":

@@ -408,7 +408,7 @@ def test_missing_spec_file(tmp_path):
 def test_empty_spec_file_is_an_error_not_a_crash(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing yet\n")
-    with pytest.raises(SpecError, match="expected a mapping of fields"):
+    with pytest.raises(SpecError, match="empty.yaml: is empty"):
         load_spec(path)
 
 
@@ -418,7 +418,7 @@ def test_empty_spec_file_is_an_error_not_a_crash(tmp_path):
         (lambda d: d["grid"].update(curation_spend=[0.2, 0.2]), "grid.curation_spend", "repeat"),
         (
             lambda d: d["grid"].update(curation_spend=[float("inf")]),
-            "grid.curation_spend",
+            "grid.curation_spend[0]",
             "finite",
         ),
         (lambda d: d["grid"].update(seeds=[]), "grid.seeds", "at least one seed"),
