@@ -59,7 +59,7 @@ def score_choices(
     """
     import torch
 
-    from annealscale.anneal.loss import token_nll
+    from annealscale.anneal.loss import token_nll_and_argmax
 
     indices = np.arange(task.pairs) if indices is None else np.asarray(indices)
     device = next(model.parameters()).device
@@ -76,13 +76,14 @@ def score_choices(
             for row, sequence in enumerate(sequences):
                 batch[row, : len(sequence)] = sequence
             ids = torch.as_tensor(batch, device=device)
-            picked = -token_nll(model, ids[:, :-1], ids[:, 1:]).cpu().numpy()  # (B, L-1)
+            nll, argmax = token_nll_and_argmax(model, ids[:, :-1], ids[:, 1:])
+            picked, argmax = -nll.cpu().numpy(), argmax.cpu().numpy()  # (B, L-1) each
             for row, (i, sequence) in enumerate(zip(chunk, sequences, strict=True)):
                 # target position t predicts token t + 1: the choice is targets start-1..L-2
                 first = int(task.choice_starts[i]) - 1
                 scores[start + row] = float(picked[row, first : len(sequence) - 1].sum())
                 if greedy:
-                    best = logprobs[row, first : len(sequence) - 1].argmax(-1).cpu().numpy()
+                    best = argmax[row, first : len(sequence) - 1]
                     is_greedy[start + row] = bool((best == sequence[first + 1 :]).all())
     model.train(was_training)
     return (scores, is_greedy) if greedy else scores

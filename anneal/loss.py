@@ -35,14 +35,38 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplie
 def token_nll(model, input_ids, targets, *, chunk_tokens: int = CHUNK_TOKENS):
     """Next-token loss (nats, fp32) of every position: ``(B, T)`` from ``input_ids`` and
     ``targets``, both ``(B, T)``. Differentiable when gradients are enabled."""
-    head = getattr(model, "get_output_embeddings", lambda: None)()
-    if head is None or _transforms_logits(getattr(model, "config", None)):
-        logits = model(input_ids=input_ids).logits  # (B, T, V)
-        return _chunked(lambda x: x, logits, targets, chunk_tokens, checkpoint=False)
-    hidden = model.base_model(input_ids=input_ids).last_hidden_state  # (B, T, d)
+    head, features = _head_and_features(model, input_ids)
+    if head is None:
+        return _chunked(lambda x: x, features, targets, chunk_tokens, checkpoint=False)
     full_logits_bytes = targets.numel() * head.weight.shape[0] * 4
     recompute = torch.is_grad_enabled() and full_logits_bytes > RECOMPUTE_ABOVE_BYTES
-    return _chunked(head, hidden, targets, chunk_tokens, checkpoint=recompute)
+    return _chunked(head, features, targets, chunk_tokens, checkpoint=recompute)
+
+
+def token_nll_and_argmax(model, input_ids, targets, *, chunk_tokens: int = CHUNK_TOKENS):
+    """`token_nll` and the most likely next token at every position, both ``(B, T)``, for
+    scoring without gradients (lm-eval's loglikelihood requests report whether a
+    continuation is the greedy one); one chunk's logits alive at a time."""
+    head, features = _head_and_features(model, input_ids)
+    head = head if head is not None else (lambda x: x)
+    flat = features.reshape(-1, features.size(-1))
+    flat_targets = targets.reshape(-1)
+    nll, best = [], []
+    for start in range(0, flat.size(0), chunk_tokens):
+        logits = head(flat[start : start + chunk_tokens]).float()  # (chunk, V)
+        chunk_targets = flat_targets[start : start + chunk_tokens]
+        nll.append(torch.nn.functional.cross_entropy(logits, chunk_targets, reduction="none"))
+        best.append(logits.argmax(-1))
+    return torch.cat(nll).reshape(targets.shape), torch.cat(best).reshape(targets.shape)
+
+
+def _head_and_features(model, input_ids):
+    """The output projection and the final hidden states it applies to, or ``None`` and
+    the full logits for models whose logits are not a plain projection."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if head is None or _transforms_logits(getattr(model, "config", None)):
+        return None, model(input_ids=input_ids).logits  # (B, T, V)
+    return head, model.base_model(input_ids=input_ids).last_hidden_state  # (B, T, d)
 
 
 def mean_token_nll(model, input_ids, targets, *, chunk_tokens: int = CHUNK_TOKENS):

@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 import torch
 
-from annealscale.anneal.loss import LossModel, mean_token_nll, token_nll
+from annealscale.anneal.loss import LossModel, mean_token_nll, token_nll, token_nll_and_argmax
 
 
 def _model(arch: str):
@@ -69,6 +69,22 @@ def test_per_token_losses_without_gradients_match_and_keep_no_graph():
         logits.reshape(-1, 97), batch[:, 1:].reshape(-1), reduction="none"
     ).reshape(2, 16)
     torch.testing.assert_close(nll, expected)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_scoring_losses_and_greedy_tokens_match_the_full_logits(arch):
+    """What lm-eval's loglikelihood requests need (loss per token, and whether each token is
+    the model's greedy choice) comes out of the chunked path as from the full logits."""
+    model = _model(arch)
+    batch = torch.randint(0, 97, (2, 17))
+    with torch.no_grad():
+        nll, best = token_nll_and_argmax(model, batch[:, :-1], batch[:, 1:], chunk_tokens=5)
+        logits = model(input_ids=batch[:, :-1]).logits.float()
+    expected = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 97), batch[:, 1:].reshape(-1), reduction="none"
+    ).reshape(2, 16)
+    torch.testing.assert_close(nll, expected)
+    assert torch.equal(best, logits.argmax(-1))
 
 
 def test_chunk_logits_are_not_kept_for_backward():
