@@ -35,9 +35,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"annealscale: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("annealscale: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # SIGINT or SIGTERM (tune.interrupts): the running cells were stopped; stop the
+        # local Ray this process started too, so no Ray process outlives it.
+        if "ray" in sys.modules:
+            sys.modules["ray"].shutdown()
+        print(
+            f"annealscale: interrupted ({getattr(err, 'signal_name', 'SIGINT')}); finished "
+            "cells are kept, nothing was written over the results; rerun with --resume",
+            file=sys.stderr,
+        )
+        return getattr(err, "exit_code", 130)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
         dest="sweep_quiet",
         action="store_true",
         help="no progress lines (for CI)",
+    )
+    sweep.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an --out that holds another spec's results (they are replaced)",
     )
     sweep.add_argument(
         "--adaptive",
@@ -200,6 +213,7 @@ def _cmd_sweep(args) -> int:
         analyze=not args.no_analyze,
         resume=args.resume,
         adaptive=args.adaptive,
+        force=args.force,
     )
 
 
@@ -316,6 +330,7 @@ def _sweep_and_report(
     analyze: bool,
     resume: bool = False,
     adaptive: bool = False,
+    force: bool = False,
 ) -> int:
     from annealscale.cluster.local import connect
     from annealscale.cluster.storage_check import check_shared_storage
@@ -334,7 +349,7 @@ def _sweep_and_report(
             "target_spend": t.curation_spend,
             "target_cost": t.total_cost,
         }
-    outcome = run_sweep(spec, out, resolve=resolve, resume=resume, search_alg=factory)
+    outcome = run_sweep(spec, out, resolve=resolve, resume=resume, search_alg=factory, force=force)
     print(
         f"sweep: {outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "
         f"reused from earlier runs, {outcome.ran} run now, {outcome.seconds:.0f} s; "

@@ -39,14 +39,64 @@ class TrialSettings:
     """Train worker-group restarts per trial attempt (`ray.train.FailureConfig`)."""
     trunks_root: str
     """Local or mounted directory of WSD trunks, one per trunk identity, with their locks."""
+    claims: object = None
+    """`tune.claims.Claims` of this sweep run: a trial claims its cell before training."""
 
 
 def train_run_name(identity: str) -> str:
     return f"cell-{identity}"
 
 
+class CellDiverged(RuntimeError):
+    """The anneal ended with a non-finite loss or metric: a failure, retried like one."""
+
+
+def diverged_metrics(metrics: dict) -> dict[str, float]:
+    """The loss and metrics of ``metrics`` that are not finite (NaN or infinite)."""
+    import math
+
+    names = ("train_loss", "domain_bpb", "general_bpb")
+    return {
+        k: float(metrics[k])
+        for k in names
+        if metrics.get(k) is not None and not math.isfinite(float(metrics[k]))
+    }
+
+
 def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSettings) -> None:
-    """Tune function trainable: anneal the cell named by ``config["cell_id"]``."""
+    """Tune function trainable: claim the cell named by ``config["cell_id"]`` (waiting while
+    another sweep sharing the storage trains it), then anneal it (`anneal_cell`) with the
+    claim's heartbeat running. The sweep driver removes the claim once the row is written."""
+    import contextlib
+
+    from ray import tune
+
+    from annealscale.tune.results import ResultsStore
+
+    identity = config["cell_id"]
+    claims = settings.claims
+    if claims is None or identity not in plans:
+        return anneal_cell(config, plans=plans, settings=settings)
+    store, said = ResultsStore(settings.results_root), False
+    while not claims.acquire(identity):
+        if identity in store.finished_ids():
+            tune.report({SKIPPED: 1})
+            return None
+        if not said:
+            holder = claims.holder(identity) or {}
+            print(
+                f"cell {identity}: being trained by another sweep ({holder.get('host')}, "
+                f"pid {holder.get('pid')}); waiting for it"
+            )
+            said = True
+        time.sleep(2.0)
+    with claims.heartbeat(identity) if claims.enabled else contextlib.nullcontext():
+        return anneal_cell(config, plans=plans, settings=settings)
+
+
+def anneal_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSettings) -> None:
+    """Anneal the cell named by ``config["cell_id"]`` and report its metrics to Tune; a
+    non-finite loss or metric at the end raises `CellDiverged`."""
     import ray
     import ray.data
     from ray import tune
@@ -94,6 +144,10 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
         callbacks=[TuneReportCallback()],
         datasets=datasets,
     )
+    bad = diverged_metrics(result.metrics or {})
+    if bad:
+        detail = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise CellDiverged(f"cell {identity} diverged: {detail}")
     # One more report from the driver: the worker's metrics plus this attempt's node and
     # interval (what the multi-node and concurrency checks read).
     tune.report(
