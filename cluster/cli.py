@@ -35,6 +35,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"annealscale: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno != 28 or args.debug:  # ENOSPC
+            raise
+        print(
+            f"annealscale: error: no space left on device ({err.filename or err}); finished "
+            "cells are kept: free space on the storage path or --out and rerun",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt as err:
         # SIGINT or SIGTERM (tune.interrupts): the running cells were stopped; stop the
         # local Ray this process started too, so no Ray process outlives it.

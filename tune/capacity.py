@@ -119,6 +119,8 @@ def check_capacity(resources, driver_cpus: float) -> None:
     connected Ray cluster can never schedule a cell of ``resources``."""
     import ray
 
+    if not ray.is_initialized():
+        return  # Tune will start a local Ray sized to this machine; the CLI connects first
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     problem = unschedulable(resources, driver_cpus, nodes, autoscaler_node_types())
     if problem:

@@ -26,7 +26,7 @@ from annealscale.core.hashing import content_hash, to_plain
 from annealscale.tune import durable
 from annealscale.tune.cells import Cell, expand_grid
 from annealscale.tune.claims import Claims, new_owner, stale_seconds_from_env
-from annealscale.tune.interrupts import Interrupts
+from annealscale.tune.interrupts import Interrupts, SweepInterrupted
 from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
 from annealscale.tune.progress import ProgressCallback, SweepProgress, planned_usd, pool_of
 from annealscale.tune.results import ResultsStore
@@ -134,7 +134,16 @@ def run_sweep(
     `tune.interrupts.SweepInterrupted` after stopping the running cells, writing none.
     """
     with Interrupts() as interrupts:
-        return _run_sweep(spec, out_dir, resolve, threads, resume, search_alg, force, interrupts)
+        try:
+            return _run_sweep(
+                spec, out_dir, resolve, threads, resume, search_alg, force, interrupts
+            )
+        except Exception:
+            if interrupts.signum is None:
+                raise
+            # whatever broke while stopping (a Ray process hit by the same Ctrl-C) is a
+            # consequence of the interrupt, not a failure to report
+            raise SweepInterrupted(interrupts.signum) from None
 
 
 def _run_sweep(spec, out_dir, resolve, threads, resume, search_alg, force, interrupts):
@@ -498,8 +507,6 @@ class _CellRowWriter(tune.Callback):
         self._write(trial, metrics, "failed", _error_line(trial))
 
     def _write(self, trial, metrics: dict, status: str, error: str | None):
-        from annealscale.tune.trial import diverged_metrics
-
         identity = trial.config["cell_id"]
         self.seen.add(identity)
         self.written.add(identity)
@@ -544,6 +551,16 @@ class _CellRowWriter(tune.Callback):
     def _release(self, identity: str) -> None:
         if self._claims is not None:
             self._claims.release(identity)
+
+
+def diverged_metrics(metrics: dict) -> dict[str, float]:
+    """The loss and metrics of ``metrics`` that are not finite (NaN or infinite)."""
+    names = ("train_loss", "domain_bpb", "general_bpb")
+    return {
+        k: float(metrics[k])
+        for k in names
+        if metrics.get(k) is not None and not math.isfinite(float(metrics[k]))
+    }
 
 
 def _reason(error: str | None) -> str:

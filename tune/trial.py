@@ -47,22 +47,6 @@ def train_run_name(identity: str) -> str:
     return f"cell-{identity}"
 
 
-class CellDiverged(RuntimeError):
-    """The anneal ended with a non-finite loss or metric: a failure, retried like one."""
-
-
-def diverged_metrics(metrics: dict) -> dict[str, float]:
-    """The loss and metrics of ``metrics`` that are not finite (NaN or infinite)."""
-    import math
-
-    names = ("train_loss", "domain_bpb", "general_bpb")
-    return {
-        k: float(metrics[k])
-        for k in names
-        if metrics.get(k) is not None and not math.isfinite(float(metrics[k]))
-    }
-
-
 def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSettings) -> None:
     """Tune function trainable: claim the cell named by ``config["cell_id"]`` (waiting while
     another sweep sharing the storage trains it), then anneal it (`anneal_cell`) with the
@@ -95,8 +79,7 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
 
 
 def anneal_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSettings) -> None:
-    """Anneal the cell named by ``config["cell_id"]`` and report its metrics to Tune; a
-    non-finite loss or metric at the end raises `CellDiverged`."""
+    """Anneal the cell named by ``config["cell_id"]`` and report its metrics to Tune."""
     import ray
     import ray.data
     from ray import tune
@@ -144,10 +127,6 @@ def anneal_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSett
         callbacks=[TuneReportCallback()],
         datasets=datasets,
     )
-    bad = diverged_metrics(result.metrics or {})
-    if bad:
-        detail = ", ".join(f"{k}={v}" for k, v in bad.items())
-        raise CellDiverged(f"cell {identity} diverged: {detail}")
     # One more report from the driver: the worker's metrics plus this attempt's node and
     # interval (what the multi-node and concurrency checks read).
     tune.report(

@@ -186,3 +186,225 @@ def test_specs_sharing_a_storage_path_never_touch_each_others_results(tmp_path, 
     assert (again.ran, again.skipped) == (0, 1)
     pd.testing.assert_frame_equal(pd.read_parquet(again.results_path), table_a)
     assert _cell_files(storage) == after
+
+
+def test_a_diverged_cell_is_failed_retried_and_named_by_analyze(
+    ray_local, tmp_path, tools, resolve, capsys
+):
+    from annealscale.cluster.cli import main
+
+    storage = tmp_path / "storage"
+    data = tools.spec(resolve, storage)
+    data["train"] = {**data["train"], "weight_decay": float("inf")}
+    data["retries"] = {"trial_failures": 1, "worker_failures": 0}
+    outcome = run_sweep(parse_spec(data), tmp_path / "out", resolve=resolve)
+    assert (outcome.finished, outcome.failed) == (0, 1)
+    row = pd.read_parquet(outcome.results_path).iloc[0]
+    assert row["status"] == "failed" and row["reason"] == "diverged"
+    assert row["attempts"] == 2  # retried per retries.trial_failures
+    assert "diverged" in row["error"]
+    assert not list((storage / "results" / "cells").glob("*.parquet"))
+
+    code = main(["analyze", str(outcome.results_path), "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"cell {row['cell_id'][:12]} (textbook" in err and "diverged" in err
+
+
+def _descendants(pid: int) -> set[tuple[int, str]]:
+    """Live descendants of ``pid`` as (pid, start time) pairs, read from /proc."""
+    parents: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(stat.parent.name)
+        parents.setdefault(int(fields[1]), []).append(child)
+        starts[child] = fields[19]
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add((child, starts[child]))
+            todo.append(child)
+    return found
+
+
+def _alive(processes: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    out = set()
+    for pid, start in processes:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat[19] == start and stat[0] != "Z":
+            out.add((pid, start))
+    return out
+
+
+def _interrupt_after_a_new_cell(tools, args, env, log_path, storage, send):
+    """Start the CLI sweep, wait for one more finished cell file, call ``send(process)``;
+    returns (exit code, stderr text, the Ray processes it had started)."""
+    known = set(_cell_files(storage))
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            tools.cli(*args),
+            env=env,
+            cwd=tools.repo,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    seen: set[tuple[int, str]] = set()
+    deadline = time.time() + 1200
+    try:
+        while set(_cell_files(storage)) <= known:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "no cell finished in time"
+            seen |= _descendants(proc.pid)
+            time.sleep(0.5)
+        seen |= _descendants(proc.pid)
+        send(proc)
+        code = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return code, log_path.read_text(), seen
+
+
+def test_sigint_and_sigterm_stop_the_sweep_and_resume_continues(tmp_path, tools, resolve):
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    data = tools.spec(resolve, storage, seeds=(0, 1, 2))  # 3 cells
+    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    env = tools.env(tmp_path)
+    args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
+
+    # Ctrl-C: the terminal sends SIGINT to the whole foreground process group
+    code, text, ray_processes = _interrupt_after_a_new_cell(
+        tools,
+        args,
+        env,
+        tmp_path / "sigint.log",
+        storage,
+        lambda p: os.killpg(p.pid, signal.SIGINT),
+    )
+    assert code == 130, text[-3000:]
+    assert "annealscale: interrupted (SIGINT)" in text and "Traceback" not in text
+    assert ray_processes, "the sweep started no Ray processes?"
+    time.sleep(5)
+    assert not _alive(ray_processes), "Ray processes outlived the interrupted sweep"
+    # nothing was written over the results: no (0-row) table, no provenance
+    assert not (out / "results.parquet").exists() and not (out / "provenance.json").exists()
+    first = _cell_files(storage)
+
+    # SIGTERM (a scheduler or `kill`) to the driver alone, during the resumed sweep
+    code, text, ray_processes = _interrupt_after_a_new_cell(
+        tools,
+        [*args, "--resume"],
+        env,
+        tmp_path / "sigterm.log",
+        storage,
+        lambda p: p.send_signal(signal.SIGTERM),
+    )
+    assert code == 143, text[-3000:]
+    assert "annealscale: interrupted (SIGTERM)" in text and "Traceback" not in text
+    time.sleep(5)
+    assert not _alive(ray_processes), "Ray processes outlived the terminated sweep"
+    assert not (out / "results.parquet").exists()
+    second = _cell_files(storage)
+    assert {k: second[k] for k in first} == first
+
+    done = tools.run([*args, "--resume"], env, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 3 and table["cell_id"].is_unique
+    assert (table["status"] == "finished").all()
+    final = _cell_files(storage)
+    assert {k: final[k] for k in second} == second  # no finished cell rerun or rewritten
+    assert json.loads((out / "provenance.json").read_text())["spec_hash"]
+
+
+def test_two_sweeps_of_one_spec_at_once_train_each_cell_once(tmp_path, tools, resolve):
+    storage = tmp_path / "storage"
+    data = tools.spec(resolve, storage, seeds=(0, 1))  # 2 cells
+    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    env = tools.env(tmp_path)
+    procs = []
+    for name in ("a", "b"):
+        log = (tmp_path / f"{name}.log").open("w")
+        args = ["sweep", str(spec_path), "--out", str(tmp_path / f"out-{name}"), "--no-analyze"]
+        procs.append(
+            subprocess.Popen(
+                tools.cli(*args), env=env, cwd=tools.repo, stdout=log, stderr=subprocess.STDOUT
+            )
+        )
+    for proc in procs:
+        assert proc.wait(timeout=1500) == 0, (tmp_path / "a.log").read_text()[-2000:]
+    logs = [(tmp_path / f"{name}.log").read_text() for name in ("a", "b")]
+    tables = [pd.read_parquet(tmp_path / f"out-{name}" / "results.parquet") for name in "ab"]
+    for table in tables:
+        assert len(table) == 2 and (table["status"] == "finished").all()
+    pd.testing.assert_frame_equal(tables[0], tables[1])  # one row per cell, shared
+    # each cell's row was written once, by one of the sweeps: no cell trained twice
+    finished_lines = [ln for text in logs for ln in text.splitlines() if " finished: " in ln]
+    assert len(finished_lines) == 2, finished_lines
+    assert not any("already finished; its stored row is kept" in text for text in logs)
+    assert not list((storage / "results" / "claims").glob("*.json"))  # every claim released
+
+
+def _fill(directory: Path) -> Path:
+    """Fill the file system holding ``directory`` to the last byte; the ballast file."""
+    ballast = directory / "ballast"
+    with ballast.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def test_a_full_disk_loses_no_finished_cell_and_a_rerun_completes(
+    ray_local, tmp_path, tools, resolve
+):
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"cannot mount a small tmpfs for the storage path here ({err})")
+    try:
+        storage = mount / "storage"
+        one = run_sweep(parse_spec(tools.spec(resolve, storage)), tmp_path / "o1", resolve=resolve)
+        assert one.finished == 1
+        kept = _cell_files(storage)
+        ballast = _fill(mount)
+        spec = parse_spec(tools.spec(resolve, storage, seeds=(0, 1)))
+        try:
+            full = run_sweep(spec, tmp_path / "o2", resolve=resolve)
+        except OSError as err:
+            assert "No space left" in str(err) or err.errno == 28
+        else:
+            assert full.finished == 1 and full.failed == 1
+        assert _cell_files(storage) == kept  # the finished cell is untouched
+        assert not list((storage / "results" / "cells").glob(".*.tmp"))  # no torn file
+        ballast.unlink()
+        again = run_sweep(spec, tmp_path / "o2", resolve=resolve)
+        assert (again.finished, again.failed, again.skipped) == (2, 0, 1)
+        final = _cell_files(storage)
+        assert {k: final[k] for k in kept} == kept
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
