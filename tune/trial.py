@@ -87,6 +87,7 @@ def anneal_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSett
 
     from annealscale.tune.cell_data import cell_datasets
     from annealscale.tune.results import ResultsStore
+    from annealscale.tune.train_runs import set_aside_if_damaged
     from annealscale.tune.trunks import obtain_branch
 
     started = time.time()
@@ -116,6 +117,7 @@ def anneal_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSett
             trunk_steps_trained=branch.trained_steps,
         )
     datasets = cell_datasets(plan.domain_dir, plan.replay_dir, plan.replay_rows)
+    set_aside_if_damaged(settings.train_storage, train_run_name(identity))
     fit_started = time.time()
     result = fit_anneal(
         plan,

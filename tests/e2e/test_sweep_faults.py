@@ -408,3 +408,167 @@ def test_a_full_disk_loses_no_finished_cell_and_a_rerun_completes(
         assert {k: final[k] for k in kept} == kept
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _kill_group_when(proc, log_path: Path, ready, timeout: float = 1200) -> None:
+    """SIGKILL ``proc``'s process group (the driver and its local Ray) once ``ready()``."""
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "the fault point was never reached"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _start(tools, args, env, log_path: Path):
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            tools.cli(*args),
+            env=env,
+            cwd=tools.repo,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_driver_killed_then_a_plain_rerun_finishes_without_rerunning(tmp_path, tools, resolve):
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    spec_path = tools.write(tmp_path / "spec.yaml", tools.spec(resolve, storage, seeds=(0, 1)))
+    env = tools.env(tmp_path)
+    args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
+    proc = _start(tools, args, env, tmp_path / "first.log")
+    _kill_group_when(proc, tmp_path / "first.log", lambda: bool(_cell_files(storage)))
+    time.sleep(1)
+    before = _cell_files(storage)
+    assert len(before) == 1
+    # the killed driver's claim on the other cell is stale at once (its process is gone)
+    rerun = tools.run(args, env, timeout=1500)  # plain: no --resume
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "being trained by another sweep" not in rerun.stdout
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 2 and table["cell_id"].is_unique
+    assert (table["status"] == "finished").all()
+    after = _cell_files(storage)
+    assert {k: after[k] for k in before} == before
+
+
+def test_killed_during_curation_a_rerun_curates_again_and_finishes(tmp_path, tools, resolve):
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    sources = [{"name": "synthetic", "kind": "synthetic", "params": {"usd_per_token": 4e-6}}]
+    data = tools.spec(resolve, storage, sources=sources, spends=(0.05, 0.2))
+    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    env = tools.env(tmp_path)
+    args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
+    log = tmp_path / "first.log"
+    proc = _start(tools, args, env, log)
+    _kill_group_when(proc, log, lambda: "judging candidates" in log.read_text())
+    assert not _cell_files(storage)
+    rerun = tools.run(args, env, timeout=1500)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    table = pd.read_parquet(out / "results.parquet").sort_values("curation_spend")
+    assert len(table) == 2 and (table["status"] == "finished").all()
+    assert (table["attempts"] == 1).all()
+    # the pools are whole: a larger spend buys a larger pool, each within its spend
+    assert table["unique_tokens"].is_monotonic_increasing and (table["unique_tokens"] > 0).all()
+    assert (table["curation_cost"] <= table["curation_spend"] * (1 + 1e-9)).all()
+
+
+WORKER_NODE_CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+
+# The head holds only the trial drivers (custom resource 'head'); the anneal's Train
+# worker needs a whole CPU, which only a worker node has.
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}})
+node = cluster.add_node(num_cpus=2)
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+for line in sys.stdin:
+    if line.strip() == "remove":
+        cluster.remove_node(node)  # the whole node: its raylet and every process on it
+        node = cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        print("removed", flush=True)
+cluster.shutdown()
+"""
+
+
+def test_a_removed_worker_node_costs_a_restart_from_the_checkpoint_not_the_cell(
+    tmp_path, tools, resolve
+):
+    import sys
+
+    from tests.tune.test_recovery import _registered_checkpoints
+
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    data = tools.spec(resolve, storage, tokens=(32768,))  # 32 steps
+    data["checkpoint"] = {"every_steps": 4}
+    data["resources"] = {"driver_resources": {"head": 0.001}}
+    data["retries"] = {"worker_failures": 2, "trial_failures": 1}
+    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    env = tools.env(tmp_path)
+    cluster = subprocess.Popen(
+        [sys.executable, "-c", WORKER_NODE_CLUSTER],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        address = cluster.stdout.readline().strip()
+        assert address, "the cluster did not start"
+        args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze", "--address", address]
+        proc = _start(tools, args, env, tmp_path / "sweep.log")
+        deadline = time.time() + 1200
+        while not _registered_checkpoints(storage / "train"):
+            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+            assert time.time() < deadline, "no checkpoint in time"
+            time.sleep(0.2)
+        cluster.stdin.write("remove\n")
+        cluster.stdin.flush()
+        assert cluster.stdout.readline().strip() == "removed"
+        assert proc.wait(timeout=1500) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if "proc" in locals() and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        cluster.stdin.close()
+        try:
+            cluster.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            cluster.kill()
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["status"] == "finished"
+    assert row["start_step"] > 0 or row["resumed_from_step"] > 0  # not from the base model
+    assert row["train_tokens"] == 32768
+
+
+def test_a_truncated_checkpoint_is_set_aside_and_the_cell_restarts(tmp_path, tools, resolve):
+    from tests.tune.test_recovery import _registered_checkpoints
+
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    data = tools.spec(resolve, storage, tokens=(32768,))  # 32 steps
+    data["checkpoint"] = {"every_steps": 4}
+    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    env = tools.env(tmp_path)
+    args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
+    log = tmp_path / "first.log"
+    proc = _start(tools, args, env, log)
+    _kill_group_when(proc, log, lambda: bool(_registered_checkpoints(storage / "train")))
+    runs = list((storage / "train").glob("cell-*"))
+    assert len(runs) == 1
+    names = _registered_checkpoints(storage / "train")
+    largest = max((runs[0] / names[-1]).rglob("*.pt"), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+
+    rerun = tools.run(args, env, timeout=1500)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    row = pd.read_parquet(out / "results.parquet").iloc[0]
+    assert row["status"] == "finished" and row["train_tokens"] == 32768
+    assert row["start_step"] == 0 and row["resumed_from_step"] == 0  # not from the bad one
+    assert len(list((storage / "train" / ".corrupt").iterdir())) == 1

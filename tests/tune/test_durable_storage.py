@@ -151,3 +151,26 @@ def test_analysis_names_failed_and_diverged_cells():
     with pytest.raises(AnalysisError, match="no finished cells: cell bad .* diverged"):
         load_results(pd.DataFrame(rows[1:]))
     assert math.isnan(rows[1]["domain_bpb"])
+
+
+def test_a_train_run_with_a_truncated_checkpoint_is_set_aside(tmp_path):
+    import torch
+
+    from annealscale.tune.train_runs import damage, set_aside_if_damaged
+
+    run = tmp_path / "train" / "cell-x"
+    checkpoint = run / "step-00000004"
+    (checkpoint / "state").mkdir(parents=True)
+    torch.save({"w": torch.arange(10000.0)}, checkpoint / "state" / "model.pt")
+    (checkpoint / "worker-0.json").write_text(json.dumps({"step": 4}))
+    (run / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"checkpoint_results": [{"checkpoint_dir_name": checkpoint.name}]})
+    )
+    assert damage(checkpoint) is None
+    assert set_aside_if_damaged(str(tmp_path / "train"), "cell-x") is None
+    model = checkpoint / "state" / "model.pt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    assert "model.pt is damaged" in damage(checkpoint)
+    assert set_aside_if_damaged(str(tmp_path / "train"), "cell-x")
+    assert not run.exists()
+    assert len(list((tmp_path / "train" / ".corrupt").iterdir())) == 1
