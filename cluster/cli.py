@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="2 sources x 2 spends x 2 budgets")
     demo.add_argument("--out", default="runs/demo", help="output directory")
     demo.add_argument("--spec", default=str(EXAMPLES / "demo.yaml"), help=argparse.SUPPRESS)
+    demo.add_argument(
+        "--force", action="store_true", help="replace another spec's results in --out"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     schema = sub.add_parser(
@@ -190,7 +193,9 @@ def _cmd_demo(args) -> int:
     started = time.time()
     assets.base_model()
     log.info("demo assets ready in %s (%.0f s)", assets.cache_dir, time.time() - started)
-    return _sweep_and_report(spec, Path(args.out), assets.resolve, address=None, analyze=True)
+    return _sweep_and_report(
+        spec, Path(args.out), assets.resolve, address=None, analyze=True, force=args.force
+    )
 
 
 def _cmd_schema(args) -> int:

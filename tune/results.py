@@ -95,29 +95,37 @@ class ResultsStore:
     def quarantine_corrupt(self) -> list[str]:
         """Move aside every stored row file that cannot be read as Parquet (empty, torn or
         foreign bytes) to ``<kind>/.corrupt/``, with a warning each; its cell then counts
-        as not run and reruns. Returns the identities moved."""
+        as not run and reruns. Returns the identities moved. Locally every file's footer
+        is read; in an object store (whose PUTs are atomic) only empty objects are caught.
+        """
         moved = []
         for kind in ("cells", "failed"):
-            for identity in sorted(self._identities(kind)):
-                path = self._path(kind, identity)
+            selector = pafs.FileSelector(f"{self._base}/{kind}", allow_not_found=True)
+            for info in sorted(self.fs.get_file_info(selector), key=lambda i: i.path):
+                name = info.base_name
+                if info.type != pafs.FileType.File or name.startswith("."):
+                    continue
+                if not name.endswith(".parquet"):
+                    continue
                 try:
-                    if self.fs.get_file_info(path).size == 0:
+                    if info.size == 0:
                         raise ValueError("empty file")
-                    with self.fs.open_input_file(path) as f:
-                        pq.read_metadata(f)
+                    if self._local:
+                        pq.read_metadata(info.path)
                 except FileNotFoundError:
                     continue  # moved or replaced meanwhile by another sweep
                 except (pa.ArrowException, OSError, ValueError) as err:
+                    identity = name[: -len(".parquet")]
                     aside = f"{self._base}/{kind}/.corrupt/{identity}.{int(time.time())}.parquet"
                     self.fs.create_dir(aside.rsplit("/", 1)[0], recursive=True)
                     try:
-                        self.fs.move(path, aside)
+                        self.fs.move(info.path, aside)
                     except FileNotFoundError:
                         continue
                     first = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
                     log.warning(
                         "%s: unreadable (%s); moved to %s, the cell runs again",
-                        path,
+                        info.path,
                         first[:200],
                         aside,
                     )
