@@ -243,10 +243,9 @@ def _alive(processes: set[tuple[int, str]]) -> set[tuple[int, str]]:
     return out
 
 
-def _interrupt_after_a_new_cell(tools, args, env, log_path, storage, send):
-    """Start the CLI sweep, wait for one more finished cell file, call ``send(process)``;
-    returns (exit code, stderr text, the Ray processes it had started)."""
-    known = set(_cell_files(storage))
+def _interrupt_when(tools, args, env, log_path, ready, send):
+    """Start the CLI sweep, call ``send(process)`` once ``ready(log text)``; returns (exit
+    code, log text, the Ray processes it had started)."""
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             tools.cli(*args),
@@ -259,14 +258,14 @@ def _interrupt_after_a_new_cell(tools, args, env, log_path, storage, send):
     seen: set[tuple[int, str]] = set()
     deadline = time.time() + 1200
     try:
-        while set(_cell_files(storage)) <= known:
+        while not ready(log_path.read_text()):
             assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.time() < deadline, "no cell finished in time"
+            assert time.time() < deadline, "the sweep never got there"
             seen |= _descendants(proc.pid)
             time.sleep(0.5)
         seen |= _descendants(proc.pid)
         send(proc)
-        code = proc.wait(timeout=180)
+        code = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -274,58 +273,57 @@ def _interrupt_after_a_new_cell(tools, args, env, log_path, storage, send):
     return code, log_path.read_text(), seen
 
 
-def test_sigint_and_sigterm_stop_the_sweep_and_resume_continues(tmp_path, tools, resolve):
+@pytest.mark.timeout(1500)
+def test_sigterm_and_sigint_stop_the_sweep_and_resume_continues(tmp_path, tools, resolve):
     storage, out = tmp_path / "storage", tmp_path / "out"
-    data = tools.spec(resolve, storage, seeds=(0, 1, 2))  # 3 cells
-    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    spec_path = tools.write(tmp_path / "spec.yaml", tools.spec(resolve, storage, seeds=(0, 1)))
     env = tools.env(tmp_path)
     args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
 
-    # Ctrl-C: the terminal sends SIGINT to the whole foreground process group
-    code, text, ray_processes = _interrupt_after_a_new_cell(
+    # SIGTERM (a scheduler, `kill`) to the driver alone, once its anneals are running
+    code, text, ray_processes = _interrupt_when(
         tools,
         args,
         env,
-        tmp_path / "sigint.log",
-        storage,
-        lambda p: os.killpg(p.pid, signal.SIGINT),
-    )
-    assert code == 130, text[-3000:]
-    assert "annealscale: interrupted (SIGINT)" in text and "Traceback" not in text
-    assert ray_processes, "the sweep started no Ray processes?"
-    time.sleep(5)
-    assert not _alive(ray_processes), "Ray processes outlived the interrupted sweep"
-    # nothing was written over the results: no (0-row) table, no provenance
-    assert not (out / "results.parquet").exists() and not (out / "provenance.json").exists()
-    first = _cell_files(storage)
-
-    # SIGTERM (a scheduler or `kill`) to the driver alone, during the resumed sweep
-    code, text, ray_processes = _interrupt_after_a_new_cell(
-        tools,
-        [*args, "--resume"],
-        env,
         tmp_path / "sigterm.log",
-        storage,
+        lambda text: "progress: 0/2 done, 2 running" in text,
         lambda p: p.send_signal(signal.SIGTERM),
     )
     assert code == 143, text[-3000:]
     assert "annealscale: interrupted (SIGTERM)" in text and "Traceback" not in text
+    assert ray_processes, "the sweep started no Ray processes?"
     time.sleep(5)
     assert not _alive(ray_processes), "Ray processes outlived the terminated sweep"
-    assert not (out / "results.parquet").exists()
-    second = _cell_files(storage)
-    assert {k: second[k] for k in first} == first
+    # nothing written over the results: no (0-row) table, no provenance
+    assert not (out / "results.parquet").exists() and not (out / "provenance.json").exists()
 
-    done = tools.run([*args, "--resume"], env, timeout=1500)
+    # Ctrl-C (SIGINT to the whole foreground process group) after a cell finished
+    code, text, ray_processes = _interrupt_when(
+        tools,
+        [*args, "--resume"],
+        env,
+        tmp_path / "sigint.log",
+        lambda text: bool(_cell_files(storage)),
+        lambda p: os.killpg(p.pid, signal.SIGINT),
+    )
+    assert code == 130, text[-3000:]
+    assert "annealscale: interrupted (SIGINT)" in text and "Traceback" not in text
+    time.sleep(5)
+    assert not _alive(ray_processes), "Ray processes outlived the interrupted sweep"
+    assert not (out / "results.parquet").exists()
+    kept = _cell_files(storage)
+
+    done = tools.run([*args, "--resume"], env, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_parquet(out / "results.parquet")
-    assert len(table) == 3 and table["cell_id"].is_unique
+    assert len(table) == 2 and table["cell_id"].is_unique
     assert (table["status"] == "finished").all()
     final = _cell_files(storage)
-    assert {k: final[k] for k in second} == second  # no finished cell rerun or rewritten
+    assert {k: final[k] for k in kept} == kept  # no finished cell rerun or rewritten
     assert json.loads((out / "provenance.json").read_text())["spec_hash"]
 
 
+@pytest.mark.timeout(1500)
 def test_two_sweeps_of_one_spec_at_once_train_each_cell_once(tmp_path, tools, resolve):
     storage = tmp_path / "storage"
     data = tools.spec(resolve, storage, seeds=(0, 1))  # 2 cells
@@ -373,6 +371,7 @@ def _fill(directory: Path) -> Path:
     return ballast
 
 
+@pytest.mark.timeout(1500)
 def test_a_full_disk_loses_no_finished_cell_and_a_rerun_completes(
     ray_local, tmp_path, tools, resolve
 ):
@@ -435,6 +434,7 @@ def _start(tools, args, env, log_path: Path):
         )
 
 
+@pytest.mark.timeout(1500)
 def test_driver_killed_then_a_plain_rerun_finishes_without_rerunning(tmp_path, tools, resolve):
     storage, out = tmp_path / "storage", tmp_path / "out"
     spec_path = tools.write(tmp_path / "spec.yaml", tools.spec(resolve, storage, seeds=(0, 1)))
@@ -456,6 +456,7 @@ def test_driver_killed_then_a_plain_rerun_finishes_without_rerunning(tmp_path, t
     assert {k: after[k] for k in before} == before
 
 
+@pytest.mark.timeout(1500)
 def test_killed_during_curation_a_rerun_curates_again_and_finishes(tmp_path, tools, resolve):
     storage, out = tmp_path / "storage", tmp_path / "out"
     sources = [{"name": "synthetic", "kind": "synthetic", "params": {"usd_per_token": 4e-6}}]
@@ -497,6 +498,7 @@ cluster.shutdown()
 """
 
 
+@pytest.mark.timeout(1500)
 def test_a_removed_worker_node_costs_a_restart_from_the_checkpoint_not_the_cell(
     tmp_path, tools, resolve
 ):
@@ -548,6 +550,7 @@ def test_a_removed_worker_node_costs_a_restart_from_the_checkpoint_not_the_cell(
     assert row["train_tokens"] == 32768
 
 
+@pytest.mark.timeout(1500)
 def test_a_truncated_checkpoint_is_set_aside_and_the_cell_restarts(tmp_path, tools, resolve):
     from tests.tune.test_recovery import _registered_checkpoints
 
@@ -572,3 +575,24 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_cell_restarts(tmp_path, too
     assert row["status"] == "finished" and row["train_tokens"] == 32768
     assert row["start_step"] == 0 and row["resumed_from_step"] == 0  # not from the bad one
     assert len(list((storage / "train" / ".corrupt").iterdir())) == 1
+
+
+def test_an_unschedulable_cell_is_refused_at_start_and_out_is_left_alone(
+    ray_local, tmp_path, tools, resolve
+):
+    from annealscale.core.errors import AnnealscaleError
+
+    data = tools.spec(resolve, tmp_path / "storage")
+    data["resources"] = {"cpus_per_worker": 64}
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "provenance.json").write_text("{}")
+    started = time.time()
+    with pytest.raises(AnnealscaleError) as caught:
+        run_sweep(parse_spec(data), out, resolve=resolve)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("resources: no node can hold one worker")
+    assert "1 worker(s) x {CPU: 64}" in message and "largest of 1 node(s) has {CPU: 4" in message
+    assert time.time() - started < 60  # refused before curation, not after a wait
+    assert (out / "provenance.json").read_text() == "{}"
+    assert not (tmp_path / "storage" / "results" / "claims").exists()  # no trial started
