@@ -1,6 +1,13 @@
-"""Faults a long sweep meets, injected into real sweeps on a real local Ray, each judged by
-the final results table: the sweep driver killed mid-sweep and resumed, a cell that
-always fails, two specs sharing one storage path, an unchanged spec rerun."""
+"""Faults a long sweep meets, injected into real sweeps on a real local Ray (or a real
+`ray.cluster_utils.Cluster`), each judged by the final results table: nothing lost, no
+finished cell rerun, no cell trained twice.
+
+The matrix: the sweep driver killed mid-sweep then resumed, or rerun plainly; SIGTERM and
+Ctrl-C (SIGINT) then ``--resume``; a cell that always fails; a diverged cell; two specs
+sharing one storage path, and two sweeps of one spec at once; a full disk on the storage
+path (a small tmpfs; skipped where the machine cannot mount); a truncated checkpoint; a
+kill during curation; a whole worker node removed; a cell no node can hold. A Train
+worker killed mid-anneal is in ``tests/tune/test_recovery.py``."""
 
 from __future__ import annotations
 
