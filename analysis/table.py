@@ -144,10 +144,18 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
     df, notes = _drop_repeated_rows(df)
     notes += _fill_defaults(df)
     notes += _bad_metric_notes(df)
+    failures = failure_notes(df)
+    notes += failures
 
     ok = (df["status"] == FINISHED) & np.isfinite(df["domain_bpb"]) & (df["domain_bpb"] > 0)
     finished = df.loc[ok]
     if finished.empty:
+        if failures:
+            raise AnalysisError(
+                "results table has no finished cells: "
+                + "; ".join(failures)
+                + "; fix the spec (e.g. lower the learning rate or weight decay) and rerun"
+            )
         raise AnalysisError(
             "results table has no finished cells with a positive, finite 'domain_bpb'; "
             "run a sweep first or check the 'status' column"
@@ -228,6 +236,23 @@ def _bad_metric_notes(df: pd.DataFrame) -> list[str]:
         f"dropped {int(bad.sum())} finished row(s) whose domain_bpb is NaN, infinite or not "
         f"positive ({_named_rows(df, bad)}): a diverged or broken anneal; rerun those cells"
     ]
+
+def failure_notes(df: pd.DataFrame, most: int = 5) -> list[str]:
+    """One sentence per failed cell (the first ``most``): which cell, and why (the
+    ``reason`` column: ``diverged`` for a non-finite loss or metric, else ``failed``)."""
+    failed = df[df["status"] == "failed"]
+    notes = []
+    for row in failed.head(most).to_dict("records"):
+        reason = row.get("reason") if isinstance(row.get("reason"), str) else "failed"
+        reason = "failed" if reason == "error" else reason
+        name = str(row.get("cell_id") or "")[:12]
+        notes.append(
+            f"cell {name} ({row['source']}, spend {row['curation_spend']:g}, "
+            f"{row['train_tokens']:g} tokens) {reason}"
+        )
+    if len(failed) > most:
+        notes.append(f"{len(failed) - most} more cell(s) failed")
+    return notes
 
 
 def _fill_defaults(df: pd.DataFrame) -> list[str]:

@@ -7,6 +7,7 @@ bits per byte, report. The worker reads only the `AnnealJob` it is given.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -189,7 +190,21 @@ def anneal_worker(config: dict) -> None:
         metrics["mfu"] = (
             job.flops_per_step * trained_steps / max(train_seconds, 1e-9) / (world * job.peak_flops)
         )
+    _raise_if_diverged(metrics)
     ray.train.report(metrics)
+
+
+def _raise_if_diverged(metrics: dict) -> None:
+    """A non-finite loss or metric at the end of the anneal fails the attempt (retried per
+    the spec's retries, then recorded ``failed``, reason ``diverged``): it must never be
+    stored as a finished cell. Checked here, where the values are already on the host."""
+    bad = [
+        f"{k}={metrics[k]}"
+        for k in ("train_loss", "domain_bpb", "general_bpb")
+        if k in metrics and not math.isfinite(float(metrics[k]))
+    ]
+    if bad:
+        raise FloatingPointError("anneal diverged: " + ", ".join(bad))
 
 
 def resume(engine, job: AnnealJob, rank: int) -> Start:

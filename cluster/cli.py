@@ -38,9 +38,26 @@ def main(argv: list[str] | None = None) -> int:
         line = " ".join(str(err).split())  # one line, whatever the message held
         print(f"annealscale: error: {redact(line)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("annealscale: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
-        return 130
+    except OSError as err:
+        if err.errno != 28 or args.debug:  # ENOSPC
+            raise
+        print(
+            f"annealscale: error: no space left on device ({err.filename or err}); finished "
+            "cells are kept: free space on the storage path or --out and rerun",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt as err:
+        # SIGINT or SIGTERM (tune.interrupts): the running cells were stopped; stop the
+        # local Ray this process started too, so no Ray process outlives it.
+        if "ray" in sys.modules:
+            sys.modules["ray"].shutdown()
+        print(
+            f"annealscale: interrupted ({getattr(err, 'signal_name', 'SIGINT')}); finished "
+            "cells are kept, nothing was written over the results; rerun with --resume",
+            file=sys.stderr,
+        )
+        return getattr(err, "exit_code", 130)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="2 sources x 2 spends x 2 budgets")
     demo.add_argument("--out", default="runs/demo", help="output directory")
     demo.add_argument("--spec", default=str(EXAMPLES / "demo.yaml"), help=argparse.SUPPRESS)
+    demo.add_argument(
+        "--force", action="store_true", help="replace another spec's results in --out"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     schema = sub.add_parser(
@@ -93,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
         dest="sweep_quiet",
         action="store_true",
         help="no progress lines (for CI)",
+    )
+    sweep.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an --out that holds another spec's results (they are replaced)",
     )
     sweep.add_argument(
         "--adaptive",
@@ -193,7 +218,9 @@ def _cmd_demo(args) -> int:
     started = time.time()
     assets.base_model()
     log.info("demo assets ready in %s (%.0f s)", assets.cache_dir, time.time() - started)
-    return _sweep_and_report(spec, Path(args.out), assets.resolve, address=None, analyze=True)
+    return _sweep_and_report(
+        spec, Path(args.out), assets.resolve, address=None, analyze=True, force=args.force
+    )
 
 
 def _cmd_schema(args) -> int:
@@ -227,6 +254,7 @@ def _cmd_sweep(args) -> int:
         analyze=not args.no_analyze,
         resume=args.resume,
         adaptive=args.adaptive,
+        force=args.force,
     )
 
 
@@ -383,6 +411,7 @@ def _sweep_and_report(
     analyze: bool,
     resume: bool = False,
     adaptive: bool = False,
+    force: bool = False,
 ) -> int:
     from annealscale.cluster.local import connect
     from annealscale.cluster.storage_check import check_shared_storage
@@ -402,7 +431,7 @@ def _sweep_and_report(
             "target_spend": t.curation_spend,
             "target_cost": t.total_cost,
         }
-    outcome = run_sweep(spec, out, resolve=resolve, resume=resume, search_alg=factory)
+    outcome = run_sweep(spec, out, resolve=resolve, resume=resume, search_alg=factory, force=force)
     print(
         f"sweep: {outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "
         f"reused from earlier runs, {outcome.ran} run now, {outcome.seconds:.0f} s; "

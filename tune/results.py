@@ -1,19 +1,19 @@
 """The results store: one Parquet file per cell under the storage path, consolidated on read.
 
-A finished cell's row is written once, atomically, to ``cells/<identity>.parquet`` and
-never replaced, so its bytes survive every later sweep, restart or resume; a cell whose
+A finished cell's row is written once, durably (fsynced before it is named) and
+exclusively, to ``cells/<identity>.parquet`` and never replaced, so its bytes survive every later sweep, restart or resume; a cell whose
 identity has that file is never run again, by this sweep or any other sharing the storage
 path. A failure goes to ``failed/<identity>.parquet`` with the error and the attempts so
 far (replaced by the next failure, ignored once the cell finishes), so errored cells are
-retried and their attempts keep counting.
+retried and their attempts keep counting. A row file that cannot be read (a zero-byte
+file after a crash) is moved aside to ``<kind>/.corrupt/`` by `quarantine_corrupt`, and its
+cell reruns.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from annealscale.core.units import flops_to_usd
+from annealscale.tune import durable
 from annealscale.tune.storage import filesystem
 
 log = logging.getLogger(__name__)
@@ -53,28 +54,83 @@ class ResultsStore:
         return f"{self._base}/{kind}/{identity}.parquet"
 
     def write_row(self, row: dict) -> str:
-        """Store ``row`` (``status`` finished or failed); returns the file written."""
+        """Store ``row`` (``status`` finished or failed); returns the file written.
+
+        A finished row is created exclusively: if another sweep sharing the storage wrote
+        the cell first, its row is kept and this one dropped (with a warning)."""
         row = {**row, "written_at": time.time()}
         if row["status"] == "finished":
             path = self._path("cells", row["cell_id"])
-            if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+            if not self._write(pa.Table.from_pylist([row]), path, exclusive=True):
                 log.warning("%s: already finished; its stored row is kept", row["cell_id"])
-                return path
         else:
             path = self._path("failed", row["cell_id"])
-        self._write_atomically(pa.Table.from_pylist([row]), path)
+            self._write(pa.Table.from_pylist([row]), path, exclusive=False)
         return path
 
-    def _write_atomically(self, table: pa.Table, path: str) -> None:
+    def _write(self, table: pa.Table, path: str, *, exclusive: bool) -> bool:
+        """Write ``table`` at ``path``; False if ``exclusive`` and the file existed.
+
+        Locally: to a temporary file, fsynced, then linked (exclusive) or renamed into
+        place and the directory fsynced (`tune.durable`), so a crash or power loss leaves
+        the whole file or none."""
         parent = path.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         if not self._local:
             # An object store's PUT is atomic: readers see the old object or the new one.
+            # It has no exclusive create; a finished row is checked for first.
+            if exclusive and self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+                return False
             pq.write_table(table, path, filesystem=self.fs)
-            return
-        tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        pq.write_table(table, tmp, filesystem=self.fs)
-        self.fs.move(tmp, path)
+            return True
+        target = Path(path)
+        tmp = durable.temporary_name(target)
+        try:
+            pq.write_table(table, str(tmp))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return durable.publish(tmp, target, exclusive=exclusive)
+
+    def quarantine_corrupt(self) -> list[str]:
+        """Move aside every stored row file that cannot be read as Parquet (empty, torn or
+        foreign bytes) to ``<kind>/.corrupt/``, with a warning each; its cell then counts
+        as not run and reruns. Returns the identities moved. Locally every file's footer
+        is read; in an object store (whose PUTs are atomic) only empty objects are caught.
+        """
+        moved = []
+        for kind in ("cells", "failed"):
+            selector = pafs.FileSelector(f"{self._base}/{kind}", allow_not_found=True)
+            for info in sorted(self.fs.get_file_info(selector), key=lambda i: i.path):
+                name = info.base_name
+                if info.type != pafs.FileType.File or name.startswith("."):
+                    continue
+                if not name.endswith(".parquet"):
+                    continue
+                try:
+                    if info.size == 0:
+                        raise ValueError("empty file")
+                    if self._local:
+                        pq.read_metadata(info.path)
+                except FileNotFoundError:
+                    continue  # moved or replaced meanwhile by another sweep
+                except (pa.ArrowException, OSError, ValueError) as err:
+                    identity = name[: -len(".parquet")]
+                    aside = f"{self._base}/{kind}/.corrupt/{identity}.{int(time.time())}.parquet"
+                    self.fs.create_dir(aside.rsplit("/", 1)[0], recursive=True)
+                    try:
+                        self.fs.move(info.path, aside)
+                    except FileNotFoundError:
+                        continue
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
+                    log.warning(
+                        "%s: unreadable (%s); moved to %s, the cell runs again",
+                        info.path,
+                        first[:200],
+                        aside,
+                    )
+                    moved.append(identity)
+        return moved
 
     def _identities(self, kind: str) -> set[str]:
         selector = pafs.FileSelector(f"{self._base}/{kind}", allow_not_found=True)
@@ -138,8 +194,12 @@ class ResultsStore:
             )
             table = table.sort_values(["source", "curation_spend", "train_tokens", "seed"])
         path = Path(out_dir) / "results.parquet"
+        tmp = durable.temporary_name(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".results.parquet.{os.getpid()}.tmp")
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        try:
+            table.to_parquet(tmp, index=False)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        durable.publish(tmp, path)
         return path, table

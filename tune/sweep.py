@@ -21,8 +21,12 @@ from pathlib import Path
 from ray import tune
 
 from annealscale.anneal.evaluator import task_metric_names
+from annealscale.core.errors import AnnealscaleError
 from annealscale.core.hashing import content_hash, to_plain
+from annealscale.tune import durable
 from annealscale.tune.cells import Cell, expand_grid
+from annealscale.tune.claims import Claims, new_owner, stale_seconds_from_env
+from annealscale.tune.interrupts import Interrupts, SweepInterrupted
 from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
 from annealscale.tune.progress import ProgressCallback, SweepProgress, planned_usd, pool_of
 from annealscale.tune.results import ResultsStore
@@ -117,20 +121,42 @@ def run_sweep(
     threads: int | None = None,
     resume: bool = False,
     search_alg: Callable[..., tune.search.Searcher] | None = None,
+    force: bool = False,
 ) -> SweepOutcome:
     """Run every unfinished cell of ``spec`` on the connected Ray cluster.
 
     ``search_alg(plans=..., store=..., concurrency=...)``, when given, builds a Tune
     `Searcher` that chooses which of the unfinished cells run (``sweep --adaptive``);
     without it every unfinished cell runs (the grid).
+
+    ``out_dir`` remembers the spec that wrote it (``provenance.json``): another spec is
+    refused unless ``force``. Provenance, ``results.parquet`` and ``compute.json`` are
+    written (atomically) only when the sweep gets to its end; a Ctrl-C or SIGTERM raises
+    `tune.interrupts.SweepInterrupted` after stopping the running cells, writing none.
     """
+    with Interrupts() as interrupts:
+        try:
+            return _run_sweep(
+                spec, out_dir, resolve, threads, resume, search_alg, force, interrupts
+            )
+        except Exception:
+            if interrupts.signum is None:
+                raise
+            # whatever broke while stopping (a Ray process hit by the same Ctrl-C) is a
+            # consequence of the interrupt, not a failure to report
+            raise SweepInterrupted(interrupts.signum) from None
+
+
+def _run_sweep(spec, out_dir, resolve, threads, resume, search_alg, force, interrupts):
     started = time.time()
     check_trackers(spec.tracking)
     out_dir = Path(out_dir).resolve()
+    provenance = _provenance(spec)
+    _check_out_dir(out_dir, provenance["spec_hash"], force)
     out_dir.mkdir(parents=True, exist_ok=True)
     layout = StorageLayout.of(spec.storage_path)
     store = ResultsStore(layout.results)
-    provenance = _write_provenance(spec, out_dir)
+    store.quarantine_corrupt()
 
     inputs = inputs_identity(spec, resolve)
     all_cells = expand_grid(spec, inputs.shared, inputs.per_source)
@@ -145,6 +171,10 @@ def run_sweep(
     )
     ran, restored = 0, False
     if todo:
+        from annealscale.tune.capacity import check_capacity
+        from annealscale.tune.trial import DRIVER_CPUS
+
+        check_capacity(spec.resources, DRIVER_CPUS)
         plan = prepare(
             spec,
             resolve=resolve,
@@ -159,7 +189,7 @@ def run_sweep(
         ran = len(plan.failed)
         if plan.cells:
             ran_trials, restored = _run_trials(
-                spec, plan, identities, layout, store, stamp, resume, search_alg
+                spec, plan, identities, layout, store, stamp, resume, search_alg, interrupts
             )
             ran += ran_trials
     results_path, table = store.consolidate(
@@ -173,7 +203,9 @@ def run_sweep(
         "independent_train_flops": independent,
         "spent_ratio": spent / independent if independent else None,
     }
-    (out_dir / "compute.json").write_text(json.dumps(summary, indent=2))
+    durable.write_text(out_dir / "compute.json", json.dumps(summary, indent=2))
+    durable.write_text(out_dir / "provenance.json", json.dumps(provenance, indent=2, default=str))
+    _name_failures(table)
     log.info("training compute: %.4g FLOPs spent, %.4g run independently", spent, independent)
     return SweepOutcome(
         results_path=results_path,
@@ -211,6 +243,7 @@ def _run_trials(
     stamp: dict,
     resume: bool,
     search_alg=None,
+    interrupts: Interrupts | None = None,
 ) -> tuple[int, bool]:
     """Run ``plan``'s cells as Tune trials; returns (cells run, experiment restored)."""
     import ray
@@ -228,6 +261,7 @@ def _run_trials(
         resources=spec.resources,
         worker_failures=spec.retries.worker_failures,
         trunks_root=str(layout.local_root / "trunks"),
+        claims=Claims(layout.results, new_owner(), stale_seconds_from_env()),
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_cell, plans=plans, settings=settings),
@@ -240,7 +274,8 @@ def _run_trials(
         budget_usd=planned_usd(rows.values()),
         concurrency=concurrency,
     )
-    writer = _CellRowWriter(plan, store, stamp, store.failed_attempts(set(plans)))
+    writer = _CellRowWriter(plan, store, stamp, store.failed_attempts(set(plans)), settings.claims)
+    interrupts = interrupts or Interrupts()
     name = experiment_name(spec, identities)
 
     table = store.read()
@@ -266,7 +301,8 @@ def _run_trials(
         # tuner.pkl holds the interrupted run's callbacks; this run's plans and counters
         # must receive the events instead.
         tuner._local_tuner.get_run_config().callbacks = callbacks()
-        tuner.fit()
+        with interrupts.tune_running():
+            tuner.fit()
     missing = [i for i in plans if i not in writer.seen]
     if missing:
         if restored:
@@ -299,11 +335,45 @@ def _run_trials(
                 verbose=0,  # the progress callback logs instead
             ),
         )
-        tuner.fit()
+        with interrupts.tune_running():
+            tuner.fit()
     return len(writer.written), restored
 
 
-def _write_provenance(spec: ExperimentSpec, out_dir: Path) -> dict:
+def _check_out_dir(out_dir: Path, spec_hash: str, force: bool) -> None:
+    """Refuse an ``out_dir`` holding another spec's results, unless ``force``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AnnealscaleError(f"--out {out_dir}: is a file; give a directory")
+    try:
+        earlier = json.loads((out_dir / "provenance.json").read_text()).get("spec_hash")
+    except (OSError, ValueError, AttributeError):
+        return
+    if earlier and earlier != spec_hash and not force:
+        raise AnnealscaleError(
+            f"--out {out_dir}: holds the results of another spec (spec_hash {earlier[:12]}, "
+            f"this spec {spec_hash[:12]}); give another --out, or pass --force to replace them"
+        )
+
+
+def _name_failures(table) -> None:
+    """One warning per failed cell of the consolidated table: which cell, and why."""
+    if table.empty or "status" not in table:
+        return
+    for row in table[table["status"] == "failed"].to_dict("records"):
+        reason = row.get("reason") if isinstance(row.get("reason"), str) else "failed"
+        log.warning(
+            "cell %s %s: %s spend=%g tokens=%s seed=%s: %s",
+            row["cell_id"],
+            reason,
+            row["source"],
+            row["curation_spend"],
+            row.get("train_tokens"),
+            row.get("seed"),
+            row.get("error"),
+        )
+
+
+def _provenance(spec: ExperimentSpec) -> dict:
     commit = _git(["rev-parse", "HEAD"])
     if commit and _git(["status", "--porcelain", "--untracked-files=no"]):
         commit += "-dirty"
@@ -319,7 +389,6 @@ def _write_provenance(spec: ExperimentSpec, out_dir: Path) -> dict:
         "deepspeed_version": version("deepspeed"),
         "transformers_version": version("transformers"),
     }
-    (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
     return provenance
 
 
@@ -368,6 +437,7 @@ def _record_unprepared(plan: SweepPlan, todo: list[Cell], store: ResultsStore, s
                 "seed": cell.seed,
                 **stamp,
                 "status": "failed",
+                "reason": "error",
                 "error": plan.failed[cell.identity],
                 "attempts": earlier.get(cell.identity, 0) + 1,
                 "started_at": now,
@@ -386,7 +456,9 @@ class _CellRowWriter(tune.Callback):
         store: ResultsStore,
         provenance: dict,
         earlier_attempts: dict[str, int],
+        claims: Claims | None = None,
     ):
+        self._claims = claims
         self._plans = {p.cell.identity: p for p in plan.cells}
         self._store = store
         self._provenance = provenance
@@ -425,6 +497,7 @@ class _CellRowWriter(tune.Callback):
             return
         if SKIPPED in metrics:
             self.seen.add(trial.config["cell_id"])
+            self._release(trial.config["cell_id"])
             return
         status = "finished" if "domain_bpb" in metrics else "failed"
         error = None if status == "finished" else "trial ended without reporting metrics"
@@ -448,7 +521,12 @@ class _CellRowWriter(tune.Callback):
             row[column] = str(metrics[column]) if metrics.get(column) else None
         if status == "finished":
             row["train_tokens"] = int(metrics.get("train_tokens", row["train_tokens"]))
+        bad = diverged_metrics(row) if status == "finished" else {}
+        if bad:  # never store a non-finite loss or metric as a finished cell
+            status = "failed"
+            error = f"cell {identity} diverged: " + ", ".join(f"{k}={v}" for k, v in bad.items())
         row["status"] = status
+        row["reason"] = None if status == "finished" else _reason(error)
         row["error"] = error
         # Tune counts failed attempts; a trial that errored out failed on every attempt
         this_run = int(trial.num_failures) + (1 if status == "finished" else 0)
@@ -457,11 +535,12 @@ class _CellRowWriter(tune.Callback):
         row["started_at"] = self._started_at.get(identity, time.time())
         row["finished_at"] = time.time()
         self._store.write_row(row)
+        self._release(identity)
         log.log(
             logging.INFO if status == "finished" else logging.WARNING,
             "cell %s %s: %s spend=%g tokens=%d domain_bpb=%.4f attempts=%d%s",
             identity,
-            status,
+            status if status == "finished" else row["reason"],
             row["source"],
             row["curation_spend"],
             row["train_tokens"],
@@ -469,6 +548,26 @@ class _CellRowWriter(tune.Callback):
             row["attempts"],
             f" error: {error}" if error else "",
         )
+
+    def _release(self, identity: str) -> None:
+        if self._claims is not None:
+            self._claims.release(identity)
+
+
+def diverged_metrics(metrics: dict) -> dict[str, float]:
+    """The loss and metrics of ``metrics`` that are not finite (NaN or infinite)."""
+    names = ("train_loss", "domain_bpb", "general_bpb")
+    return {
+        k: float(metrics[k])
+        for k in names
+        if metrics.get(k) is not None and not math.isfinite(float(metrics[k]))
+    }
+
+
+def _reason(error: str | None) -> str:
+    """Why a cell failed, in one word: ``diverged`` (non-finite loss or metric) or
+    ``error``."""
+    return "diverged" if error and " diverged: " in error else "error"
 
 
 def _error_line(trial) -> str:

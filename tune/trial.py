@@ -39,6 +39,8 @@ class TrialSettings:
     """Train worker-group restarts per trial attempt (`ray.train.FailureConfig`)."""
     trunks_root: str
     """Local or mounted directory of WSD trunks, one per trunk identity, with their locks."""
+    claims: object = None
+    """`tune.claims.Claims` of this sweep run: a trial claims its cell before training."""
 
 
 def train_run_name(identity: str) -> str:
@@ -46,7 +48,38 @@ def train_run_name(identity: str) -> str:
 
 
 def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSettings) -> None:
-    """Tune function trainable: anneal the cell named by ``config["cell_id"]``."""
+    """Tune function trainable: claim the cell named by ``config["cell_id"]`` (waiting while
+    another sweep sharing the storage trains it), then anneal it (`anneal_cell`) with the
+    claim's heartbeat running. The sweep driver removes the claim once the row is written."""
+    import contextlib
+
+    from ray import tune
+
+    from annealscale.tune.results import ResultsStore
+
+    identity = config["cell_id"]
+    claims = settings.claims
+    if claims is None or identity not in plans:
+        return anneal_cell(config, plans=plans, settings=settings)
+    store, said = ResultsStore(settings.results_root), False
+    while not claims.acquire(identity):
+        if identity in store.finished_ids():
+            tune.report({SKIPPED: 1})
+            return None
+        if not said:
+            holder = claims.holder(identity) or {}
+            print(
+                f"cell {identity}: being trained by another sweep ({holder.get('host')}, "
+                f"pid {holder.get('pid')}); waiting for it"
+            )
+            said = True
+        time.sleep(2.0)
+    with claims.heartbeat(identity) if claims.enabled else contextlib.nullcontext():
+        return anneal_cell(config, plans=plans, settings=settings)
+
+
+def anneal_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSettings) -> None:
+    """Anneal the cell named by ``config["cell_id"]`` and report its metrics to Tune."""
     import ray
     import ray.data
     from ray import tune
@@ -54,6 +87,7 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
 
     from annealscale.tune.cell_data import cell_datasets
     from annealscale.tune.results import ResultsStore
+    from annealscale.tune.train_runs import set_aside_if_damaged
     from annealscale.tune.trunks import obtain_branch
 
     started = time.time()
@@ -83,6 +117,7 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
             trunk_steps_trained=branch.trained_steps,
         )
     datasets = cell_datasets(plan.domain_dir, plan.replay_dir, plan.replay_rows)
+    set_aside_if_damaged(settings.train_storage, train_run_name(identity))
     fit_started = time.time()
     result = fit_anneal(
         plan,

@@ -1,6 +1,13 @@
-"""Faults a long sweep meets, injected into real sweeps on a real local Ray, each judged by
-the final results table: the sweep driver killed mid-sweep and resumed, a cell that
-always fails, two specs sharing one storage path, an unchanged spec rerun."""
+"""Faults a long sweep meets, injected into real sweeps on a real local Ray (or a real
+`ray.cluster_utils.Cluster`), each judged by the final results table: nothing lost, no
+finished cell rerun, no cell trained twice.
+
+The matrix: the sweep driver killed mid-sweep then resumed, or rerun plainly; SIGTERM and
+Ctrl-C (SIGINT) then ``--resume``; a cell that always fails; a diverged cell; two specs
+sharing one storage path, and two sweeps of one spec at once; a full disk on the storage
+path (a small tmpfs; skipped where the machine cannot mount); a truncated checkpoint; a
+kill during curation; a whole worker node removed; a cell no node can hold. A Train
+worker killed mid-anneal is in ``tests/tune/test_recovery.py``."""
 
 from __future__ import annotations
 
@@ -186,3 +193,413 @@ def test_specs_sharing_a_storage_path_never_touch_each_others_results(tmp_path, 
     assert (again.ran, again.skipped) == (0, 1)
     pd.testing.assert_frame_equal(pd.read_parquet(again.results_path), table_a)
     assert _cell_files(storage) == after
+
+
+def test_a_diverged_cell_is_failed_retried_and_named_by_analyze(
+    ray_local, tmp_path, tools, resolve, capsys
+):
+    from annealscale.cluster.cli import main
+
+    storage = tmp_path / "storage"
+    data = tools.spec(resolve, storage)
+    data["train"] = {**data["train"], "weight_decay": float("inf")}
+    data["retries"] = {"trial_failures": 1, "worker_failures": 0}
+    outcome = run_sweep(parse_spec(data), tmp_path / "out", resolve=resolve)
+    assert (outcome.finished, outcome.failed) == (0, 1)
+    row = pd.read_parquet(outcome.results_path).iloc[0]
+    assert row["status"] == "failed" and row["reason"] == "diverged"
+    assert row["attempts"] == 2  # retried per retries.trial_failures
+    assert "diverged" in row["error"]
+    assert not list((storage / "results" / "cells").glob("*.parquet"))
+
+    code = main(["analyze", str(outcome.results_path), "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"cell {row['cell_id'][:12]} (textbook" in err and "diverged" in err
+
+
+def _descendants(pid: int) -> set[tuple[int, str]]:
+    """Live descendants of ``pid`` as (pid, start time) pairs, read from /proc."""
+    parents: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(stat.parent.name)
+        parents.setdefault(int(fields[1]), []).append(child)
+        starts[child] = fields[19]
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add((child, starts[child]))
+            todo.append(child)
+    return found
+
+
+def _alive(processes: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    out = set()
+    for pid, start in processes:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat[19] == start and stat[0] != "Z":
+            out.add((pid, start))
+    return out
+
+
+def _interrupt_when(tools, args, env, log_path, ready, send):
+    """Start the CLI sweep, call ``send(process)`` once ``ready(log text)``; returns (exit
+    code, log text, the Ray processes it had started)."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            tools.cli(*args),
+            env=env,
+            cwd=tools.repo,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    seen: set[tuple[int, str]] = set()
+    deadline = time.time() + 1200
+    try:
+        while not ready(log_path.read_text()):
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "the sweep never got there"
+            seen |= _descendants(proc.pid)
+            time.sleep(0.5)
+        seen |= _descendants(proc.pid)
+        send(proc)
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return code, log_path.read_text(), seen
+
+
+@pytest.mark.timeout(1500)
+def test_sigterm_and_sigint_stop_the_sweep_and_resume_continues(tmp_path, tools, resolve):
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    spec_path = tools.write(tmp_path / "spec.yaml", tools.spec(resolve, storage, seeds=(0, 1)))
+    env = tools.env(tmp_path)
+    args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
+
+    # SIGTERM (a scheduler, `kill`) to the driver alone, once its anneals are running
+    code, text, ray_processes = _interrupt_when(
+        tools,
+        args,
+        env,
+        tmp_path / "sigterm.log",
+        lambda text: "progress: 0/2 done, 2 running" in text,
+        lambda p: p.send_signal(signal.SIGTERM),
+    )
+    assert code == 143, text[-3000:]
+    assert "annealscale: interrupted (SIGTERM)" in text and "Traceback" not in text
+    assert ray_processes, "the sweep started no Ray processes?"
+    time.sleep(5)
+    assert not _alive(ray_processes), "Ray processes outlived the terminated sweep"
+    # nothing written over the results: no (0-row) table, no provenance
+    assert not (out / "results.parquet").exists() and not (out / "provenance.json").exists()
+
+    # Ctrl-C (SIGINT to the whole foreground process group) after a cell finished
+    code, text, ray_processes = _interrupt_when(
+        tools,
+        [*args, "--resume"],
+        env,
+        tmp_path / "sigint.log",
+        lambda text: bool(_cell_files(storage)),
+        lambda p: os.killpg(p.pid, signal.SIGINT),
+    )
+    assert code == 130, text[-3000:]
+    assert "annealscale: interrupted (SIGINT)" in text and "Traceback" not in text
+    time.sleep(5)
+    assert not _alive(ray_processes), "Ray processes outlived the interrupted sweep"
+    assert not (out / "results.parquet").exists()
+    kept = _cell_files(storage)
+
+    done = tools.run([*args, "--resume"], env, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 2 and table["cell_id"].is_unique
+    assert (table["status"] == "finished").all()
+    final = _cell_files(storage)
+    assert {k: final[k] for k in kept} == kept  # no finished cell rerun or rewritten
+    assert json.loads((out / "provenance.json").read_text())["spec_hash"]
+
+
+@pytest.mark.timeout(1500)
+def test_two_sweeps_of_one_spec_at_once_train_each_cell_once(tmp_path, tools, resolve):
+    storage = tmp_path / "storage"
+    data = tools.spec(resolve, storage, seeds=(0, 1))  # 2 cells
+    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    env = tools.env(tmp_path)
+    procs = []
+    for name in ("a", "b"):
+        log = (tmp_path / f"{name}.log").open("w")
+        args = ["sweep", str(spec_path), "--out", str(tmp_path / f"out-{name}"), "--no-analyze"]
+        procs.append(
+            subprocess.Popen(
+                tools.cli(*args), env=env, cwd=tools.repo, stdout=log, stderr=subprocess.STDOUT
+            )
+        )
+    for proc in procs:
+        assert proc.wait(timeout=1500) == 0, (tmp_path / "a.log").read_text()[-2000:]
+    logs = [(tmp_path / f"{name}.log").read_text() for name in ("a", "b")]
+    tables = [pd.read_parquet(tmp_path / f"out-{name}" / "results.parquet") for name in "ab"]
+    for table in tables:
+        assert len(table) == 2 and (table["status"] == "finished").all()
+    pd.testing.assert_frame_equal(tables[0], tables[1])  # one row per cell, shared
+    # each cell's row was written once, by one of the sweeps: no cell trained twice
+    finished_lines = [ln for text in logs for ln in text.splitlines() if " finished: " in ln]
+    assert len(finished_lines) == 2, finished_lines
+    assert not any("already finished; its stored row is kept" in text for text in logs)
+    assert not list((storage / "results" / "claims").glob("*.json"))  # every claim released
+
+
+def _fill(directory: Path) -> Path:
+    """Fill the file system holding ``directory`` to the last byte; the ballast file."""
+    ballast = directory / "ballast"
+    with ballast.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+@pytest.mark.timeout(1500)
+def test_a_full_disk_loses_no_finished_cell_and_a_rerun_completes(
+    ray_local, tmp_path, tools, resolve
+):
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"cannot mount a small tmpfs for the storage path here ({err})")
+    try:
+        storage = mount / "storage"
+        one = run_sweep(parse_spec(tools.spec(resolve, storage)), tmp_path / "o1", resolve=resolve)
+        assert one.finished == 1
+        kept = _cell_files(storage)
+        ballast = _fill(mount)
+        spec = parse_spec(tools.spec(resolve, storage, seeds=(0, 1)))
+        try:
+            full = run_sweep(spec, tmp_path / "o2", resolve=resolve)
+        except OSError as err:
+            assert "No space left" in str(err) or err.errno == 28
+        else:
+            assert full.finished == 1 and full.failed == 1
+        assert _cell_files(storage) == kept  # the finished cell is untouched
+        assert not list((storage / "results" / "cells").glob(".*.tmp"))  # no torn file
+        ballast.unlink()
+        again = run_sweep(spec, tmp_path / "o2", resolve=resolve)
+        assert (again.finished, again.failed, again.skipped) == (2, 0, 1)
+        final = _cell_files(storage)
+        assert {k: final[k] for k in kept} == kept
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _kill_group_when(proc, log_path: Path, ready, timeout: float = 1200) -> None:
+    """SIGKILL ``proc``'s process group (the driver and its local Ray) once ``ready()``."""
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "the fault point was never reached"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _start(tools, args, env, log_path: Path):
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            tools.cli(*args),
+            env=env,
+            cwd=tools.repo,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@pytest.mark.timeout(1500)
+def test_driver_killed_then_a_plain_rerun_finishes_without_rerunning(tmp_path, tools, resolve):
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    spec_path = tools.write(tmp_path / "spec.yaml", tools.spec(resolve, storage, seeds=(0, 1)))
+    env = tools.env(tmp_path)
+    args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
+    proc = _start(tools, args, env, tmp_path / "first.log")
+    _kill_group_when(proc, tmp_path / "first.log", lambda: bool(_cell_files(storage)))
+    time.sleep(1)
+    before = _cell_files(storage)
+    assert len(before) == 1
+    # the killed driver's claim on the other cell is stale at once (its process is gone)
+    rerun = tools.run(args, env, timeout=1500)  # plain: no --resume
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "being trained by another sweep" not in rerun.stdout
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 2 and table["cell_id"].is_unique
+    assert (table["status"] == "finished").all()
+    after = _cell_files(storage)
+    assert {k: after[k] for k in before} == before
+
+
+@pytest.mark.timeout(1500)
+def test_killed_during_curation_a_rerun_curates_again_and_finishes(tmp_path, tools, resolve):
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    sources = [{"name": "synthetic", "kind": "synthetic", "params": {"usd_per_token": 4e-6}}]
+    data = tools.spec(resolve, storage, sources=sources, spends=(0.05, 0.2))
+    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    env = tools.env(tmp_path)
+    args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
+    log = tmp_path / "first.log"
+    proc = _start(tools, args, env, log)
+    _kill_group_when(proc, log, lambda: "judging candidates" in log.read_text())
+    assert not _cell_files(storage)
+    rerun = tools.run(args, env, timeout=1500)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    table = pd.read_parquet(out / "results.parquet").sort_values("curation_spend")
+    assert len(table) == 2 and (table["status"] == "finished").all()
+    assert (table["attempts"] == 1).all()
+    # the pools are whole: a larger spend buys a larger pool, each within its spend
+    assert table["unique_tokens"].is_monotonic_increasing and (table["unique_tokens"] > 0).all()
+    assert (table["curation_cost"] <= table["curation_spend"] * (1 + 1e-9)).all()
+
+
+WORKER_NODE_CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+
+# The head holds only the trial drivers (custom resource 'head'); the anneal's Train
+# worker needs a whole CPU, which only a worker node has.
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}})
+node = cluster.add_node(num_cpus=2)
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+for line in sys.stdin:
+    if line.strip() == "remove":
+        cluster.remove_node(node)  # the whole node: its raylet and every process on it
+        node = cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        print("removed", flush=True)
+cluster.shutdown()
+"""
+
+
+@pytest.mark.timeout(1500)
+def test_a_removed_worker_node_costs_a_restart_from_the_checkpoint_not_the_cell(
+    tmp_path, tools, resolve
+):
+    import sys
+
+    from tests.tune.test_recovery import _registered_checkpoints
+
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    data = tools.spec(resolve, storage, tokens=(32768,))  # 32 steps
+    data["checkpoint"] = {"every_steps": 4}
+    data["resources"] = {"driver_resources": {"head": 0.001}}
+    data["retries"] = {"worker_failures": 2, "trial_failures": 1}
+    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    env = tools.env(tmp_path)
+    cluster = subprocess.Popen(
+        [sys.executable, "-c", WORKER_NODE_CLUSTER],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        address = cluster.stdout.readline().strip()
+        assert address, "the cluster did not start"
+        args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze", "--address", address]
+        proc = _start(tools, args, env, tmp_path / "sweep.log")
+        deadline = time.time() + 1200
+        while not _registered_checkpoints(storage / "train"):
+            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+            assert time.time() < deadline, "no checkpoint in time"
+            time.sleep(0.2)
+        cluster.stdin.write("remove\n")
+        cluster.stdin.flush()
+        assert cluster.stdout.readline().strip() == "removed"
+        assert proc.wait(timeout=1500) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if "proc" in locals() and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        cluster.stdin.close()
+        try:
+            cluster.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            cluster.kill()
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["status"] == "finished"
+    assert row["start_step"] > 0 or row["resumed_from_step"] > 0  # not from the base model
+    assert row["train_tokens"] == 32768
+
+
+@pytest.mark.timeout(1500)
+def test_a_truncated_checkpoint_is_set_aside_and_the_cell_restarts(tmp_path, tools, resolve):
+    from tests.tune.test_recovery import _registered_checkpoints
+
+    storage, out = tmp_path / "storage", tmp_path / "out"
+    data = tools.spec(resolve, storage, tokens=(32768,))  # 32 steps
+    data["checkpoint"] = {"every_steps": 4}
+    spec_path = tools.write(tmp_path / "spec.yaml", data)
+    env = tools.env(tmp_path)
+    args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
+    log = tmp_path / "first.log"
+    proc = _start(tools, args, env, log)
+    _kill_group_when(proc, log, lambda: bool(_registered_checkpoints(storage / "train")))
+    runs = list((storage / "train").glob("cell-*"))
+    assert len(runs) == 1
+    names = _registered_checkpoints(storage / "train")
+    largest = max((runs[0] / names[-1]).rglob("*.pt"), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+
+    rerun = tools.run(args, env, timeout=1500)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    row = pd.read_parquet(out / "results.parquet").iloc[0]
+    assert row["status"] == "finished" and row["train_tokens"] == 32768
+    assert row["start_step"] == 0 and row["resumed_from_step"] == 0  # not from the bad one
+    assert len(list((storage / "train" / ".corrupt").iterdir())) == 1
+
+
+def test_an_unschedulable_cell_is_refused_at_start_and_out_is_left_alone(
+    ray_local, tmp_path, tools, resolve
+):
+    from annealscale.core.errors import AnnealscaleError
+
+    data = tools.spec(resolve, tmp_path / "storage")
+    data["resources"] = {"cpus_per_worker": 64}
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "provenance.json").write_text("{}")
+    started = time.time()
+    with pytest.raises(AnnealscaleError) as caught:
+        run_sweep(parse_spec(data), out, resolve=resolve)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("resources: no node can hold one worker")
+    assert "1 worker(s) x {CPU: 64}" in message and "largest of 1 node(s) has {CPU: 4" in message
+    assert time.time() - started < 60  # refused before curation, not after a wait
+    assert (out / "provenance.json").read_text() == "{}"
+    assert not (tmp_path / "storage" / "results" / "claims").exists()  # no trial started
