@@ -237,6 +237,7 @@ def _bad_metric_notes(df: pd.DataFrame) -> list[str]:
         f"positive ({_named_rows(df, bad)}): a diverged or broken anneal; rerun those cells"
     ]
 
+
 def failure_notes(df: pd.DataFrame, most: int = 5) -> list[str]:
     """One sentence per failed cell (the first ``most``): which cell, and why (the
     ``reason`` column: ``diverged`` for a non-finite loss or metric, else ``failed``)."""
