@@ -87,6 +87,9 @@ class ResultsTable:
     """Where the table was read from, None for an in-memory DataFrame."""
     notes: tuple[str, ...] = ()
     """What was assumed or derived because a column was absent."""
+    metric: str = "domain_bpb"
+    """The fitted column (a loss, lower is better): ``domain_bpb`` or a task's
+    ``task/<name>/bpb``."""
 
     @property
     def n_excluded(self) -> int:
@@ -101,8 +104,11 @@ class ResultsTable:
         )
 
 
-def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable:
-    """Read (if given a path) and validate a results table.
+def load_results(
+    results: pd.DataFrame | str | os.PathLike[str], *, metric: str = "domain_bpb"
+) -> ResultsTable:
+    """Read (if given a path) and validate a results table; ``metric`` is the fitted column
+    (required in place of ``domain_bpb`` when another is named).
 
     Raises
     ------
@@ -111,29 +117,19 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
         or a known column is not numeric, a baseline column varies, or no cell is
         finished.
     """
-    source_path = None
-    if isinstance(results, pd.DataFrame):
-        df = results.reset_index(drop=True).copy()  # the caller's frame is left alone
-    else:
-        path = Path(results)
-        if not path.exists():
-            raise AnalysisError(
-                f"results table not found at {path}; pass a DataFrame or a Parquet path"
-            )
-        source_path = str(path)
-        try:
-            df = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-            raise AnalysisError(f"cannot read {path} as Parquet: {exc}") from None
+    df, source_path = read_results(results)
     if len(df) == 0:
         raise AnalysisError("results table is empty; run a sweep first")
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    required = (*REQUIRED_COLUMNS[:-1], metric)
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise AnalysisError(
             f"results table is missing required column(s) {', '.join(map(repr, missing))}; "
-            f"required: {', '.join(REQUIRED_COLUMNS)} (others optional)"
+            f"required: {', '.join(required)} (others optional)"
         )
-    for col in NUMERIC_COLUMNS + tuple(c for c in BASELINE_COLUMNS if c in df.columns):
+    task_cols = tuple(c for c in df.columns if str(c).startswith("task/"))
+    known = (*NUMERIC_COLUMNS, metric, *task_cols)
+    for col in dict.fromkeys(known + tuple(c for c in BASELINE_COLUMNS if c in df.columns)):
         if col not in df.columns:
             continue
         try:
@@ -141,13 +137,13 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
         except (TypeError, ValueError):
             raise AnalysisError(f"results column {col!r} must be numeric") from None
     df["source"] = df["source"].astype(str)
-    notes = _fill_defaults(df)
+    notes = _fill_defaults(df, metric)
 
-    ok = (df["status"] == FINISHED) & np.isfinite(df["domain_bpb"]) & (df["domain_bpb"] > 0)
+    ok = (df["status"] == FINISHED) & np.isfinite(df[metric]) & (df[metric] > 0)
     finished = df.loc[ok]
     if finished.empty:
         raise AnalysisError(
-            "results table has no finished cells with a positive, finite 'domain_bpb'; "
+            f"results table has no finished cells with a positive, finite {metric!r}; "
             "run a sweep first or check the 'status' column"
         )
     for col, rule in _RULES_ON_FINISHED.items():
@@ -160,7 +156,7 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
                 f"results column {col!r} must be finite and {rule} on finished cells; "
                 f"{int(bad.sum())} row(s) are not"
             )
-    order = [*cell_key(finished), "seed", "domain_bpb"]
+    order = [*cell_key(finished), "seed", metric]
     finished = finished.sort_values(order, kind="mergesort").reset_index(drop=True)
     return ResultsTable(
         rows=df,
@@ -168,20 +164,38 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
         baselines={c: _baseline(df, c) for c in BASELINE_COLUMNS},
         source_path=source_path,
         notes=tuple(notes),
+        metric=metric,
     )
 
 
-def _fill_defaults(df: pd.DataFrame) -> list[str]:
+def read_results(
+    results: pd.DataFrame | str | os.PathLike[str],
+) -> tuple[pd.DataFrame, str | None]:
+    """The table as a DataFrame (a copy; read if given a path) and the path it came from."""
+    if isinstance(results, pd.DataFrame):
+        return results.reset_index(drop=True).copy(), None  # the caller's frame is left alone
+    path = Path(results)
+    if not path.exists():
+        raise AnalysisError(
+            f"results table not found at {path}; pass a DataFrame or a Parquet path"
+        )
+    try:
+        return pd.read_parquet(path), str(path)
+    except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+        raise AnalysisError(f"cannot read {path} as Parquet: {exc}") from None
+
+
+def _fill_defaults(df: pd.DataFrame, metric: str = "domain_bpb") -> list[str]:
     """Add the optional columns that can be assumed or derived; say what was done."""
     notes = []
     if "status" not in df.columns:
         df["status"] = FINISHED
-        notes.append("no 'status' column: every row with a finite domain_bpb counts as finished")
+        notes.append(f"no 'status' column: every row with a finite {metric} counts as finished")
     df["status"] = df["status"].astype(str)
     if "seed" not in df.columns:
         # numbered in metric order within each cell, so the numbering ignores row order
         key = cell_key(df)
-        ordered = df.sort_values([*key, "domain_bpb"], kind="mergesort")
+        ordered = df.sort_values([*key, metric], kind="mergesort")
         seeds = ordered.groupby(key, sort=False, dropna=False).cumcount()
         df["seed"] = seeds.reindex(df.index).astype(float)
         notes.append("no 'seed' column: repeated cells count as separate seeds")
@@ -219,27 +233,33 @@ def cell_key(df: pd.DataFrame) -> list[str]:
     return [*CELL_KEY, *(["model_params"] if "model_params" in df.columns else [])]
 
 
-def cell_means(finished: pd.DataFrame) -> pd.DataFrame:
+def cell_means(
+    finished: pd.DataFrame, metric: str = "domain_bpb", extra: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Average the seeds of each cell ``(source, curation_spend, train_tokens[, model_params])``.
 
     Returns one row per cell with the mean of each metric and cost column present
-    (``domain_bpb`` always; ``general_bpb``, ``total_cost``, ``unique_tokens``,
-    ``domain_tokens`` ... when given) and the number of seeds ``n_seeds``, sorted by
-    the cell key.
+    (``metric`` always; ``general_bpb``, ``total_cost``, ``unique_tokens``,
+    ``domain_tokens`` ... and the ``extra`` columns when given) and the number of seeds
+    ``n_seeds``, sorted by the cell key.
     """
     key = cell_key(finished)
     means = [
         c
-        for c in (
-            "domain_bpb",
-            "general_bpb",
-            "total_cost",
-            "curation_cost",
-            "train_cost",
-            "unique_tokens",
-            "domain_tokens",
+        for c in dict.fromkeys(
+            (
+                metric,
+                "domain_bpb",
+                "general_bpb",
+                "total_cost",
+                "curation_cost",
+                "train_cost",
+                "unique_tokens",
+                "domain_tokens",
+                *extra,
+            )
         )
         if c in finished.columns
     ]
     agg = {c: (c, "mean") for c in means}
-    return finished.groupby(key, sort=True).agg(**agg, n_seeds=("domain_bpb", "size")).reset_index()
+    return finished.groupby(key, sort=True).agg(**agg, n_seeds=(metric, "size")).reset_index()
