@@ -225,6 +225,8 @@ def evaluate(
         raise AnalysisError(f"level must lie in (0, 1); got {level}")
     if n_boot < 1:
         raise AnalysisError(f"n_boot must be >= 1; got {n_boot}")
+    if chance is not None and not 0.0 <= chance < 1.0:
+        raise AnalysisError(f"chance (--chance) must lie in [0, 1), e.g. 0.25; got {chance}")
     tm = None
     if metric == METRIC:
         table = load_results(results)
@@ -352,6 +354,10 @@ def evaluate(
         steps = TwoStep(task=tm, link=link, loss_decisions=tuple(loss_decisions), chance=chance)
         notes += steps.notes()
     decision = decide(decisions, cells, tolerance_pct=tolerance_pct)
+    if steps is not None:
+        decision = dataclasses.replace(
+            decision, messages=(decision.messages[0], steps.sentence(), *decision.messages[1:])
+        )
     if extra_messages:
         decision = dataclasses.replace(
             decision, messages=(*decision.messages, *map(str, extra_messages))

@@ -199,6 +199,22 @@ class TwoStep:
     `Analysis.decision`)."""
     chance: float | None
 
+    def sentence(self) -> str:
+        """The headline's account of the two steps at the primary target."""
+        td = self.loss_decisions[0]
+        link = self.link
+        preds = "; ".join(
+            f"{s} {p.predicted:.4f} ({p.lower:.4f}-{p.upper:.4f})"
+            for s, p in sorted(td.predictions.items(), key=lambda kv: kv[1].predicted)
+        )
+        floor = "chance" if link.floor_fixed else "fitted floor"
+        return (
+            f"Two steps: the laws of {self.task.task} bpb predict, at {td.target.label}, "
+            f"{preds} bpb ({td.level:.0%} intervals); the task's link, shared by the sources "
+            f"and fitted on {link.n_cells} cells, maps them to {self.task.metric} between its "
+            f"{floor} {link.floor:.3f} and ceiling {link.ceiling:.3f}."
+        )
+
     def notes(self) -> list[str]:
         out = []
         lo = self.link.loss_range[0]

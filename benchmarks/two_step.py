@@ -23,7 +23,8 @@ on the last line:
   source is the true best at the target; ``n_decided`` and ``buy_rate`` say how many;
 - ``median_abs_error``: median over targets of ``|predicted - true|`` accuracy.
 
-Usage: ``python benchmarks/two_step.py [--problems 200] [--workers 2] [--n-boot 200]``.
+Usage: ``python benchmarks/two_step.py [--problems 200] [--workers 2] [--n-boot 200]
+[--log problems.jsonl]``; ``--summarise problems.jsonl`` prints the summary of a log.
 """
 
 from __future__ import annotations
@@ -113,15 +114,33 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--chance", type=float, default=None, help="give the link's floor")
+    parser.add_argument("--log", help="append each problem's result here as a JSON line")
+    parser.add_argument(
+        "--summarise", help="summarise a --log file's problems instead of running any"
+    )
     args = parser.parse_args()
+    if args.summarise:
+        with open(args.summarise, encoding="utf-8") as f:
+            done = sorted((json.loads(line) for line in f if line.strip()), key=lambda r: r["seed"])
+        print(json.dumps({**summarise(done), "n_boot": args.n_boot, "chance": args.chance}))
+        return
     jobs = [
         (s, args.n_boot, args.chance)
         for s in range(args.first_seed, args.first_seed + args.problems)
     ]
     start = time.perf_counter()
     ctx = mp.get_context("spawn")
+    results = []
+    log = open(args.log, "a", encoding="utf-8") if args.log else None  # noqa: SIM115
     with ctx.Pool(args.workers) as pool:
-        results = pool.map(score_problem, jobs, chunksize=1)
+        for r in pool.imap_unordered(score_problem, jobs, chunksize=1):
+            results.append(r)
+            if log is not None:  # one line per problem: a long run can be summarised early
+                log.write(json.dumps(r) + "\n")
+                log.flush()
+    if log is not None:
+        log.close()
+    results.sort(key=lambda r: r["seed"])
     summary = summarise(results)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["n_boot"] = args.n_boot

@@ -39,7 +39,7 @@ def _problem(seed: int = 0, questions: int = 600) -> TaskProblem:
 @pytest.fixture(scope="module")
 def two_step():
     p = _problem()
-    a = evaluate(p.table(), metric=METRIC, target_tokens=p.target_tokens, n_boot=300)
+    a = evaluate(p.table(), metric=METRIC, target_tokens=p.target_tokens, n_boot=200)
     return p, a
 
 
@@ -97,6 +97,7 @@ def test_the_decision_names_the_truly_best_source(two_step):
     # the cheapest cells rank the other way: the micro-annealing check sees the flip
     assert td.micro_annealing is not None and td.micro_annealing.pick == "lean"
     assert a.decision.messages[0].startswith("Buy steep:") and "sim acc" in a.decision.messages[0]
+    assert a.decision.messages[1].startswith("Two steps: the laws of sim bpb predict")
     # step 1 decided on the loss, lower is better, and agrees
     loss_td = a.two_step.loss_decisions[0]
     assert not loss_td.objective.higher_is_better and loss_td.ranking[0] == "steep"
