@@ -21,6 +21,7 @@ import pandas as pd
 from annealscale.analysis.budget import Allocation, CostModel, Frontier, allocate
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.headline import format_probability, headline
+from annealscale.analysis.objective import BPB, Objective
 from annealscale.analysis.sources import SourceFits
 from annealscale.analysis.target import Target, format_tokens
 
@@ -63,10 +64,15 @@ class DecisionRule:
         """The margin in the metric's units."""
         if self.margin_bpb is not None:
             return self.margin_bpb
-        return self.margin_pct / 100.0 * leader_metric
+        return self.margin_pct / 100.0 * abs(leader_metric)
 
-    def describe(self) -> str:
-        m = f"{self.margin_bpb:g} bpb" if self.margin_bpb is not None else f"{self.margin_pct:g}%"
+    def describe(self, unit: str = "bpb") -> str:
+        """The rule in words; ``unit`` names the metric's units (`Objective.unit`)."""
+        m = (
+            f"{self.margin_bpb:g}{' ' + unit if unit else ''}"
+            if self.margin_bpb is not None
+            else f"{self.margin_pct:g}%"
+        )
         return f"P(best) >= {self.threshold:.0%} and a predicted gap above {m}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -232,6 +238,8 @@ class TargetDecision:
     notes: tuple[str, ...] = ()
     curves: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """Along the crossover axis: ``grid`` and per source ``predicted``/``lower``/``upper``."""
+    objective: Objective = BPB
+    """The metric ranked and which way is better."""
 
     @property
     def buy(self) -> bool:
@@ -274,9 +282,11 @@ def decide_target(
     rule: DecisionRule | None = None,
     checked: bool = True,
     checked_variables: frozenset[str] | None = None,
+    objective: Objective = BPB,
 ) -> TargetDecision:
     """Predict every source at ``target``, rank them, say whether the evidence decides,
-    and find crossovers and flips.
+    and find crossovers and flips. ``objective`` says which metric ``fits`` predict and
+    whether higher is better.
 
     ``checked`` is whether the law could be checked on held-out budgets at all, and
     ``checked_variables`` the variables its folds rolled along
@@ -361,18 +371,22 @@ def decide_target(
                 "parameters; its interval shows only the spread of curves that fit them, not "
                 "the noise it cannot estimate"
             )
-    ranking = tuple(sorted(predictions, key=lambda s: (predictions[s].predicted, s)))
-    p_best = probability_best(draws)
+    ranking = tuple(
+        sorted(predictions, key=lambda s: (float(objective.key(predictions[s].predicted)), s))
+    )
+    p_best = probability_best(draws, objective)
     leader = ranking[0] if ranking else None
     runner = ranking[1] if len(ranking) > 1 else None
     gap = gap_iv = None
     if leader is not None and runner is not None:
-        gap = predictions[runner].predicted - predictions[leader].predicted
-        diff = draws[runner] - draws[leader]
+        gap = float(objective.ahead(predictions[leader].predicted, predictions[runner].predicted))
+        diff = objective.ahead(draws[leader], draws[runner])
         lo, hi = np.nanquantile(diff, q) if np.isfinite(diff).any() else (gap, gap)
         gap_iv = (float(min(lo, gap)), float(max(hi, gap)))
     outcome = _outcome(predictions, p_best, leader, gap, small, rule)
-    micro = micro_annealing(cells, ranking, leader, by_cost=target.total_cost is not None)
+    micro = micro_annealing(
+        cells, ranking, leader, by_cost=target.total_cost is not None, objective=objective
+    )
 
     curves: dict[str, Any] = {}
     crossovers: tuple[Crossover, ...] = ()
@@ -383,7 +397,13 @@ def decide_target(
             target.total_cost if target.total_cost is not None else points[ranking[0]][0]
         )
         crossovers = find_crossovers(
-            target.axis, grid, pts, drs, level=level, span=(micro_budget, target_budget)
+            target.axis,
+            grid,
+            pts,
+            drs,
+            level=level,
+            span=(micro_budget, target_budget),
+            objective=objective,
         )
         curves = {
             "axis": target.axis,
@@ -410,6 +430,7 @@ def decide_target(
         small_grid=small,
         notes=tuple(notes),
         curves=curves,
+        objective=objective,
     )
 
 
@@ -480,8 +501,11 @@ def _outcome(
     return "buy" if p_best.get(leader, 0.0) >= rule.threshold and clear else "not_separated"
 
 
-def probability_best(draws: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """``P(source has the lowest metric)`` from draws ``{source: (B,)}``.
+def probability_best(
+    draws: Mapping[str, np.ndarray], objective: Objective = BPB
+) -> dict[str, float]:
+    """``P(source has the best metric)`` from draws ``{source: (B,)}``: the lowest, or the
+    highest when ``objective.higher_is_better``.
 
     Each source's draws are independent of the others' (its own cells, its own seed), so
     draw ``b`` of every source together is one draw of the joint belief. A draw in which
@@ -490,7 +514,7 @@ def probability_best(draws: Mapping[str, np.ndarray]) -> dict[str, float]:
     if not draws:
         return {}
     names = sorted(draws)
-    stack = np.stack([draws[s] for s in names])  # (S, B)
+    stack = objective.key(np.stack([draws[s] for s in names]))  # (S, B), lower is better
     stack = np.where(np.isfinite(stack), stack, np.inf)
     valid = np.isfinite(stack).any(axis=0)  # (B,)
     if not valid.any():
@@ -501,9 +525,16 @@ def probability_best(draws: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 
 def micro_annealing(
-    cells: pd.DataFrame, target_ranking: Sequence[str], recommended: str | None, *, by_cost: bool
+    cells: pd.DataFrame,
+    target_ranking: Sequence[str],
+    recommended: str | None,
+    *,
+    by_cost: bool,
+    objective: Objective = BPB,
 ) -> MicroAnnealing | None:
-    """Rank sources by their cheapest sampled cell (observed, seeds averaged)."""
+    """Rank sources by their cheapest sampled cell (observed ``objective.column``, seeds
+    averaged)."""
+    col = objective.column
     if not target_ranking:
         return None
     picked: dict[str, dict[str, float]] = {}
@@ -520,10 +551,10 @@ def micro_annealing(
         picked[s] = {
             "curation_spend": float(cheapest["curation_spend"]),
             "train_tokens": float(cheapest["train_tokens"]),
-            "domain_bpb": float(cheapest["domain_bpb"]),
+            col: float(cheapest[col]),
             **({"total_cost": float(cheapest["total_cost"])} if "total_cost" in rows else {}),
         }
-    ranking = tuple(sorted(picked, key=lambda s: (picked[s]["domain_bpb"], s)))
+    ranking = tuple(sorted(picked, key=lambda s: (float(objective.key(picked[s][col])), s)))
     at_target = [s for s in target_ranking if s in picked]
     pick = ranking[0] if ranking else None
     return MicroAnnealing(
@@ -583,6 +614,7 @@ def find_crossovers(
     *,
     level: float,
     span: tuple[float, float],
+    objective: Objective = BPB,
 ) -> tuple[Crossover, ...]:
     """Pairwise sign changes of ``L_i - L_j`` on ``grid`` ``(G,)``, with bootstrap intervals.
 
@@ -608,7 +640,7 @@ def find_crossovers(
                 lo, hi = np.quantile(near, q) if near else (lx, lx)
                 k = int(np.searchsorted(log_grid, lx))
                 below = diff[max(k - 1, 0)] if is_point else np.nanmedian(boot[:, max(k - 1, 0)])
-                before, after = (a, b) if below < 0 else (b, a)
+                before, after = (a, b) if objective.key(below) < 0 else (b, a)
                 at = float(math.exp(lx))
                 found.append(
                     Crossover(
@@ -687,41 +719,46 @@ class Decision:
 def decide(
     targets: Sequence[TargetDecision], cells: pd.DataFrame, *, tolerance_pct: float = 1.0
 ) -> Decision:
-    """Assemble the headline from the per-target decisions and the observed cells."""
+    """Assemble the headline from the per-target decisions and the observed cells (the
+    best observed cell by the primary target's `Objective`)."""
     if tolerance_pct < 0:
         raise AnalysisError(f"tolerance_pct must be >= 0; got {tolerance_pct}")
     if not targets:
         raise AnalysisError("decide() needs at least one target")
-    best = cells.loc[cells["domain_bpb"].idxmin()]
+    obj = targets[0].objective
+    col = obj.column
+    key = pd.Series(obj.key(cells[col]), index=cells.index)
+    best = cells.loc[key.idxmin()]
     cheapest = None
     if "total_cost" in cells.columns and np.isfinite(cells["total_cost"]).all():
-        limit = float(best["domain_bpb"]) * (1.0 + tolerance_pct / 100.0)
-        good = cells[cells["domain_bpb"] <= limit]
-        cheapest = _cell(good.sort_values(["total_cost", "domain_bpb"], kind="stable").iloc[0])
+        # within tolerance_pct of the best: no more than that share worse
+        limit = float(key.min()) + abs(float(best[col])) * tolerance_pct / 100.0
+        good = cells[key <= limit].assign(_key=key[key <= limit])
+        cheapest = _cell(good.sort_values(["total_cost", "_key"], kind="stable").iloc[0], col)
     messages = [m for td in targets for m in headline(td)]
     if cheapest is not None:
         messages.append(
-            f"Cheapest observed cell within {tolerance_pct:g}% of the best observed domain bpb "
-            f"({float(best['domain_bpb']):.4f}, {best['source']}): {cheapest['source']} at "
+            f"Cheapest observed cell within {tolerance_pct:g}% of the best observed {obj.label} "
+            f"({float(best[col]):.4f}, {best['source']}): {cheapest['source']} at "
             f"${cheapest['curation_spend']:,.4g} curation spend and "
             f"{format_tokens(cheapest['train_tokens'])} training tokens, "
-            f"{cheapest['domain_bpb']:.4f} bpb for ${cheapest['total_cost']:,.4g} total."
+            f"{obj.with_unit(cheapest[col])} for ${cheapest['total_cost']:,.4g} total."
         )
     return Decision(
         targets=tuple(targets),
         tolerance_pct=tolerance_pct,
-        best_cell=MappingProxyType(_cell(best)),
+        best_cell=MappingProxyType(_cell(best, col)),
         cheapest_cell_within_tolerance=None if cheapest is None else MappingProxyType(cheapest),
         messages=tuple(messages),
     )
 
 
-def _cell(row: pd.Series) -> dict[str, Any]:
+def _cell(row: pd.Series, col: str = "domain_bpb") -> dict[str, Any]:
     out = {
         "source": str(row["source"]),
         "curation_spend": float(row["curation_spend"]),
         "train_tokens": float(row["train_tokens"]),
-        "domain_bpb": float(row["domain_bpb"]),
+        col: float(row[col]),
         "n_seeds": int(row["n_seeds"]),
     }
     if "total_cost" in row.index:

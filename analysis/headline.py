@@ -32,7 +32,10 @@ def headline(td: TargetDecision) -> list[str]:
         msgs.append(f"No source could be ranked at {label}.")
     else:
         p = td.predictions[lead]
-        pred = f"{p.predicted:.4f} domain bpb ({td.level:.0%} interval {p.lower:.4f}-{p.upper:.4f})"
+        obj = td.objective
+        pred = (
+            f"{p.predicted:.4f} {obj.label} ({td.level:.0%} interval {p.lower:.4f}-{p.upper:.4f})"
+        )
         where = _where(td.target, p)
         if td.outcome == "single":
             msgs.append(f"Only {lead} could be ranked: at {label}{where} it predicts {pred}.")
@@ -42,7 +45,7 @@ def headline(td: TargetDecision) -> list[str]:
             if td.outcome == "buy":
                 msgs.append(
                     f"Buy {lead}: at {label}{where} it predicts {pred}; P(best) {pb}, ahead of "
-                    f"{run} by {gap}, which meets the rule ({td.rule.describe()})."
+                    f"{run} by {gap}, which meets the rule ({td.rule.describe(obj.unit)})."
                 )
             elif td.outcome == "unchecked":
                 msgs.append(
@@ -53,7 +56,7 @@ def headline(td: TargetDecision) -> list[str]:
             else:
                 msgs.append(
                     f"Not separated yet at {label}: {lead} leads {run} by {gap}, P(best) {pb}; "
-                    f"buying needs {td.rule.describe()}. {lead}{where} predicts {pred}."
+                    f"buying needs {td.rule.describe(obj.unit)}. {lead}{where} predicts {pred}."
                 )
     if td.next_cells and td.outcome in ("not_separated", "unchecked"):
         cells = "; ".join(_next_cell(c) for c in td.next_cells[:3])
@@ -121,7 +124,7 @@ def headline(td: TargetDecision) -> list[str]:
 def _gap(td: TargetDecision) -> str:
     assert td.gap is not None and td.recommended is not None
     lead = td.predictions[td.recommended].predicted
-    text = f"{td.gap:.4f} bpb ({100 * td.gap / lead:.3g}%"
+    text = f"{td.objective.with_unit(td.gap)} ({100 * td.gap / abs(lead):.3g}%"
     if td.gap_interval is not None:
         lo, hi = td.gap_interval
         text += f"; {td.level:.0%} interval {lo:+.4f} to {hi:+.4f}"

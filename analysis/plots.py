@@ -32,6 +32,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 from annealscale.analysis.budget import Frontier
 from annealscale.analysis.compare import TargetDecision, format_tokens
 from annealscale.analysis.fit import FitResult
+from annealscale.analysis.link import LinkFit, sigmoid_link
 from annealscale.analysis.sources import SourceFits
 from annealscale.analysis.validate import Validation
 
@@ -70,8 +71,11 @@ def curves(
     decision: TargetDecision,
     base_bpb: float | None,
     level: float,
+    metric: str = "domain_bpb",
+    label: str = "domain bpb",
 ) -> Figure:
-    """Domain bpb against training tokens, a panel per source, with the law and its band.
+    """Domain bpb (or the fitted ``metric``, named ``label``) against training tokens, a
+    panel per source, with the law and its band.
 
     Each source's law is solid over its sampled training tokens and dashed beyond; the
     curve at the target's spend is dashed throughout when that spend was not sampled.
@@ -97,7 +101,7 @@ def curves(
             marker = _MARKERS[k % len(_MARKERS)]
             ax.scatter(
                 sel["train_tokens"],
-                sel["domain_bpb"],
+                sel[metric],
                 s=22,
                 color=shade,
                 marker=marker,
@@ -145,7 +149,7 @@ def curves(
         ax.set(
             title=_wrap(source),
             xlabel="training tokens D (tokens)",
-            ylabel="domain bpb (bits per byte)",
+            ylabel=f"{label} (bits per byte)",
         )
         _log_axis(ax.xaxis, _tokens)
         ax.legend(fontsize=_FONT, loc="best", title="curation spend", title_fontsize=_FONT)
@@ -160,9 +164,8 @@ def curves(
         *_baseline_handle(base_bpb),
     ]
     _figure_legend(fig, handles)
-    fig.suptitle(
-        f"Domain bits per byte vs training tokens, per source (target: {decision.target.label})"
-    )
+    title = "Domain bits per byte" if metric == "domain_bpb" else label
+    fig.suptitle(f"{title} vs training tokens, per source (target: {decision.target.label})")
     _declutter(fig)
     return fig
 
@@ -633,3 +636,65 @@ def _usd(v: float) -> str:
         if abs(v) >= scale:
             return f"${v / scale:.3g}{suffix}"
     return f"${v:.3g}"
+
+
+def link(
+    cells: pd.DataFrame,
+    loss: str,
+    score: str,
+    fit: LinkFit,
+    decision: TargetDecision,
+    loss_decision: TargetDecision,
+    level: float,
+    label: str,
+) -> Figure:
+    """Step 2 of a two-step law: accuracy against the task's loss for every cell (a colour
+    per source), the fitted link with its bootstrap band, and each source's prediction at
+    the target (loss interval across, accuracy interval up)."""
+    fig = Figure(figsize=(7.6, 5.2), layout="constrained", dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours = source_colours(cells["source"].astype(str))
+    preds = [p for p in loss_decision.predictions.values()]
+    lo_x = min([float(cells[loss].min()), *(p.lower for p in preds)])
+    hi_x = max([float(cells[loss].max()), *(p.upper for p in preds)])
+    pad = 0.08 * max(hi_x - lo_x, 1e-3)
+    grid = np.linspace(lo_x - pad, hi_x + pad, 200)
+    q = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
+    band = np.quantile(sigmoid_link(grid, fit.draws), q, axis=0)
+    ax.axvspan(grid[0], fit.loss_range[0], color=_SHADE, zorder=0)
+    ax.fill_between(grid, band[0], band[1], color="0.3", alpha=_BAND_ALPHA[0], lw=0)
+    ax.plot(grid, fit.predict(grid), color="0.2", lw=1.8)
+    for s, rows in cells.groupby("source", sort=True):
+        ax.scatter(rows[loss], rows[score], s=20, color=colours[str(s)], zorder=3, label=str(s))
+    for s, p in decision.predictions.items():
+        lp = loss_decision.predictions.get(s)
+        if lp is None:
+            continue
+        ax.errorbar(
+            [lp.predicted],
+            [p.predicted],
+            xerr=[[max(lp.predicted - lp.lower, 0.0)], [max(lp.upper - lp.predicted, 0.0)]],
+            yerr=[[max(p.predicted - p.lower, 0.0)], [max(p.upper - p.predicted, 0.0)]],
+            fmt="D",
+            ms=6,
+            color=colours.get(s, _TARGET),
+            mec=_TARGET,
+            ecolor=_TARGET,
+            capsize=3,
+            zorder=5,
+        )
+    handles = [
+        Line2D([], [], color="0.2", lw=1.8, label="fitted link (sigmoid)"),
+        Patch(color="0.3", alpha=_BAND_ALPHA[0], lw=0, label=f"{level:.0%} band of the link"),
+        Line2D([], [], color=_TARGET, marker="D", ms=5, ls="", label="prediction at target"),
+        Patch(color=_SHADE, label="below the lowest observed loss"),
+    ]
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *handles], fontsize=_FONT, loc="best")
+    ax.set(
+        xlabel=f"{label.split(' ')[0]} bpb of the correct answer (task loss)",
+        ylabel=label,
+        title=_wrap(f"Step 2: {label} vs task loss (target: {decision.target.label})"),
+    )
+    _declutter(fig)
+    return fig

@@ -23,6 +23,7 @@ from annealscale.analysis.headline import factor, format_probability
 from annealscale.analysis.sources import GroupFit, SourceFits
 from annealscale.analysis.table import ResultsTable
 from annealscale.analysis.target import format_tokens
+from annealscale.analysis.two_step import TwoStep
 from annealscale.analysis.validate import Validation
 
 _CSS = """
@@ -53,9 +54,13 @@ def render_report(
     plots: Sequence[tuple[str, Path]],
     level: float,
     n_boot: int,
+    two_step: TwoStep | None = None,
 ) -> str:
-    """The report as one HTML string; ``plots`` are ``(caption, png path)`` pairs."""
+    """The report as one HTML string; ``plots`` are ``(caption, png path)`` pairs;
+    ``two_step`` adds the link of a task score."""
     law = validation.selected
+    obj = decision.primary.objective
+    fitted = obj.label if two_step is None else two_step.task.loss_objective.label
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -64,23 +69,26 @@ def render_report(
         "<h1>annealscale: which source to buy, at what budget</h1>",
         _headline(decision),
         f'<p class="note">Law <code>{escape(law.name)}</code>: {escape(validation.reason)}. '
-        f"Intervals are {level:.0%} intervals of the expected domain bpb: {n_boot} bootstrap "
+        f"Intervals are {level:.0%} intervals of the expected {escape(obj.label)}: {n_boot} "
+        "bootstrap "
         "resamples of the cells, re-centred on the fit and widened by the extrapolation error "
-        f"({validation.error_rate:.2%} of bpb per e-fold of reach, "
+        f"({validation.error_rate:.2%} of {escape(fitted)} per e-fold of reach, "
         + (
             "measured on held-out budgets and shrunk toward a 1% prior"
             if validation.checked
             else "the prior: nothing could be held out to measure it"
         )
-        + ") and by the candidate laws' disagreement; P(best) is the share of draws in which "
-        "a source is best.</p>",
+        + ") and by the candidate laws' disagreement"
+        + ("" if two_step is None else _two_step_sentence(two_step))
+        + "; P(best) is the share of draws in which a source is best.</p>",
         *(_target_section(td, costs) for td in decision.targets),
         "<h2>Plots</h2>",
         *(_figure(caption, path) for caption, path in plots),
         "<h2>Held-out validation</h2>",
         _validation(validation),
         "<h2>Fits</h2>",
-        f"<p>Law: <code>{escape(law.formula)}</code>. Huber loss on log domain bpb, parameters "
+        f"<p>Law: <code>{escape(law.formula)}</code>. Huber loss on log {escape(fitted)}, "
+        "parameters "
         "in log space. Bold rows: the chosen law over every spend of the source, with "
         f"{level:.0%} bootstrap intervals; other rows: <code>power_law_D</code> per spend.</p>",
         _fits_table(fits, level),
@@ -98,8 +106,8 @@ def render_report(
     parts += [
         "<h2>Cells</h2>",
         f"<p>{len(table.rows)} row(s); {len(table.finished)} finished and fitted, "
-        f"{table.n_excluded} excluded (failed or without a finite domain bpb; greyed).</p>",
-        _cells_table(table.rows),
+        f"{table.n_excluded} excluded (failed or without a finite {escape(fitted)}; greyed).</p>",
+        _cells_table(table.rows, table.metric),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -120,8 +128,11 @@ def _headline(decision: Decision) -> str:
 def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
     parts = [
         f"<h2>Decision at {escape(td.target.label)}</h2>",
-        f"<p><b>{escape(_OUTCOME_TEXT[td.outcome])}</b> Rule: {escape(td.rule.describe())}. "
-        "Rows are ranked by predicted bpb; the first is the leader.</p>",
+        f"<p><b>{escape(_OUTCOME_TEXT[td.outcome])}</b> Rule: "
+        f"{escape(td.rule.describe(td.objective.unit))}. "
+        f"Rows are ranked by predicted {escape(td.objective.label)} "
+        f"({'higher' if td.objective.higher_is_better else 'lower'} is better); the first is "
+        "the leader.</p>",
     ]
     head = [
         "rank",
@@ -129,7 +140,7 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
         "curation spend",
         "training tokens",
         *(["total cost"] if costs is not None else []),
-        "predicted bpb",
+        f"predicted {td.objective.label}",
         f"{td.level:.0%} interval",
         "P(best)",
         "extrapolation",
@@ -173,7 +184,7 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
                     _text(s),
                     _right(f"${c['curation_spend']:,.4g}"),
                     _right(format_tokens(c["train_tokens"])),
-                    _num(c["domain_bpb"], 4),
+                    _num(c[td.objective.column], 4),
                 ]
             )
         if not m.ranking_differs:
@@ -187,7 +198,10 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
             )
         parts += [
             "<h3>Micro-annealing check (cheapest sampled cell per source, observed)</h3>",
-            _table(["source", "curation spend", "training tokens", "observed bpb"], mrows),
+            _table(
+                ["source", "curation spend", "training tokens", f"observed {td.objective.label}"],
+                mrows,
+            ),
             verdict,
         ]
     if td.allocation is not None:
@@ -426,7 +440,8 @@ def _flag_legend() -> str:
     return f'<ul class="note">{items}</ul>'
 
 
-def _cells_table(rows: pd.DataFrame) -> str:
+def _cells_table(rows: pd.DataFrame, metric: str = "domain_bpb") -> str:
+    tasks = sorted(c for c in rows.columns if str(c).startswith("task/"))
     cols = [
         c
         for c in (
@@ -438,6 +453,7 @@ def _cells_table(rows: pd.DataFrame) -> str:
             "status",
             "domain_bpb",
             "general_bpb",
+            *tasks,
             "total_cost",
         )
         if c in rows.columns
@@ -459,7 +475,7 @@ def _cells_table(rows: pd.DataFrame) -> str:
             else:
                 line.append(_num(v, 4))
         body.append(line)
-        finished = r["status"] == "finished" and math.isfinite(r["domain_bpb"])
+        finished = r["status"] == "finished" and math.isfinite(r[metric])
         classes.append("" if finished else "failed")
     return _table(cols, body, classes)
 
@@ -486,3 +502,17 @@ def _num(value: float | None, digits: int) -> str:
     if value is None or not math.isfinite(float(value)):
         return "<td></td>"
     return f"<td>{float(value):.{digits}f}</td>"
+
+
+def _two_step_sentence(steps: TwoStep) -> str:
+    """How the score's intervals are built, for the report's note."""
+    link = steps.link
+    floor = "given (chance)" if link.floor_fixed else "fitted"
+    return (
+        f"; then, step 2, each draw of the {steps.task.task} bpb goes through a draw of the "
+        f"task's sigmoid link to {steps.task.metric} (one link shared by every source, "
+        f"floor {floor} {link.floor:.3f}, ceiling {link.ceiling:.3f}, fitted to "
+        f"{link.n_cells} cells with binomial weights and bootstrapped over cells"
+        + (f", plus {link.extra_sd:.3f} of scatter about the link" if link.extra_sd > 0 else "")
+        + ")"
+    )

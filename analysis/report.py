@@ -27,6 +27,7 @@ from annealscale.analysis.compare import (
 )
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.laws import DEFAULT_CANDIDATES, Law, get_law
+from annealscale.analysis.objective import BPB, Objective
 from annealscale.analysis.render import render_report
 from annealscale.analysis.sources import (
     POOL_NOTE,
@@ -35,8 +36,9 @@ from annealscale.analysis.sources import (
     fit_sources,
     source_seed,
 )
-from annealscale.analysis.table import ResultsTable, cell_means, load_results
+from annealscale.analysis.table import ResultsTable, cell_means, load_results, read_results
 from annealscale.analysis.target import Target
+from annealscale.analysis.two_step import TwoStep, fit_task_link, link_sources, resolve_metric
 from annealscale.analysis.validate import Folds, Validation, candidate_laws, validate_laws
 
 SCHEMA_VERSION = 3
@@ -59,6 +61,18 @@ PLOT_CAPTIONS: Mapping[str, str] = MappingProxyType(
         "forgetting": "General bpb vs training tokens (forgetting), per source.",
     }
 )
+TWO_STEP_CAPTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "curves": "Step 1: the task's loss (bits per byte of the correct answer) vs training "
+        "tokens per source: cells, the chosen law and the bootstrap band of the curve used at "
+        "the target; the red diamond is the predicted loss at the target.",
+        "link": "Step 2: accuracy vs task loss for every cell (a colour per source), the "
+        "fitted sigmoid link shared by the sources and its bootstrap band; diamonds are the "
+        "predictions at the target (loss interval across, accuracy interval up, through "
+        "both steps). Shaded: losses below every observed cell (the link extrapolates).",
+        "held_out": PLOT_CAPTIONS["held_out"].replace("Held-out check:", "Step 1 held-out check:"),
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,10 +92,16 @@ class Analysis:
     notes: tuple[str, ...]
     """Features skipped or assumptions made, and why."""
     settings: Mapping[str, Any]
+    two_step: TwoStep | None = None
+    """Step 1's decisions and the link, when the decided metric is a task score."""
 
     @property
     def law(self) -> Law:
         return self.validation.selected
+
+    @property
+    def objective(self) -> Objective:
+        return self.decision.primary.objective
 
     def warnings(self) -> list[str]:
         """What a reader of the headline must also know: target notes, fit flags, notes."""
@@ -142,6 +162,8 @@ def evaluate(
     folds: Folds | None = None,
     next_cells: int = 3,
     extra_messages: Sequence[str] = (),
+    metric: str = METRIC,
+    chance: float | None = None,
 ) -> Analysis:
     """Fit, validate and compare the sources of a results table; write nothing.
 
@@ -184,6 +206,13 @@ def evaluate(
     extra_messages : sequence of str
         Sentences appended to the headline, e.g. why an adaptive sweep stopped and the
         compute it saved.
+    metric : str
+        The decided metric: ``domain_bpb``, a task's loss ``task/<task>/bpb``, or a task
+        score ``task/<task>/<metric>`` (e.g. ``acc``), predicted in two steps: the law of
+        ``task/<task>/bpb`` per source, then the task's sigmoid link to the score (see
+        `analysis.two_step`); higher scores are better.
+    chance : float, optional
+        The score's floor for the link (e.g. ``1 / choices``); None fits it.
 
     Raises
     ------
@@ -196,12 +225,28 @@ def evaluate(
         raise AnalysisError(f"level must lie in (0, 1); got {level}")
     if n_boot < 1:
         raise AnalysisError(f"n_boot must be >= 1; got {n_boot}")
-    table = load_results(results)
+    if chance is not None and not 0.0 <= chance < 1.0:
+        raise AnalysisError(f"chance (--chance) must lie in [0, 1), e.g. 0.25; got {chance}")
+    tm = None
+    if metric == METRIC:
+        table = load_results(results)
+    else:
+        frame, path = read_results(results)
+        tm = resolve_metric(metric, frame.columns)
+        assert tm is not None
+        table = dataclasses.replace(load_results(frame, metric=tm.loss), source_path=path)
+    objective = BPB if tm is None else tm.objective
+    loss_objective = BPB if tm is None else tm.loss_objective
     notes = list(table.notes)
     requested = _targets(target_tokens, target_spend, target_cost)
     costs, cost_note = cost_model(table)
     if costs is None and target_cost is not None:
         raise AnalysisError(NO_COST_TARGET)
+    if tm is not None and target_cost is not None:
+        raise AnalysisError(
+            f"target_cost (--target-cost) is not supported with --metric {metric}; decide at "
+            "--target-tokens (and --target-spend), or on domain_bpb"
+        )
     if cost_note:
         notes.append(cost_note)
 
@@ -220,13 +265,13 @@ def evaluate(
         laws = _spend_aware(laws, table)
     fit_options = {"huber_delta": huber_delta}
     validation = validate_laws(
-        table, laws, metric=METRIC, level=level, folds=folds, fit_options=fit_options
+        table, laws, metric=table.metric, level=level, folds=folds, fit_options=fit_options
     )
     fits = with_uncertainty(
         fit_sources(
             table.finished,
             law=validation.selected,
-            metric=METRIC,
+            metric=table.metric,
             n_boot=n_boot,
             seed=seed,
             fitted=validation.of(validation.selected).fits,
@@ -236,7 +281,8 @@ def evaluate(
         seed,
     )
 
-    cells = cell_means(table.finished)
+    extra = () if tm is None else tuple(c for c in (tm.score, tm.stderr) if c is not None)
+    cells = cell_means(table.finished, table.metric, extra)
     if costs is not None and "total_cost" not in cells.columns:
         cells["total_cost"] = [
             float(costs.total_cost(s, c, d))
@@ -253,8 +299,14 @@ def evaluate(
             "--target-tokens (or --target-spend, --target-cost) for the budget you will spend"
         )
 
+    link = None
+    if tm is not None and tm.score is not None:
+        link = fit_task_link(table.finished, tm, chance=chance, n_boot=n_boot, seed=seed)
+    if tm is not None and next_cells > 0:
+        notes.append(f"what to run next is proposed on domain_bpb only, not on {metric}")
+        next_cells = 0
     front = None
-    if costs is not None:
+    if costs is not None and tm is None:
         front = frontier(
             fits,
             costs,
@@ -262,7 +314,8 @@ def evaluate(
             level=level,
             extra_costs=tuple(t.total_cost for t in targets if t.total_cost is not None),
         )
-    decisions = []
+    decisions, loss_decisions = [], []
+    linked = None if link is None else link_sources(fits, link, seed)
     for t in targets:
         td = decide_target(
             t,
@@ -274,14 +327,37 @@ def evaluate(
             rule=rule,
             checked=validation.checked,
             checked_variables=validation.checked_variables,
+            objective=loss_objective,
         )
+        if linked is not None:
+            loss_decisions.append(td)
+            td = decide_target(
+                t,
+                linked,  # type: ignore[arg-type]  # answers what decide_target asks of fits
+                cells,
+                costs=costs,
+                frontier=None,
+                level=level,
+                rule=rule,
+                checked=validation.checked,
+                checked_variables=validation.checked_variables,
+                objective=objective,
+            )
         if next_cells > 0:
             proposed, why = _next_cells(table, t, next_cells)
             if why:
                 notes.append(why)
             td = dataclasses.replace(td, next_cells=proposed)
         decisions.append(td)
+    steps = None
+    if link is not None and tm is not None:
+        steps = TwoStep(task=tm, link=link, loss_decisions=tuple(loss_decisions), chance=chance)
+        notes += steps.notes()
     decision = decide(decisions, cells, tolerance_pct=tolerance_pct)
+    if steps is not None:
+        decision = dataclasses.replace(
+            decision, messages=(decision.messages[0], steps.sentence(), *decision.messages[1:])
+        )
     if extra_messages:
         decision = dataclasses.replace(
             decision, messages=(*decision.messages, *map(str, extra_messages))
@@ -296,8 +372,15 @@ def evaluate(
         cells=cells,
         notes=tuple(notes),
         settings=MappingProxyType(
-            {"huber_delta": huber_delta, "n_boot": n_boot, "level": level, "seed": seed}
+            {
+                "huber_delta": huber_delta,
+                "n_boot": n_boot,
+                "level": level,
+                "seed": seed,
+                **({} if tm is None else {"metric": metric, "chance": chance}),
+            }
         ),
+        two_step=steps,
     )
 
 
@@ -359,7 +442,12 @@ def write_report(analysis: Analysis, out_dir: str | os.PathLike[str]) -> Analysi
     level = float(a.settings["level"])
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    figures = _figures(a.table, a.fits, a.decision, a.validation, a.frontier, a.cells, level)
+    if a.two_step is not None:
+        figures = _two_step_figures(a, level)
+        captions = TWO_STEP_CAPTIONS
+    else:
+        figures = _figures(a.table, a.fits, a.decision, a.validation, a.frontier, a.cells, level)
+        captions = PLOT_CAPTIONS
     plot_paths = {
         name: plotting.save_png(fig, out / "plots" / f"{name}.png") for name, fig in figures.items()
     }
@@ -374,6 +462,7 @@ def write_report(analysis: Analysis, out_dir: str | os.PathLike[str]) -> Analysi
         front=a.frontier,
         notes=a.notes,
         settings=a.settings,
+        two_step=a.two_step,
     )
     fits_json.write_text(dumps_json(payload) + "\n", encoding="utf-8")
 
@@ -385,9 +474,10 @@ def write_report(analysis: Analysis, out_dir: str | os.PathLike[str]) -> Analysi
         validation=a.validation,
         costs=a.costs,
         notes=a.notes,
-        plots=[(PLOT_CAPTIONS[name], path) for name, path in plot_paths.items()],
+        plots=[(captions[name], path) for name, path in plot_paths.items()],
         level=level,
         n_boot=int(a.settings["n_boot"]),
+        two_step=a.two_step,
     )
     report_html.write_text(html, encoding="utf-8")
 
@@ -421,10 +511,18 @@ def _figures(
     cells: pd.DataFrame,
     level: float,
 ) -> dict[str, Any]:
-    base = table.baselines["base_domain_bpb"]
+    base = table.baselines["base_domain_bpb"] if table.metric == METRIC else None
     primary = decision.primary
     figures: dict[str, Any] = {
-        "curves": plotting.curves(table.finished, fits, primary, base, level),
+        "curves": plotting.curves(
+            table.finished,
+            fits,
+            primary,
+            base,
+            level,
+            metric=table.metric,
+            label=primary.objective.label,
+        ),
     }
     if front is not None:
         cost_targets = [t.target.total_cost for t in decision.targets if t.target.total_cost]
@@ -441,6 +539,37 @@ def _figures(
     return figures
 
 
+def _two_step_figures(a: Analysis, level: float) -> dict[str, Any]:
+    """Step 1 (the task loss's law per source) and step 2 (the link), and the held-out check."""
+    steps = a.two_step
+    assert steps is not None and steps.task.score is not None
+    tm = steps.task
+    figures: dict[str, Any] = {
+        "curves": plotting.curves(
+            a.table.finished,
+            a.fits,
+            steps.loss_decisions[0],
+            None,
+            level,
+            metric=tm.loss,
+            label=tm.loss_objective.label,
+        ),
+        "link": plotting.link(
+            a.table.finished,
+            tm.loss,
+            tm.score,
+            steps.link,
+            a.decision.primary,
+            steps.loss_decisions[0],
+            level,
+            a.objective.label,
+        ),
+    }
+    if any(v.cells for v in a.validation.laws):
+        figures["held_out"] = plotting.held_out(a.validation)
+    return figures
+
+
 def fits_payload(
     table: ResultsTable,
     fits: Mapping[str, SourceFits],
@@ -451,8 +580,9 @@ def fits_payload(
     front: Frontier | None,
     notes: Sequence[str],
     settings: Mapping[str, Any],
+    two_step: TwoStep | None = None,
 ) -> dict[str, Any]:
-    """The content of fits.json."""
+    """The content of fits.json (with a ``two_step`` section for a task score)."""
     law = validation.selected
     level = float(settings["level"])
     primary = decision.primary
@@ -477,20 +607,26 @@ def fits_payload(
                 "target": primary.target.label,
                 "train_tokens": pred.train_tokens,
                 "curation_spend": pred.curation_spend if pred.spend_modelled else None,
-                METRIC: pred.predicted,
+                primary.objective.column: pred.predicted,
                 "interval": [pred.lower, pred.upper],
                 "extrapolated": pred.extrapolated,
                 "extrapolation_factor": dict(pred.reach),
                 "uncertainty": "fit (bootstrap), extrapolation error rate "
-                f"{sf.error_rate:.3g} per e-fold of reach, and law disagreement",
+                f"{sf.error_rate:.3g} per e-fold of reach, and law disagreement"
+                + ("; then the link's bootstrap (step 2)" if two_step is not None else ""),
             }
         )
+        if two_step is not None and pred is not None:
+            lp = two_step.loss_decisions[0].predictions.get(name)
+            sd = float(two_step.link.observation_sd(pred.predicted))
+            entry["prediction"]["step1"] = None if lp is None else lp.to_dict()
+            entry["prediction"]["observation_sd"] = sd if two_step.link.questions else None
         if sf.pooled.bootstrap is not None:
             entry["param_intervals"] = entry["bootstrap"]["param_intervals"]
         sources[name] = entry
-    return {
+    payload = {
         "schema_version": SCHEMA_VERSION,
-        "metric": METRIC,
+        "metric": primary.objective.column,
         "law": {**law.describe(), "selected_by": validation.reason},
         "candidates": [v.law.name for v in validation.laws],
         "fit_settings": {
@@ -517,6 +653,21 @@ def fits_payload(
         "frontier": None if front is None else front.to_dict(),
         "decision": decision.to_dict(),
     }
+    if two_step is not None:
+        tm = two_step.task
+        payload["objective"] = primary.objective.to_dict()
+        payload["two_step"] = {
+            "task": tm.task,
+            "score": tm.score,
+            "loss": tm.loss,
+            "stderr": tm.stderr,
+            "chance": two_step.chance,
+            "link": two_step.link.to_dict(level),
+            "step1_targets": [td.to_dict() for td in two_step.loss_decisions],
+            "observation_sd": "binomial sd of one measured score of the link's questions per "
+            "cell around the predicted expected accuracy; intervals are of the expected accuracy",
+        }
+    return payload
 
 
 def dumps_json(obj: Any) -> str:

@@ -321,3 +321,120 @@ def at_fraction(steps: Sequence[Step], fraction: float) -> Step | None:
         if s.spent <= fraction + 1e-9:
             best = s
     return best
+
+
+TASK_TRAIN_TOKENS: tuple[float, ...] = (1e6, 2e6, 4e6, 8e6, 1.6e7)
+"""Training-token counts of a `TaskProblem`'s grid; its target is `TASK_TARGET_FACTOR`
+times the largest."""
+TASK_TARGET_FACTOR = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSource:
+    """A source whose task loss follows ``E + B (D / 1e6) ** -beta`` (bits per byte)."""
+
+    name: str
+    E: float
+    B: float
+    beta: float
+
+    def loss(self, train_tokens) -> np.ndarray:
+        return self.E + self.B * (np.asarray(train_tokens, float) / 1e6) ** -self.beta
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskProblem:
+    """Sources on one multiple-choice task: accuracy is a sigmoid link of the task loss
+    (``floor`` the chance level), measured on ``questions`` questions (binomial noise);
+    the loss carries a relative noise per cell (a seed's model), and the accuracy is that
+    model's (the link at the cell's own loss)."""
+
+    sources: tuple[TaskSource, ...]
+    link: tuple[float, float, float, float]
+    """True (floor, ceiling, mid, scale)."""
+    questions: int
+    noise: float
+    """Relative noise of a cell's task loss (sd of log bpb)."""
+    seed: int
+    seeds: int = 2
+    task: str = "sim"
+    train_tokens: tuple[float, ...] = TASK_TRAIN_TOKENS
+
+    @property
+    def target_tokens(self) -> float:
+        return TASK_TARGET_FACTOR * self.train_tokens[-1]
+
+    def accuracy(self, loss) -> np.ndarray:
+        from annealscale.analysis.link import sigmoid_link
+
+        return sigmoid_link(loss, self.link)
+
+    def true_at_target(self) -> dict[str, float]:
+        """Expected accuracy of each source at the target."""
+        return {s.name: float(self.accuracy(s.loss(self.target_tokens))) for s in self.sources}
+
+    def true_best(self) -> str:
+        t = self.true_at_target()
+        return max(t, key=t.get)
+
+    def table(self) -> pd.DataFrame:
+        """A results table: one row per (source, training tokens, seed), with
+        ``task/<task>/bpb``, ``task/<task>/acc`` and its lm-eval stderr, and a
+        ``domain_bpb`` that tracks the task loss."""
+        rng = np.random.default_rng([self.seed, 23])
+        rows = []
+        pre = f"task/{self.task}"
+        for s in self.sources:
+            for d in self.train_tokens:
+                for k in range(self.seeds):
+                    loss = float(s.loss(d)) * math.exp(self.noise * rng.standard_normal())
+                    acc = rng.binomial(self.questions, float(self.accuracy(loss))) / self.questions
+                    rows.append(
+                        {
+                            "source": s.name,
+                            "curation_spend": 1.0,
+                            "train_tokens": d,
+                            "seed": k,
+                            "status": "finished",
+                            "domain_bpb": 0.9 * loss,
+                            f"{pre}/bpb": loss,
+                            f"{pre}/acc": acc,
+                            f"{pre}/acc_stderr": math.sqrt(acc * (1 - acc) / (self.questions - 1)),
+                        }
+                    )
+        return pd.DataFrame(rows)
+
+
+def make_task_problem(seed: int, *, min_gap: float = 0.01) -> TaskProblem:
+    """A random two- or three-source task problem whose best source at the target leads
+    the runner-up by at least ``min_gap`` of accuracy. The link puts the sampled cells on
+    the lower half of the sigmoid and the target further up, where a power law in
+    accuracy would be wrong; 200-1000 questions; four choices (floor 0.25)."""
+    rng = np.random.default_rng([seed, 11])
+    while True:
+        n_src = int(rng.integers(2, 4))
+        e = rng.uniform(0.6, 1.0)
+        sources = tuple(
+            TaskSource(
+                name=f"s{i}",
+                E=e * rng.uniform(0.9, 1.1),
+                B=rng.uniform(0.6, 1.4),
+                beta=rng.uniform(0.2, 0.5),
+            )
+            for i in range(n_src)
+        )
+        sampled = np.array([s.loss(d) for s in sources for d in TASK_TRAIN_TOKENS])
+        at_target = np.array([s.loss(TASK_TARGET_FACTOR * TASK_TRAIN_TOKENS[-1]) for s in sources])
+        lo, hi = float(at_target.min()), float(sampled.max())
+        mid = rng.uniform(lo, float(np.median(sampled)))
+        link = (0.25, rng.uniform(0.8, 0.95), mid, (hi - lo) * rng.uniform(0.2, 0.45))
+        p = TaskProblem(
+            sources=sources,
+            link=link,
+            questions=int(rng.integers(200, 1001)),
+            noise=float(rng.uniform(0.003, 0.01)),
+            seed=seed,
+        )
+        vals = sorted(p.true_at_target().values(), reverse=True)
+        if vals[0] - vals[1] >= min_gap:
+            return p

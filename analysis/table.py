@@ -87,6 +87,9 @@ class ResultsTable:
     """Where the table was read from, None for an in-memory DataFrame."""
     notes: tuple[str, ...] = ()
     """What was assumed or derived because a column was absent."""
+    metric: str = "domain_bpb"
+    """The fitted column (a loss, lower is better): ``domain_bpb`` or a task's
+    ``task/<name>/bpb``."""
 
     @property
     def n_excluded(self) -> int:
@@ -101,8 +104,11 @@ class ResultsTable:
         )
 
 
-def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable:
-    """Read (if given a path) and validate a results table.
+def load_results(
+    results: pd.DataFrame | str | os.PathLike[str], *, metric: str = "domain_bpb"
+) -> ResultsTable:
+    """Read (if given a path) and validate a results table; ``metric`` is the fitted column
+    (required in place of ``domain_bpb`` when another is named).
 
     Raises
     ------
@@ -111,29 +117,19 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
         or a known column is not numeric, a baseline column varies, or no cell is
         finished.
     """
-    source_path = None
-    if isinstance(results, pd.DataFrame):
-        df = results.reset_index(drop=True).copy()  # the caller's frame is left alone
-    else:
-        path = Path(results)
-        if not path.exists():
-            raise AnalysisError(
-                f"results table not found at {path}; pass a DataFrame or a Parquet path"
-            )
-        source_path = str(path)
-        try:
-            df = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-            raise AnalysisError(f"cannot read {path} as Parquet: {exc}") from None
+    df, source_path = read_results(results)
     if len(df) == 0:
         raise AnalysisError("results table is empty; run a sweep first")
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    required = (*REQUIRED_COLUMNS[:-1], metric)
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise AnalysisError(
             f"results table is missing required column(s) {', '.join(map(repr, missing))}; "
-            f"required: {', '.join(REQUIRED_COLUMNS)} (others optional)"
+            f"required: {', '.join(required)} (others optional)"
         )
-    for col in NUMERIC_COLUMNS + tuple(c for c in BASELINE_COLUMNS if c in df.columns):
+    task_cols = tuple(c for c in df.columns if str(c).startswith("task/"))
+    known = (*NUMERIC_COLUMNS, metric, *task_cols)
+    for col in dict.fromkeys(known + tuple(c for c in BASELINE_COLUMNS if c in df.columns)):
         if col not in df.columns:
             continue
         try:
@@ -142,12 +138,12 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
             raise AnalysisError(f"results column {col!r} must be numeric") from None
     df["source"] = df["source"].astype(str)
     df, notes = _drop_repeated_rows(df)
-    notes += _fill_defaults(df)
-    notes += _bad_metric_notes(df)
+    notes += _fill_defaults(df, metric)
+    notes += _bad_metric_notes(df, metric)
     failures = failure_notes(df)
     notes += failures
 
-    ok = (df["status"] == FINISHED) & np.isfinite(df["domain_bpb"]) & (df["domain_bpb"] > 0)
+    ok = (df["status"] == FINISHED) & np.isfinite(df[metric]) & (df[metric] > 0)
     finished = df.loc[ok]
     if finished.empty:
         if failures:
@@ -157,7 +153,7 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
                 + "; fix the spec (e.g. lower the learning rate or weight decay) and rerun"
             )
         raise AnalysisError(
-            "results table has no finished cells with a positive, finite 'domain_bpb'; "
+            f"results table has no finished cells with a positive, finite {metric!r}; "
             "run a sweep first or check the 'status' column"
         )
     for col, rule in _RULES_ON_FINISHED.items():
@@ -171,7 +167,7 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
                 f"{int(bad.sum())} row(s) are not ({col}={values[bad].iloc[0]:g} in "
                 f"{_named_rows(finished, bad)})"
             )
-    order = [*cell_key(finished), "seed", "domain_bpb"]
+    order = [*cell_key(finished), "seed", metric]
     finished = finished.sort_values(order, kind="mergesort").reset_index(drop=True)
     return ResultsTable(
         rows=df.reset_index(drop=True),
@@ -179,6 +175,7 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
         baselines={c: _baseline(df, c) for c in BASELINE_COLUMNS},
         source_path=source_path,
         notes=tuple(notes),
+        metric=metric,
     )
 
 
@@ -191,7 +188,7 @@ def _named_rows(df: pd.DataFrame, mask: pd.Series, limit: int = 6) -> str:
     names = [
         f"{r['source']} spend={r['curation_spend']:g} tokens={r['train_tokens']:g}"
         + (f" seed={r['seed']:g}" if "seed" in rows.columns else "")
-        + f" bpb={r['domain_bpb']:g}"
+        + (f" bpb={r['domain_bpb']:g}" if "domain_bpb" in rows.columns else "")
         for _, r in rows.head(limit).iterrows()
     ]
     more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
@@ -225,15 +222,15 @@ def _drop_repeated_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return df, notes
 
 
-def _bad_metric_notes(df: pd.DataFrame) -> list[str]:
-    """Finished rows whose domain_bpb is not a positive, finite number: left out of every
+def _bad_metric_notes(df: pd.DataFrame, metric: str = "domain_bpb") -> list[str]:
+    """Finished rows whose ``metric`` is not a positive, finite number: left out of every
     fit, and named here so the terminal says so (not only the HTML report)."""
-    value = df["domain_bpb"]
+    value = df[metric]
     bad = (df["status"] == FINISHED) & ~(np.isfinite(value) & (value > 0))
     if not bad.any():
         return []
     return [
-        f"dropped {int(bad.sum())} finished row(s) whose domain_bpb is NaN, infinite or not "
+        f"dropped {int(bad.sum())} finished row(s) whose {metric} is NaN, infinite or not "
         f"positive ({_named_rows(df, bad)}): a diverged or broken anneal; rerun those cells"
     ]
 
@@ -256,17 +253,34 @@ def failure_notes(df: pd.DataFrame, most: int = 5) -> list[str]:
     return notes
 
 
-def _fill_defaults(df: pd.DataFrame) -> list[str]:
+def read_results(
+    results: pd.DataFrame | str | os.PathLike[str],
+) -> tuple[pd.DataFrame, str | None]:
+    """The table as a DataFrame (a copy; read if given a path) and the path it came from."""
+    if isinstance(results, pd.DataFrame):
+        return results.reset_index(drop=True).copy(), None  # the caller's frame is left alone
+    path = Path(results)
+    if not path.exists():
+        raise AnalysisError(
+            f"results table not found at {path}; pass a DataFrame or a Parquet path"
+        )
+    try:
+        return pd.read_parquet(path), str(path)
+    except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+        raise AnalysisError(f"cannot read {path} as Parquet: {exc}") from None
+
+
+def _fill_defaults(df: pd.DataFrame, metric: str = "domain_bpb") -> list[str]:
     """Add the optional columns that can be assumed or derived; say what was done."""
     notes = []
     if "status" not in df.columns:
         df["status"] = FINISHED
-        notes.append("no 'status' column: every row with a finite domain_bpb counts as finished")
+        notes.append(f"no 'status' column: every row with a finite {metric} counts as finished")
     df["status"] = df["status"].astype(str)
     if "seed" not in df.columns:
         # numbered in metric order within each cell, so the numbering ignores row order
         key = cell_key(df)
-        ordered = df.sort_values([*key, "domain_bpb"], kind="mergesort")
+        ordered = df.sort_values([*key, metric], kind="mergesort")
         seeds = ordered.groupby(key, sort=False, dropna=False).cumcount()
         df["seed"] = seeds.reindex(df.index).astype(float)
         notes.append("no 'seed' column: repeated cells count as separate seeds")
@@ -304,27 +318,33 @@ def cell_key(df: pd.DataFrame) -> list[str]:
     return [*CELL_KEY, *(["model_params"] if "model_params" in df.columns else [])]
 
 
-def cell_means(finished: pd.DataFrame) -> pd.DataFrame:
+def cell_means(
+    finished: pd.DataFrame, metric: str = "domain_bpb", extra: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Average the seeds of each cell ``(source, curation_spend, train_tokens[, model_params])``.
 
     Returns one row per cell with the mean of each metric and cost column present
-    (``domain_bpb`` always; ``general_bpb``, ``total_cost``, ``unique_tokens``,
-    ``domain_tokens`` ... when given) and the number of seeds ``n_seeds``, sorted by
-    the cell key.
+    (``metric`` always; ``general_bpb``, ``total_cost``, ``unique_tokens``,
+    ``domain_tokens`` ... and the ``extra`` columns when given) and the number of seeds
+    ``n_seeds``, sorted by the cell key.
     """
     key = cell_key(finished)
     means = [
         c
-        for c in (
-            "domain_bpb",
-            "general_bpb",
-            "total_cost",
-            "curation_cost",
-            "train_cost",
-            "unique_tokens",
-            "domain_tokens",
+        for c in dict.fromkeys(
+            (
+                metric,
+                "domain_bpb",
+                "general_bpb",
+                "total_cost",
+                "curation_cost",
+                "train_cost",
+                "unique_tokens",
+                "domain_tokens",
+                *extra,
+            )
         )
         if c in finished.columns
     ]
     agg = {c: (c, "mean") for c in means}
-    return finished.groupby(key, sort=True).agg(**agg, n_seeds=("domain_bpb", "size")).reset_index()
+    return finished.groupby(key, sort=True).agg(**agg, n_seeds=(metric, "size")).reset_index()

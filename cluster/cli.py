@@ -173,6 +173,19 @@ def _parser() -> argparse.ArgumentParser:
         type=positive_float,
         help="total budget to split across sources, curation and training (USD)",
     )
+    analyze.add_argument(
+        "--metric",
+        default="domain_bpb",
+        help="metric to decide on: domain_bpb (default), a task's loss task/<task>/bpb, or a "
+        "task score task/<task>/<metric> (e.g. task/mathqa_local/acc; higher is better), "
+        "predicted through the law of task/<task>/bpb and a fitted sigmoid link",
+    )
+    analyze.add_argument(
+        "--chance",
+        type=float,
+        default=None,
+        help="floor of a task score's link, e.g. 0.25 for four choices (default: fitted)",
+    )
     _decision_flags(analyze)
     analyze.set_defaults(func=_cmd_analyze)
 
@@ -333,6 +346,8 @@ def _cmd_analyze(args) -> int:
         target_spend=args.target_spend,
         target_cost=args.target_cost,
         rule=_decision_rule(args),
+        metric=args.metric,
+        chance=args.chance,
     )
     result = write_report(analysis, args.out)
     _print_decision(analysis)
