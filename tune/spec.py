@@ -69,6 +69,10 @@ class ResourcesSpec(SpecModel):
     """CPUs reserved per worker; also its PyTorch thread count on CPU."""
     gpus_per_worker: int = 0
     """GPUs per worker; 0 trains on CPU (gloo, fp32)."""
+    gpus_per_node: int | None = None
+    """GPUs of one GPU node (a worker pod or VM), e.g. 8. A cell whose GPUs (num_workers x
+    gpus_per_worker) fit one node runs all its ranks on one node (NVLink, placement
+    ``STRICT_PACK``); a larger cell must fill whole nodes. Omitted: Ray packs as it can."""
     max_concurrent_trials: int | None = None
     """Cap on simultaneous anneals; derived from the cluster's resources when absent."""
     driver_resources: Mapping[str, float] = Field(default_factory=dict)
@@ -83,6 +87,7 @@ class ResourcesSpec(SpecModel):
         check(self.num_workers >= 1, "num_workers", "must be at least 1")
         check(self.cpus_per_worker >= 1, "cpus_per_worker", "must be at least 1")
         check(self.gpus_per_worker >= 0, "gpus_per_worker", "must not be negative")
+        self._check_fits_nodes()
         check(
             self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
             "max_concurrent_trials",
@@ -96,6 +101,26 @@ class ResourcesSpec(SpecModel):
             )
             check(amount > 0, f"driver_resources.{name}", "must be a positive amount")
 
+    def _check_fits_nodes(self) -> None:
+        per_node = self.gpus_per_node
+        if per_node is None:
+            return
+        check(per_node >= 1, "gpus_per_node", "must be at least 1 (or omitted)")
+        gpus = self.num_workers * self.gpus_per_worker
+        check(
+            self.gpus_per_worker <= per_node,
+            "gpus_per_worker",
+            f"{self.gpus_per_worker} GPUs per worker do not fit a node of {per_node} GPUs "
+            "(resources.gpus_per_node)",
+        )
+        check(
+            gpus <= per_node or gpus % per_node == 0,
+            "num_workers",
+            f"a cell of {self.num_workers} workers x {self.gpus_per_worker} GPUs = {gpus} GPUs "
+            f"is larger than one node of {per_node} GPUs (resources.gpus_per_node) and not a "
+            f"whole number of nodes; use at most {per_node} GPUs or a multiple of {per_node}",
+        )
+
 
 class RetrySpec(SpecModel):
     """How often a failing anneal is retried, at each layer; not part of any identity."""
@@ -107,8 +132,18 @@ class RetrySpec(SpecModel):
     """Reruns of a failed Ray Tune trial (its driver, or a Train run out of restarts) before
     the cell is recorded as failed. A later sweep or ``--resume`` tries it again."""
 
+    preemption_failures: int = -1
+    """Restarts of a trial's worker group after a node is preempted (a spot node drained
+    with notice), counted apart from ``worker_failures``; -1: unlimited. Each resumes from
+    the run's latest checkpoint."""
+
     def validate_spec(self) -> None:
         check(self.worker_failures >= 0, "worker_failures", "must be 0 or more")
+        check(
+            self.preemption_failures >= -1,
+            "preemption_failures",
+            "must be -1 (unlimited), 0 or more",
+        )
         check(self.trial_failures >= 0, "trial_failures", "must be 0 or more")
 
 

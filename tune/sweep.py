@@ -227,6 +227,7 @@ def _run_trials(
         resources=spec.resources,
         worker_failures=spec.retries.worker_failures,
         trunks_root=str(layout.local_root / "trunks"),
+        preemption_failures=spec.retries.preemption_failures,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_cell, plans=plans, settings=settings),

@@ -39,6 +39,9 @@ class TrialSettings:
     """Train worker-group restarts per trial attempt (`ray.train.FailureConfig`)."""
     trunks_root: str
     """Local or mounted directory of WSD trunks, one per trunk identity, with their locks."""
+    preemption_failures: int = -1
+    """Restarts after a node preemption (a drained spot node), counted apart from
+    ``worker_failures`` (`FailureConfig.max_preemption_failures`; -1: unlimited)."""
 
 
 def train_run_name(identity: str) -> str:
@@ -127,6 +130,7 @@ def fit_anneal(
 
     from annealscale.anneal.loop import anneal_worker
     from annealscale.tune.cell_data import cell_datasets
+    from annealscale.tune.placement import placement_strategy
 
     resources = settings.resources
     per_worker = {"CPU": resources.cpus_per_worker}
@@ -143,6 +147,7 @@ def fit_anneal(
             num_workers=resources.num_workers,
             use_gpu=resources.gpus_per_worker > 0,
             resources_per_worker=per_worker,
+            placement_strategy=placement_strategy(resources),
         ),
         # One worker reads its datasets whole; splitting would only add a coordinator
         # actor per dataset (a process start each, seconds on a small machine).
@@ -152,7 +157,10 @@ def fit_anneal(
             name=name,
             storage_path=storage_path,
             callbacks=list(callbacks),
-            failure_config=FailureConfig(max_failures=settings.worker_failures),
+            failure_config=FailureConfig(
+                max_failures=settings.worker_failures,
+                max_preemption_failures=settings.preemption_failures,
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=keep),
         ),
     )

@@ -10,6 +10,7 @@ annealscale spec that fits the cluster.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -60,6 +61,24 @@ def _one(objs: list[dict], kind: str) -> dict:
     found = [o for o in objs if o["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
+
+
+def _group(spec: dict, name: str) -> dict:
+    (group,) = [g for g in spec["workerGroupSpecs"] if g["groupName"] == name]
+    return group
+
+
+def _ray_resources(group: dict) -> dict[str, float]:
+    """The custom Ray resources a group declares (rayStartParams ``resources``, a quoted
+    JSON object as KubeRay passes it to ``ray start --resources``)."""
+    text = group.get("rayStartParams", {}).get("resources")
+    return json.loads(json.loads(text)) if text else {}
+
+
+def _mounted_spec(objs: list[dict]):
+    from annealscale.tune.spec import parse_spec
+
+    return parse_spec(yaml.safe_load(_one(objs, "ConfigMap")["data"]["spec.yaml"]))
 
 
 def _cluster_specs(objs: list[dict]) -> list[tuple[str, dict]]:
@@ -135,7 +154,9 @@ MISSPELLINGS = [
     ("RayCluster", "spec.workerGroupSpecs.0", "minReplicas", "minReplica"),
     ("RayCluster", "spec", "enableInTreeAutoscaling", "enableInTreeAutoScaling"),
     ("RayCluster", "spec.autoscalerOptions", "idleTimeoutSeconds", "idleTimeoutSecond"),
-    ("RayCluster", "spec.workerGroupSpecs.0.template.spec", "tolerations", "toleration"),
+    ("RayCluster", "spec.workerGroupSpecs.1.template.spec", "tolerations", "toleration"),
+    ("RayCluster", "spec.workerGroupSpecs.0.template.spec", "affinity", "afinity"),
+    ("RayCluster", "spec.autoscalerOptions", "volumeMounts", "volumeMount"),
     ("RayJob", "spec", "shutdownAfterJobFinishes", "shutdownAfterJobFinish"),
     ("RayJob", "spec", "ttlSecondsAfterFinished", "ttlSecondAfterFinished"),
     ("RayJob", "spec.rayClusterSpec.headGroupSpec", "serviceType", "servicetype"),
@@ -298,10 +319,10 @@ def test_gpu_group_requests_gpus_on_tainted_gpu_nodes(kustomization, rendered):
         head = spec["headGroupSpec"]["template"]["spec"]
         assert GPU not in head["containers"][0]["resources"]["limits"], "head is CPU-only"
         assert head["containers"][0]["image"].endswith("-py311-cpu"), owner
-        (group,) = spec["workerGroupSpecs"]
+        group = _group(spec, "gpu")
         pod = group["template"]["spec"]
         worker = pod["containers"][0]
-        assert int(worker["resources"]["limits"][GPU]) >= 1, owner
+        assert int(worker["resources"]["limits"][GPU]) == 8, owner  # a whole node
         assert worker["resources"]["requests"][GPU] == worker["resources"]["limits"][GPU]
         assert worker["image"].endswith("-py311-gpu"), owner
         assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
@@ -323,10 +344,10 @@ def test_dev_cpu_overlay_has_no_gpus_and_small_pods(rendered):
 
 def test_gpu_prod_overlay_is_larger_than_base(rendered):
     def sizes(objs):
-        spec = _one(objs, "RayCluster")["spec"]
-        group = spec["workerGroupSpecs"][0]
+        group = _group(_one(objs, "RayCluster")["spec"], "gpu")
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-        return group["maxReplicas"], int(limits["cpu"]), int(limits["memory"][:-2])
+        storage = int(limits["ephemeral-storage"][:-2])
+        return group["maxReplicas"], int(limits["cpu"]), int(limits["memory"][:-2]), storage
 
     base, prod = sizes(rendered["base"]), sizes(rendered["overlays/gpu-prod"])
     assert all(p > b for p, b in zip(prod, base, strict=True)), (base, prod)
@@ -395,40 +416,138 @@ def test_rayjob_runs_the_mounted_spec_and_cleans_up(kustomization, rendered):
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
-def test_service_accounts(kustomization, rendered):
+def test_api_token_reaches_only_the_autoscaler(kustomization, rendered):
     objs = rendered[kustomization]
     account = _one(objs, "ServiceAccount")
     assert account["automountServiceAccountToken"] is False
     for name, pod in _pod_specs(objs):
+        # No pod automounts a token: job drivers (in ray-head) and workers hold none.
+        assert pod["automountServiceAccountToken"] is False, name
+        mounted = {m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+        assert "kube-api-access" not in mounted, name
         if name.endswith(" head"):
             # KubeRay creates the head's account with the RBAC its autoscaler needs.
             assert "serviceAccountName" not in pod, name
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            sources = volumes["kube-api-access"]["projected"]["sources"]
+            assert {"path": "token", "expirationSeconds": 3607} in [
+                src.get("serviceAccountToken") for src in sources
+            ]
         else:
             assert pod["serviceAccountName"] == account["metadata"]["name"], name
-            assert pod["automountServiceAccountToken"] is False, name
+            assert not any("projected" in v for v in pod.get("volumes", [])), name
+    for owner, spec in _cluster_specs(objs):
+        # ... and the autoscaler sidecar mounts it where the Kubernetes client looks.
+        (mount,) = spec["autoscalerOptions"]["volumeMounts"]
+        assert mount == {
+            "name": "kube-api-access",
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            "readOnly": True,
+        }, owner
+
+
+def _worker_pods(objs: list[dict]) -> list[tuple[str, dict]]:
+    return [(n, p) for n, p in _pod_specs(objs) if not n.endswith((" head", " submitter"))]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_hugging_face_cache_is_on_the_shared_volume(kustomization, rendered):
+    for name, pod in _pod_specs(rendered[kustomization]):
+        if name.endswith(" submitter"):
+            continue
+        env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
+        assert env["HF_HOME"].startswith(PVC_MOUNT + "/"), name
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_mounted_spec_is_a_valid_sweep_that_fits_the_cluster(kustomization, rendered):
-    from annealscale.tune.spec import parse_spec
-
     objs = rendered[kustomization]
-    spec = parse_spec(yaml.safe_load(_one(objs, "ConfigMap")["data"]["spec.yaml"]))
+    spec = _mounted_spec(objs)
     assert spec.storage_path.startswith(PVC_MOUNT + "/")
-    (group,) = _one(objs, "RayCluster")["spec"]["workerGroupSpecs"]
+    res = spec.resources
+    assert res.max_concurrent_trials is not None  # the autoscaled cluster starts small
+    cluster = _one(objs, "RayCluster")["spec"]
+    groups = cluster["workerGroupSpecs"]
+    train_groups = [g for g in groups if g["groupName"] != "drivers"]
+    (group,) = train_groups
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     gpus_per_pod = int(limits.get(GPU, 0))
-    res = spec.resources
     assert (res.gpus_per_worker > 0) == (gpus_per_pod > 0)
-    # One trial = a 1-CPU Tune driver + num_workers Train workers, all on worker pods
-    # (the head has num-cpus 0).
-    trials_per_pod = min(
-        (int(limits["cpu"]) - 1) // (res.num_workers * res.cpus_per_worker),
-        gpus_per_pod // (res.num_workers * res.gpus_per_worker) if gpus_per_pod else 10**9,
-    )
-    assert trials_per_pod >= 1
-    assert res.max_concurrent_trials is not None  # the autoscaled cluster starts small
-    assert res.max_concurrent_trials <= trials_per_pod * group["maxReplicas"]
+    if gpus_per_pod:
+        # The spec knows the node size, so it packs a cell onto one node (STRICT_PACK).
+        assert res.gpus_per_node == gpus_per_pod
+        nodes = -(-res.num_workers * res.gpus_per_worker // gpus_per_pod)
+        cells_per_pod = max(1, gpus_per_pod // (res.num_workers * res.gpus_per_worker))
+        workers_per_pod = min(res.num_workers, gpus_per_pod // res.gpus_per_worker)
+        # A cell's workers on one pod leave a CPU for Ray Data's reads.
+        assert workers_per_pod * cells_per_pod * res.cpus_per_worker < int(limits["cpu"])
+        capacity = group["maxReplicas"] * cells_per_pod // nodes
+    else:
+        # One trial = a 1-CPU Tune driver + num_workers Train workers on a CPU pod.
+        per_trial = res.num_workers * res.cpus_per_worker
+        capacity = (int(limits["cpu"]) - 1) // per_trial * group["maxReplicas"]
+    assert 1 <= res.max_concurrent_trials <= capacity
+    # Drivers ask only for resources that some group declares, or they would never start.
+    declared = {name for g in groups for name in _ray_resources(g)}
+    assert set(res.driver_resources) <= declared
+
+
+@pytest.mark.parametrize("kustomization", ["base", "overlays/gpu-prod"])
+def test_every_spec_cell_fits_a_gpu_pod_or_whole_pods(kustomization, rendered):
+    objs = rendered[kustomization]
+    res = _mounted_spec(objs).resources
+    limits = _group(_one(objs, "RayCluster")["spec"], "gpu")["template"]["spec"]["containers"][0][
+        "resources"
+    ]["limits"]
+    pod_gpus = int(limits[GPU])
+    cell = res.num_workers * res.gpus_per_worker
+    assert cell <= pod_gpus or cell % pod_gpus == 0, (cell, pod_gpus)
+
+
+def test_a_spec_cell_larger_than_a_pod_is_rejected_with_one_line(rendered):
+    from annealscale.core.errors import AnnealscaleError
+    from annealscale.tune.spec import parse_spec
+
+    data = yaml.safe_load(_one(rendered["overlays/gpu-prod"], "ConfigMap")["data"]["spec.yaml"])
+    data["resources"]["num_workers"] = 12  # 12 GPUs: more than a node, not two nodes
+    data["train"]["micro_batch_size"] = 1
+    data["train"]["batch_size"] = 48
+    with pytest.raises(AnnealscaleError) as caught:
+        parse_spec(data)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("resources.num_workers:") and "gpus_per_node" in message
+    data["resources"]["num_workers"] = 16  # two whole nodes: accepted
+    assert parse_spec(data).resources.num_workers == 16
+
+
+@pytest.mark.parametrize("kustomization", ["base", "overlays/gpu-prod"])
+def test_drivers_require_the_on_demand_resource(kustomization, rendered):
+    objs = rendered[kustomization]
+    res = _mounted_spec(objs).resources
+    assert dict(res.driver_resources) == {"on_demand": 1.0}
+    for owner, spec in _cluster_specs(objs):
+        drivers, gpu = _group(spec, "drivers"), _group(spec, "gpu")
+        # Only the driver group offers it, so no driver can land on a (spot) GPU node.
+        assert _ray_resources(drivers)["on_demand"] >= res.max_concurrent_trials, owner
+        assert _ray_resources(gpu) == {}, owner
+        pod = drivers["template"]["spec"]
+        assert GPU not in pod["containers"][0]["resources"]["limits"], owner
+        (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"
+        ]
+        keep_off = {e["key"] for e in term["matchExpressions"] if e["operator"] == "NotIn"}
+        assert {"eks.amazonaws.com/capacityType", "cloud.google.com/gke-spot"} <= keep_off
+        assert "tolerations" not in pod, owner  # tolerates no spot taint
+
+
+def test_gpu_prod_cells_checkpoint_periodically(rendered):
+    spec = _mounted_spec(rendered["overlays/gpu-prod"])
+    every = spec.checkpoint.every_steps or spec.checkpoint.every_tokens
+    assert every, "a preempted cell would restart from step 0"
+    steps = min(spec.grid.train_tokens) // spec.train.tokens_per_step
+    assert (spec.checkpoint.every_steps or 0) < steps  # even the shortest cell saves one
+    assert spec.retries.preemption_failures == -1  # preemptions never fail a cell
 
 
 # -------------------------------------------------------------------- images, versions
