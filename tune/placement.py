@@ -1,10 +1,10 @@
 """Where one cell's Ray Train workers go: packed onto one node when they fit.
 
 A cell's ranks talk over NVLink only when they share a node; spread over pods they talk
-over the pod network. With ``resources.gpus_per_node`` set (the GPUs of one worker pod or
-VM), a cell that fits one node gets ``STRICT_PACK`` (all ranks on one node, or it waits
-for one), and a larger cell, which the spec makes use whole nodes, gets ``PACK`` (nodes
-filled one at a time). Without it Ray's default, ``PACK``, applies.
+over the pod network. Given ``resources.gpus_per_node`` (the GPUs of one worker pod or VM),
+a GPU cell that fits one node gets ``STRICT_PACK`` (all ranks on one node, or it waits for
+one), and a larger cell, which the spec makes use whole nodes, gets ``PACK`` (nodes filled
+one at a time). CPU cells keep Ray's default, ``PACK``.
 """
 
 from __future__ import annotations
@@ -17,17 +17,13 @@ def cell_gpus(resources) -> int:
 
 def placement_strategy(resources) -> str:
     """The Ray placement-group strategy for one cell's Train workers."""
-    per_node = resources.gpus_per_node
     gpus = cell_gpus(resources)
-    if per_node and 0 < gpus <= per_node:
+    if 0 < gpus <= resources.gpus_per_node:
         return "STRICT_PACK"
     return "PACK"
 
 
 def nodes_per_cell(resources) -> int | None:
-    """Whole nodes one cell occupies, when the node size is known and the cell uses GPUs."""
-    per_node = resources.gpus_per_node
+    """Whole GPU nodes one cell occupies (None for a CPU cell)."""
     gpus = cell_gpus(resources)
-    if not per_node or not gpus:
-        return None
-    return -(-gpus // per_node)
+    return -(-gpus // resources.gpus_per_node) if gpus else None

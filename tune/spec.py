@@ -69,10 +69,11 @@ class ResourcesSpec(SpecModel):
     """CPUs reserved per worker; also its PyTorch thread count on CPU."""
     gpus_per_worker: int = 0
     """GPUs per worker; 0 trains on CPU (gloo, fp32)."""
-    gpus_per_node: int | None = None
-    """GPUs of one GPU node (a worker pod or VM), e.g. 8. A cell whose GPUs (num_workers x
-    gpus_per_worker) fit one node runs all its ranks on one node (NVLink, placement
-    ``STRICT_PACK``); a larger cell must fill whole nodes. Omitted: Ray packs as it can."""
+    gpus_per_node: int = 8
+    """GPUs in one node (one worker pod or VM). A cell whose GPUs (num_workers x
+    gpus_per_worker) fit one node runs all its ranks on one node (NVLink; placement
+    ``STRICT_PACK``), a larger cell must fill whole nodes; the memory plan advises on nodes
+    per cell from it too."""
     max_concurrent_trials: int | None = None
     """Cap on simultaneous anneals; derived from the cluster's resources when absent."""
     driver_resources: Mapping[str, float] = Field(default_factory=dict)
@@ -103,9 +104,7 @@ class ResourcesSpec(SpecModel):
 
     def _check_fits_nodes(self) -> None:
         per_node = self.gpus_per_node
-        if per_node is None:
-            return
-        check(per_node >= 1, "gpus_per_node", "must be at least 1 (or omitted)")
+        check(per_node >= 1, "gpus_per_node", "must be at least 1")
         gpus = self.num_workers * self.gpus_per_worker
         check(
             self.gpus_per_worker <= per_node,

@@ -21,7 +21,8 @@ def _res(**fields) -> ResourcesSpec:
         ({"num_workers": 8, "gpus_per_worker": 1, "gpus_per_node": 8}, "STRICT_PACK", 1),
         ({"num_workers": 2, "gpus_per_worker": 2, "gpus_per_node": 8}, "STRICT_PACK", 1),
         ({"num_workers": 16, "gpus_per_worker": 1, "gpus_per_node": 8}, "PACK", 2),
-        ({"num_workers": 8, "gpus_per_worker": 1}, "PACK", None),  # node size unknown
+        ({"num_workers": 4, "gpus_per_worker": 1}, "STRICT_PACK", 1),  # 8 GPUs by default
+        ({"num_workers": 2, "gpus_per_worker": 1, "gpus_per_node": 1}, "PACK", 2),
         ({"num_workers": 2, "gpus_per_node": 8}, "PACK", None),  # CPU cell
     ],
 )
