@@ -132,6 +132,7 @@ def test_every_rendered_object_validates(kustomization, rendered, validator):
     objs = rendered[kustomization]
     assert {o["kind"] for o in objs} == {
         "ConfigMap",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
         "RayCluster",
         "RayJob",
@@ -164,12 +165,14 @@ MISSPELLINGS = [
     ("PersistentVolumeClaim", "spec", "accessModes", "accesModes"),
     ("ServiceAccount", "", "automountServiceAccountToken", "automountServiceAccountTokens"),
     ("ConfigMap", "", "data", "datas"),
+    ("NetworkPolicy", "spec", "policyTypes", "policyType"),
+    ("NetworkPolicy", "spec.ingress.1.from.1", "namespaceSelector", "namespaceSelecter"),
 ]
 
 
 @pytest.mark.parametrize(("kind", "path", "field", "typo"), MISSPELLINGS)
 def test_misspelled_field_fails_validation(kind, path, field, typo, rendered, validator, schemas):
-    obj = copy.deepcopy(_one(rendered["overlays/gpu-prod"], kind))
+    obj = copy.deepcopy(next(o for o in rendered["overlays/gpu-prod"] if o["kind"] == kind))
     validator.validate(obj)  # the correct object passes, so the failure below is the typo
     _set(obj, path, field, typo)
     with pytest.raises(schemas.ManifestError, match=re.escape(f"'{typo}' was unexpected")):
