@@ -321,13 +321,13 @@ def test_gpu_group_requests_gpus_on_tainted_gpu_nodes(kustomization, rendered):
     for owner, spec in _cluster_specs(rendered[kustomization]):
         head = spec["headGroupSpec"]["template"]["spec"]
         assert GPU not in head["containers"][0]["resources"]["limits"], "head is CPU-only"
-        assert head["containers"][0]["image"].endswith("-py311-cpu"), owner
+        assert "annealscale-cpu" in head["containers"][0]["image"], owner
         group = _group(spec, "gpu")
         pod = group["template"]["spec"]
         worker = pod["containers"][0]
         assert int(worker["resources"]["limits"][GPU]) == 8, owner  # a whole node
         assert worker["resources"]["requests"][GPU] == worker["resources"]["limits"][GPU]
-        assert worker["image"].endswith("-py311-gpu"), owner
+        assert "annealscale-cu128" in worker["image"], owner
         assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, owner
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], owner
@@ -556,20 +556,61 @@ def test_gpu_prod_cells_checkpoint_periodically(rendered):
 # -------------------------------------------------------------------- images, versions
 
 
+def _dockerfile_args() -> dict[str, str]:
+    text = (K8S / "Dockerfile").read_text()
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.M))
+
+
 def test_ray_version_is_the_same_everywhere(rendered):
     dockerfile = (K8S / "Dockerfile").read_text()
-    assert f"FROM rayproject/ray:{RAY_VERSION}-py311-${{FLAVOR}}" in dockerfile
-    assert f'"ray[tune,train,data]=={RAY_VERSION}"' in dockerfile
+    assert _dockerfile_args()["RAY_VERSION"] == RAY_VERSION
+    assert "FROM rayproject/ray:${RAY_VERSION}-py311-${FLAVOR}" in dockerfile
+    assert '"ray[tune,train,data]==${RAY_VERSION}"' in dockerfile
     for kustomization, objs in rendered.items():
         for owner, spec in _cluster_specs(objs):
             assert spec["rayVersion"] == RAY_VERSION, (kustomization, owner)
+
+
+def test_torch_is_pinned_to_the_build_of_the_base_images_cuda():
+    from importlib.metadata import version
+
+    dockerfile = (K8S / "Dockerfile").read_text()
+    args = _dockerfile_args()
+    # the torch the tests run with, without its local build suffix
+    assert args["TORCH_VERSION"] == version("torch").split("+")[0]
+    assert args["FLAVOR"] == "cpu"
+    pin = '"torch==${TORCH_VERSION}+${FLAVOR}"'
+    # every pip install that could bring torch holds it at the pinned build
+    installs = re.findall(r"pip install[^&]*", dockerfile)
+    assert len(installs) == 2 and all(pin in i for i in installs)
+    assert '--index-url "https://download.pytorch.org/whl/${FLAVOR}"' in installs[0]
+    # and the build checks what it got: that version, built for that CUDA
+    assert "torch.version.cuda" in dockerfile and "sys.exit(" in dockerfile
+    assert "torch>=" not in dockerfile and "pip install --no-cache-dir torch " not in dockerfile
+
+
+IMAGES = {"annealscale-cpu", "annealscale-cu128"}
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_images_are_the_ones_k8s_dockerfile_builds(kustomization, rendered, kustomize):
     for name, pod in _pod_specs(rendered[kustomization]):
         for c in pod["containers"]:
-            image, tag, _ = kustomize.split_image(c["image"])
-            assert image.rpartition("/")[2] == "annealscale", (name, c["image"])
-            assert tag in ("0.1.0-py311-cpu", "0.1.0-py311-gpu"), (name, c["image"])
+            image, tag, digest = kustomize.split_image(c["image"])
+            assert image.rpartition("/")[2] in IMAGES, (name, c["image"])
             assert c["imagePullPolicy"] == "IfNotPresent"
+            if kustomization == "overlays/gpu-prod":
+                # production pods name one build each: a digest, never a movable tag
+                assert not tag and DIGEST.match(digest), (name, c["image"])
+                assert image.startswith("registry.example.com/"), (name, c["image"])
+            else:
+                assert tag == "0.1.0" and not digest, (name, c["image"])
+
+
+def test_gpu_prod_pins_each_image_by_its_own_digest():
+    k = _kustomization(K8S / "overlays/gpu-prod")
+    entries = {e["name"]: e for e in k["images"]}
+    assert set(entries) == IMAGES  # one entry per image: a digest names one build
+    for entry in entries.values():
+        assert DIGEST.match(entry["digest"]) and "newTag" not in entry
