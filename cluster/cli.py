@@ -299,6 +299,7 @@ def _cmd_validate(args) -> int:
     spec = load_spec(args.spec)
     cells = expand_grid(spec)
     print(f"{args.spec}: valid; {len(spec.sources)} sources, {len(cells)} cells")
+    _print_storage_peak(spec)
     for cell in cells:
         print(
             f"  {cell.source:<20} spend={cell.curation_spend:<8g} "
@@ -377,3 +378,11 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _print_storage_peak(spec) -> None:
+    """The sweep's peak checkpoint storage under its checkpoint and retention settings."""
+    from annealscale.tune.storage_plan import model_params, sweep_peak
+
+    params = model_params(spec.base_model.path, spec.base_model.trust_remote_code)
+    print(sweep_peak(spec, params).line())

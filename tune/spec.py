@@ -146,6 +146,22 @@ class RetrySpec(SpecModel):
         check(self.trial_failures >= 0, "trial_failures", "must be 0 or more")
 
 
+class RetentionSpec(SpecModel):
+    """What stays on storage once cells finish (`tune.retention`); not part of any
+    identity. Results rows are always kept; this is about checkpoints."""
+
+    keep_final: bool = False
+    """Keep each finished cell's final checkpoint (weights and optimizer state after its
+    last step, under ``train/cell-<identity>/``); without it no weights of a finished cell
+    are kept."""
+    delete_checkpoints: bool = True
+    """Delete a cell's periodic checkpoints once its finished row is written (a finished
+    cell never reruns, so they can no longer be resumed from)."""
+    delete_trunks: bool = True
+    """Delete a WSD trunk's branch checkpoints once every cell of the sweep branching from
+    it is finished (a later sweep with new budgets on the same trunk retrains it)."""
+
+
 class TrackingSpec(SpecModel):
     """Optional experiment trackers fed by Ray Tune's logger callbacks; all off by default.
     Not part of any identity."""
@@ -197,6 +213,8 @@ class ExperimentSpec(SpecModel):
     """Experiment trackers and progress lines (not part of any identity)."""
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """Periodic checkpoints for recovery; not part of any identity."""
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    """Which checkpoints stay on storage after cells finish (not part of any identity)."""
     storage_path: str = "runs/storage"
     """Where results, checkpoints, curated pools and packed data go, laid out by identity:
     a local or mounted directory, or an ``s3://`` / ``gs://`` URI (shared by all nodes)."""

@@ -26,6 +26,7 @@ from annealscale.tune.cells import Cell, expand_grid
 from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
 from annealscale.tune.progress import ProgressCallback, SweepProgress, planned_usd, pool_of
 from annealscale.tune.results import ResultsStore
+from annealscale.tune.retention import retention_callbacks
 from annealscale.tune.spec import ExperimentSpec, ResourcesSpec
 from annealscale.tune.storage import StorageLayout
 from annealscale.tune.tracking import check_trackers, tracker_callbacks
@@ -252,6 +253,7 @@ def _run_trials(
         return [
             writer,
             ProgressCallback(progress, rows, spec.tracking.progress_seconds, paid_pools),
+            *retention_callbacks(spec, plans, layout.train, settings.trunks_root, store),
             *tracker_callbacks(spec.tracking, name),
         ]
 

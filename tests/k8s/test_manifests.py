@@ -619,3 +619,36 @@ def test_gpu_prod_pins_each_image_by_its_own_digest():
     assert set(entries) == IMAGES  # one entry per image: a digest names one build
     for entry in entries.values():
         assert DIGEST.match(entry["digest"]) and "newTag" not in entry
+
+
+# ------------------------------------------------------------------------------ storage
+
+EIGHT_B = 8_030_261_248  # Llama 3 8B: the full anneal gpu-prod is sized for
+UNITS = {"Gi": 2**30, "Ti": 2**40, "G": 10**9, "T": 10**12}
+
+
+def _bytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    return int(number) * UNITS.get(unit, 1)
+
+
+def test_gpu_prod_storage_is_sized_from_the_checkpoint_estimate(rendered):
+    from annealscale.tune.storage_plan import checkpoint_bytes, sweep_peak
+
+    objs = rendered["overlays/gpu-prod"]
+    spec = _mounted_spec(objs)
+    for owner, cluster in _cluster_specs(objs):
+        limits = _group(cluster, "gpu")["template"]["spec"]["containers"][0]["resources"]
+        local = _bytes(limits["requests"]["ephemeral-storage"])
+        assert limits["limits"]["ephemeral-storage"] == limits["requests"]["ephemeral-storage"]
+        # the node's ranks write the cell's whole checkpoint locally before Ray Train copies
+        # it to storage: room for two of them (one still being copied)
+        ranks_on_node = min(spec.resources.num_workers, spec.resources.gpus_per_node)
+        share = ranks_on_node / spec.resources.num_workers
+        per_node = share * checkpoint_bytes(EIGHT_B, spec.train.zero_stage, True)
+        assert local >= 2 * per_node, (owner, local, per_node)
+    # and the shared volume holds the sweep's peak under its checkpoint and retention policy
+    pvc = _one(objs, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"]
+    peak = sweep_peak(spec, EIGHT_B)
+    assert peak.finished == 0 and spec.retention.delete_trunks  # nothing piles up
+    assert _bytes(pvc) >= peak.peak_bytes, (pvc, peak.line())

@@ -99,7 +99,9 @@ def test_demo_wsd_spends_at_most_065_of_independent_runs():
 
 @pytest.mark.slow
 def test_two_budgets_branch_off_one_trunk_trained_once(ray_local, tiny_assets, tmp_path):
-    spec = parse_spec(wsd_spec(str(tmp_path / "storage"), budgets_steps=(10, 20)))
+    data = wsd_spec(str(tmp_path / "storage"), budgets_steps=(10, 20))
+    data["retention"] = {"delete_trunks": False}  # the catalog is read below
+    spec = parse_spec(data)
     outcome = run_sweep(spec, tmp_path / "out", resolve=tiny_assets.resolve)
     table = pd.read_parquet(outcome.results_path).set_index("train_tokens")
     assert outcome.finished == 2 and outcome.failed == 0
