@@ -361,6 +361,19 @@ def _sweep_and_report(
     return 1 if outcome.failed else 0
 
 
+def _print_storage_peak(spec) -> None:
+    """The sweep's peak checkpoint storage under its checkpoint and retention settings
+    (checkpoint size from the base model's config when it can be read here)."""
+    from annealscale.core.errors import AnnealscaleError
+    from annealscale.tune.storage_plan import model_params, sweep_peak
+
+    try:
+        params = model_params(spec.base_model.path, spec.base_model.trust_remote_code)
+    except AnnealscaleError:
+        params = None  # not readable from here (e.g. offline hub id): count checkpoints only
+    print(sweep_peak(spec, params).line())
+
+
 def _setup_logging(quiet: bool, debug: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if debug else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -378,11 +391,3 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _print_storage_peak(spec) -> None:
-    """The sweep's peak checkpoint storage under its checkpoint and retention settings."""
-    from annealscale.tune.storage_plan import model_params, sweep_peak
-
-    params = model_params(spec.base_model.path, spec.base_model.trust_remote_code)
-    print(sweep_peak(spec, params).line())
