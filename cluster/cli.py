@@ -372,6 +372,7 @@ def _cmd_validate(args) -> int:
     check_paths(spec)
     cells = expand_grid(spec)
     print(f"{args.spec}: valid; {len(spec.sources)} sources, {len(cells)} cells")
+    _print_storage_peak(spec)
     for cell in cells:
         print(
             f"  {cell.source:<20} spend={cell.curation_spend:<8g} "
@@ -488,6 +489,19 @@ def check_out_dir(out: str) -> None:
             if not os.access(place, os.W_OK):
                 raise AnnealscaleError(f"--out {out}: {place} is not writable; give another")
             return
+
+
+def _print_storage_peak(spec) -> None:
+    """The sweep's peak checkpoint storage under its checkpoint and retention settings
+    (checkpoint size from the base model's config when it can be read here)."""
+    from annealscale.core.errors import AnnealscaleError
+    from annealscale.tune.storage_plan import model_params, sweep_peak
+
+    try:
+        params = model_params(spec.base_model.path, spec.base_model.trust_remote_code)
+    except AnnealscaleError:
+        params = None  # not readable from here (e.g. offline hub id): count checkpoints only
+    print(sweep_peak(spec, params).line())
 
 
 def _setup_logging(quiet: bool, debug: bool) -> None:

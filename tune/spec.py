@@ -76,6 +76,11 @@ class ResourcesSpec(SpecModel):
     """CPUs reserved per worker; also its PyTorch thread count on CPU."""
     gpus_per_worker: int = 0
     """GPUs per worker; 0 trains on CPU (gloo, fp32)."""
+    gpus_per_node: int = 8
+    """GPUs in one node (one worker pod or VM). A cell whose GPUs (num_workers x
+    gpus_per_worker) fit one node runs all its ranks on one node (NVLink; placement
+    ``STRICT_PACK``), a larger cell must fill whole nodes; the memory plan advises on nodes
+    per cell from it too."""
     max_concurrent_trials: int | None = None
     """Cap on simultaneous anneals; derived from the cluster's resources when absent."""
     driver_resources: Mapping[str, float] = Field(default_factory=dict)
@@ -89,8 +94,6 @@ class ResourcesSpec(SpecModel):
     gpu_memory_gib: float | None = None
     """Memory of one GPU (GiB); overrides ``gpu_kind``'s. With GPUs and neither field set,
     ``annealscale validate`` prints no memory plan."""
-    gpus_per_node: int = 8
-    """GPUs in one node, for the memory plan's advice on how many nodes a cell needs."""
     peak_flops: float | None = None
     """Dense bf16 peak of one device (FLOP/s) for MFU; overrides ``gpu_kind``'s."""
     torch_backend: Literal["auto", "nccl", "gloo"] = "auto"
@@ -101,7 +104,6 @@ class ResourcesSpec(SpecModel):
         check(self.num_workers >= 1, "num_workers", "must be at least 1")
         check(self.cpus_per_worker >= 1, "cpus_per_worker", "must be at least 1")
         check(self.gpus_per_worker >= 0, "gpus_per_worker", "must not be negative")
-        check(self.gpus_per_node >= 1, "gpus_per_node", "must be at least 1")
         check(
             self.gpu_memory_gib is None or self.gpu_memory_gib > 0,
             "gpu_memory_gib",
@@ -117,6 +119,8 @@ class ResourcesSpec(SpecModel):
                 f"unknown kind {self.gpu_kind!r}; known: {', '.join(sorted(GPU_KINDS))} "
                 "(or set gpu_memory_gib and peak_flops)",
             )
+
+        self._check_fits_nodes()
         check(
             self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
             "max_concurrent_trials",
@@ -130,6 +134,24 @@ class ResourcesSpec(SpecModel):
             )
             check(amount > 0, f"driver_resources.{name}", "must be a positive amount")
 
+    def _check_fits_nodes(self) -> None:
+        per_node = self.gpus_per_node
+        check(per_node >= 1, "gpus_per_node", "must be at least 1")
+        gpus = self.num_workers * self.gpus_per_worker
+        check(
+            self.gpus_per_worker <= per_node,
+            "gpus_per_worker",
+            f"{self.gpus_per_worker} GPUs per worker do not fit a node of {per_node} GPUs "
+            "(resources.gpus_per_node)",
+        )
+        check(
+            gpus <= per_node or gpus % per_node == 0,
+            "num_workers",
+            f"a cell of {self.num_workers} workers x {self.gpus_per_worker} GPUs = {gpus} GPUs "
+            f"is larger than one node of {per_node} GPUs (resources.gpus_per_node) and not a "
+            f"whole number of nodes; use at most {per_node} GPUs or a multiple of {per_node}",
+        )
+
 
 class RetrySpec(SpecModel):
     """How often a failing anneal is retried, at each layer; not part of any identity."""
@@ -141,9 +163,35 @@ class RetrySpec(SpecModel):
     """Reruns of a failed Ray Tune trial (its driver, or a Train run out of restarts) before
     the cell is recorded as failed. A later sweep or ``--resume`` tries it again."""
 
+    preemption_failures: int = -1
+    """Restarts of a trial's worker group after a node is preempted (a spot node drained
+    with notice), counted apart from ``worker_failures``; -1: unlimited. Each resumes from
+    the run's latest checkpoint."""
+
     def validate_spec(self) -> None:
         check(self.worker_failures >= 0, "worker_failures", "must be 0 or more")
+        check(
+            self.preemption_failures >= -1,
+            "preemption_failures",
+            "must be -1 (unlimited), 0 or more",
+        )
         check(self.trial_failures >= 0, "trial_failures", "must be 0 or more")
+
+
+class RetentionSpec(SpecModel):
+    """What stays on storage once cells finish (`tune.retention`); not part of any
+    identity. Results rows are always kept; this is about checkpoints."""
+
+    keep_final: bool = False
+    """Keep each finished cell's final checkpoint (weights and optimizer state after its
+    last step, under ``train/cell-<identity>/``); without it no weights of a finished cell
+    are kept."""
+    delete_checkpoints: bool = True
+    """Delete a cell's periodic checkpoints once its finished row is written (a finished
+    cell never reruns, so they can no longer be resumed from)."""
+    delete_trunks: bool = True
+    """Delete a WSD trunk's branch checkpoints once every cell of the sweep branching from
+    it is finished (a later sweep with new budgets on the same trunk retrains it)."""
 
 
 class TrackingSpec(SpecModel):
@@ -204,6 +252,8 @@ class ExperimentSpec(SpecModel):
     """Experiment trackers and progress lines (not part of any identity)."""
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """Periodic checkpoints for recovery; not part of any identity."""
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    """Which checkpoints stay on storage after cells finish (not part of any identity)."""
     storage_path: str = "runs/storage"
     """Where results, checkpoints, curated pools and packed data go, laid out by identity:
     a local or mounted directory, or an ``s3://`` / ``gs://`` URI (shared by all nodes)."""

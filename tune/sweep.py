@@ -30,6 +30,7 @@ from annealscale.tune.interrupts import Interrupts, SweepInterrupted
 from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
 from annealscale.tune.progress import ProgressCallback, SweepProgress, planned_usd, pool_of
 from annealscale.tune.results import ResultsStore
+from annealscale.tune.retention import retention_callbacks
 from annealscale.tune.spec import ExperimentSpec, ResourcesSpec
 from annealscale.tune.storage import StorageLayout
 from annealscale.tune.tracking import check_trackers, tracker_callbacks
@@ -262,6 +263,7 @@ def _run_trials(
         worker_failures=spec.retries.worker_failures,
         trunks_root=str(layout.local_root / "trunks"),
         claims=Claims(layout.results, new_owner(), stale_seconds_from_env()),
+        preemption_failures=spec.retries.preemption_failures,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_cell, plans=plans, settings=settings),
@@ -287,6 +289,7 @@ def _run_trials(
         return [
             writer,
             ProgressCallback(progress, rows, spec.tracking.progress_seconds, paid_pools),
+            *retention_callbacks(spec, plans, layout.train, settings.trunks_root, store),
             *tracker_callbacks(spec.tracking, name),
         ]
 

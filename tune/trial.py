@@ -42,6 +42,10 @@ class TrialSettings:
     claims: object = None
     """`tune.claims.Claims` of this sweep run: a trial claims its cell before training."""
 
+    preemption_failures: int = -1
+    """Restarts after a node preemption (a drained spot node), counted apart from
+    ``worker_failures`` (`FailureConfig.max_preemption_failures`; -1: unlimited)."""
+
 
 def train_run_name(identity: str) -> str:
     return f"cell-{identity}"
@@ -162,6 +166,7 @@ def fit_anneal(
 
     from annealscale.anneal.loop import anneal_worker
     from annealscale.tune.cell_data import cell_datasets
+    from annealscale.tune.placement import placement_strategy
 
     resources = settings.resources
     per_worker = {"CPU": resources.cpus_per_worker}
@@ -178,6 +183,7 @@ def fit_anneal(
             num_workers=resources.num_workers,
             use_gpu=resources.gpus_per_worker > 0,
             resources_per_worker=per_worker,
+            placement_strategy=placement_strategy(resources),
         ),
         # One worker reads its datasets whole; splitting would only add a coordinator
         # actor per dataset (a process start each, seconds on a small machine).
@@ -187,7 +193,10 @@ def fit_anneal(
             name=name,
             storage_path=storage_path,
             callbacks=list(callbacks),
-            failure_config=FailureConfig(max_failures=settings.worker_failures),
+            failure_config=FailureConfig(
+                max_failures=settings.worker_failures,
+                max_preemption_failures=settings.preemption_failures,
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=keep),
         ),
     )

@@ -90,6 +90,8 @@ def attach_trunks(spec: ExperimentSpec, plan: SweepPlan, inputs: InputsIdentity)
     keyed = []
     for cell_plan in plan.cells:
         job = dataclasses.replace(cell_plan.job, checkpoint_every=every)
+        if spec.retention.keep_final:  # the final checkpoint is what retention keeps
+            job = dataclasses.replace(job, checkpoint_steps=(*job.checkpoint_steps, job.steps))
         branch = branch_step(job.steps, schedule.cooldown_fraction) if wsd else 0
         if branch <= 0:
             keyed.append((cell_plan, job, None, branch))

@@ -103,7 +103,7 @@ def test_nodes_run_ray_images_and_install_annealscale(name):
     docker = config["docker"]
     assert docker["head_image"] == f"rayproject/ray:{RAY_VERSION}-py311-cpu"
     assert docker["worker_image"] == docker["image"] == f"rayproject/ray:{RAY_VERSION}-py311-gpu"
-    assert config["file_mounts"] == {"~/annealscale": "."}  # `ray up` from the repo root
+    assert config["file_mounts"]["~/annealscale"] == "."  # `ray up` from the repo root
     assert ".gitignore" in config["rsync_filter"]  # no .venv or runs/ uploaded
     install = f'pip install -q -e ~/annealscale "ray[tune,train,data]=={RAY_VERSION}"'
     assert install in config["head_setup_commands"]
@@ -138,3 +138,23 @@ def test_gcp_specifics():
             assert {"key": "install-nvidia-driver", "value": "True"} in (
                 t["node_config"]["metadata"]["items"]
             )
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_token_auth_on_and_no_dashboard_on_all_interfaces(name, ray_schema):
+    text = (LAUNCHER / name).read_text()
+    config = _load(name)
+    jsonschema.validate(config, ray_schema)  # with auth on, still Ray's schema
+    # every Ray process on every node (all run in the container) in token mode ...
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    assert "RAY_AUTH_MODE=disabled" not in text
+    # ... with the token synced from the operator's machine, never from the repository
+    token = config["file_mounts"]["~/.ray/auth_token"]
+    assert token == "~/.ray/auth_token" and not (REPO / token).exists()
+    assert "RAY_AUTH_TOKEN=" not in text  # no token value in the config
+    # the dashboard (Jobs API) only on the head's loopback, reached through `ray dashboard`
+    assert "0.0.0.0" not in text
+    (start,) = [c for c in config["head_start_ray_commands"] if "ray start --head" in c]
+    assert "--dashboard-host=127.0.0.1" in start
+    for command in config["worker_start_ray_commands"]:
+        assert "dashboard-host" not in command

@@ -10,6 +10,7 @@ annealscale spec that fits the cluster.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -62,6 +63,24 @@ def _one(objs: list[dict], kind: str) -> dict:
     return found[0]
 
 
+def _group(spec: dict, name: str) -> dict:
+    (group,) = [g for g in spec["workerGroupSpecs"] if g["groupName"] == name]
+    return group
+
+
+def _ray_resources(group: dict) -> dict[str, float]:
+    """The custom Ray resources a group declares (rayStartParams ``resources``, a quoted
+    JSON object as KubeRay passes it to ``ray start --resources``)."""
+    text = group.get("rayStartParams", {}).get("resources")
+    return json.loads(json.loads(text)) if text else {}
+
+
+def _mounted_spec(objs: list[dict]):
+    from annealscale.tune.spec import parse_spec
+
+    return parse_spec(yaml.safe_load(_one(objs, "ConfigMap")["data"]["spec.yaml"]))
+
+
 def _cluster_specs(objs: list[dict]) -> list[tuple[str, dict]]:
     return [("RayCluster", _one(objs, "RayCluster")["spec"])] + [
         ("RayJob", _one(objs, "RayJob")["spec"]["rayClusterSpec"])
@@ -84,8 +103,13 @@ def _pod_specs(objs: list[dict]) -> list[tuple[str, dict]]:
 # ------------------------------------------------------------------------------ layout
 
 
-def test_layout_has_base_and_both_overlays():
-    assert KUSTOMIZATIONS == ["base", "overlays/dev-cpu", "overlays/gpu-prod"]
+def test_layout_has_base_and_the_overlays():
+    assert KUSTOMIZATIONS == [
+        "base",
+        "overlays/dev-cpu",
+        "overlays/gpu-prod",
+        "overlays/gpu-prod-gcs-ft",
+    ]
 
 
 def test_every_yaml_file_under_k8s_is_used_by_a_kustomization():
@@ -113,6 +137,7 @@ def test_every_rendered_object_validates(kustomization, rendered, validator):
     objs = rendered[kustomization]
     assert {o["kind"] for o in objs} == {
         "ConfigMap",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
         "RayCluster",
         "RayJob",
@@ -135,7 +160,9 @@ MISSPELLINGS = [
     ("RayCluster", "spec.workerGroupSpecs.0", "minReplicas", "minReplica"),
     ("RayCluster", "spec", "enableInTreeAutoscaling", "enableInTreeAutoScaling"),
     ("RayCluster", "spec.autoscalerOptions", "idleTimeoutSeconds", "idleTimeoutSecond"),
-    ("RayCluster", "spec.workerGroupSpecs.0.template.spec", "tolerations", "toleration"),
+    ("RayCluster", "spec.workerGroupSpecs.1.template.spec", "tolerations", "toleration"),
+    ("RayCluster", "spec.workerGroupSpecs.0.template.spec", "affinity", "afinity"),
+    ("RayCluster", "spec.autoscalerOptions", "volumeMounts", "volumeMount"),
     ("RayJob", "spec", "shutdownAfterJobFinishes", "shutdownAfterJobFinish"),
     ("RayJob", "spec", "ttlSecondsAfterFinished", "ttlSecondAfterFinished"),
     ("RayJob", "spec.rayClusterSpec.headGroupSpec", "serviceType", "servicetype"),
@@ -143,12 +170,14 @@ MISSPELLINGS = [
     ("PersistentVolumeClaim", "spec", "accessModes", "accesModes"),
     ("ServiceAccount", "", "automountServiceAccountToken", "automountServiceAccountTokens"),
     ("ConfigMap", "", "data", "datas"),
+    ("NetworkPolicy", "spec", "policyTypes", "policyType"),
+    ("NetworkPolicy", "spec.ingress.1.from.1", "namespaceSelector", "namespaceSelecter"),
 ]
 
 
 @pytest.mark.parametrize(("kind", "path", "field", "typo"), MISSPELLINGS)
 def test_misspelled_field_fails_validation(kind, path, field, typo, rendered, validator, schemas):
-    obj = copy.deepcopy(_one(rendered["overlays/gpu-prod"], kind))
+    obj = copy.deepcopy(next(o for o in rendered["overlays/gpu-prod"] if o["kind"] == kind))
     validator.validate(obj)  # the correct object passes, so the failure below is the typo
     _set(obj, path, field, typo)
     with pytest.raises(schemas.ManifestError, match=re.escape(f"'{typo}' was unexpected")):
@@ -297,13 +326,13 @@ def test_gpu_group_requests_gpus_on_tainted_gpu_nodes(kustomization, rendered):
     for owner, spec in _cluster_specs(rendered[kustomization]):
         head = spec["headGroupSpec"]["template"]["spec"]
         assert GPU not in head["containers"][0]["resources"]["limits"], "head is CPU-only"
-        assert head["containers"][0]["image"].endswith("-py311-cpu"), owner
-        (group,) = spec["workerGroupSpecs"]
+        assert "annealscale-cpu" in head["containers"][0]["image"], owner
+        group = _group(spec, "gpu")
         pod = group["template"]["spec"]
         worker = pod["containers"][0]
-        assert int(worker["resources"]["limits"][GPU]) >= 1, owner
+        assert int(worker["resources"]["limits"][GPU]) == 8, owner  # a whole node
         assert worker["resources"]["requests"][GPU] == worker["resources"]["limits"][GPU]
-        assert worker["image"].endswith("-py311-gpu"), owner
+        assert "annealscale-cu128" in worker["image"], owner
         assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, owner
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], owner
@@ -323,10 +352,10 @@ def test_dev_cpu_overlay_has_no_gpus_and_small_pods(rendered):
 
 def test_gpu_prod_overlay_is_larger_than_base(rendered):
     def sizes(objs):
-        spec = _one(objs, "RayCluster")["spec"]
-        group = spec["workerGroupSpecs"][0]
+        group = _group(_one(objs, "RayCluster")["spec"], "gpu")
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-        return group["maxReplicas"], int(limits["cpu"]), int(limits["memory"][:-2])
+        storage = int(limits["ephemeral-storage"][:-2])
+        return group["maxReplicas"], int(limits["cpu"]), int(limits["memory"][:-2]), storage
 
     base, prod = sizes(rendered["base"]), sizes(rendered["overlays/gpu-prod"])
     assert all(p > b for p, b in zip(prod, base, strict=True)), (base, prod)
@@ -395,59 +424,231 @@ def test_rayjob_runs_the_mounted_spec_and_cleans_up(kustomization, rendered):
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
-def test_service_accounts(kustomization, rendered):
+def test_api_token_reaches_only_the_autoscaler(kustomization, rendered):
     objs = rendered[kustomization]
     account = _one(objs, "ServiceAccount")
     assert account["automountServiceAccountToken"] is False
     for name, pod in _pod_specs(objs):
+        # No pod automounts a token: job drivers (in ray-head) and workers hold none.
+        assert pod["automountServiceAccountToken"] is False, name
+        mounted = {m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+        assert "kube-api-access" not in mounted, name
         if name.endswith(" head"):
             # KubeRay creates the head's account with the RBAC its autoscaler needs.
             assert "serviceAccountName" not in pod, name
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            sources = volumes["kube-api-access"]["projected"]["sources"]
+            assert {"path": "token", "expirationSeconds": 3607} in [
+                src.get("serviceAccountToken") for src in sources
+            ]
         else:
             assert pod["serviceAccountName"] == account["metadata"]["name"], name
-            assert pod["automountServiceAccountToken"] is False, name
+            assert not any("projected" in v for v in pod.get("volumes", [])), name
+    for owner, spec in _cluster_specs(objs):
+        # ... and the autoscaler sidecar mounts it where the Kubernetes client looks.
+        (mount,) = spec["autoscalerOptions"]["volumeMounts"]
+        assert mount == {
+            "name": "kube-api-access",
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            "readOnly": True,
+        }, owner
+
+
+def _worker_pods(objs: list[dict]) -> list[tuple[str, dict]]:
+    return [(n, p) for n, p in _pod_specs(objs) if not n.endswith((" head", " submitter"))]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_hugging_face_cache_is_on_the_shared_volume(kustomization, rendered):
+    for name, pod in _pod_specs(rendered[kustomization]):
+        if name.endswith(" submitter"):
+            continue
+        env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
+        assert env["HF_HOME"].startswith(PVC_MOUNT + "/"), name
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_mounted_spec_is_a_valid_sweep_that_fits_the_cluster(kustomization, rendered):
-    from annealscale.tune.spec import parse_spec
-
     objs = rendered[kustomization]
-    spec = parse_spec(yaml.safe_load(_one(objs, "ConfigMap")["data"]["spec.yaml"]))
+    spec = _mounted_spec(objs)
     assert spec.storage_path.startswith(PVC_MOUNT + "/")
-    (group,) = _one(objs, "RayCluster")["spec"]["workerGroupSpecs"]
+    res = spec.resources
+    assert res.max_concurrent_trials is not None  # the autoscaled cluster starts small
+    cluster = _one(objs, "RayCluster")["spec"]
+    groups = cluster["workerGroupSpecs"]
+    train_groups = [g for g in groups if g["groupName"] != "drivers"]
+    (group,) = train_groups
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     gpus_per_pod = int(limits.get(GPU, 0))
-    res = spec.resources
     assert (res.gpus_per_worker > 0) == (gpus_per_pod > 0)
-    # One trial = a 1-CPU Tune driver + num_workers Train workers, all on worker pods
-    # (the head has num-cpus 0).
-    trials_per_pod = min(
-        (int(limits["cpu"]) - 1) // (res.num_workers * res.cpus_per_worker),
-        gpus_per_pod // (res.num_workers * res.gpus_per_worker) if gpus_per_pod else 10**9,
-    )
-    assert trials_per_pod >= 1
-    assert res.max_concurrent_trials is not None  # the autoscaled cluster starts small
-    assert res.max_concurrent_trials <= trials_per_pod * group["maxReplicas"]
+    if gpus_per_pod:
+        # The spec knows the node size, so it packs a cell onto one node (STRICT_PACK).
+        assert res.gpus_per_node == gpus_per_pod
+        nodes = -(-res.num_workers * res.gpus_per_worker // gpus_per_pod)
+        cells_per_pod = max(1, gpus_per_pod // (res.num_workers * res.gpus_per_worker))
+        workers_per_pod = min(res.num_workers, gpus_per_pod // res.gpus_per_worker)
+        # A cell's workers on one pod leave a CPU for Ray Data's reads.
+        assert workers_per_pod * cells_per_pod * res.cpus_per_worker < int(limits["cpu"])
+        capacity = group["maxReplicas"] * cells_per_pod // nodes
+    else:
+        # One trial = a 1-CPU Tune driver + num_workers Train workers on a CPU pod.
+        per_trial = res.num_workers * res.cpus_per_worker
+        capacity = (int(limits["cpu"]) - 1) // per_trial * group["maxReplicas"]
+    assert 1 <= res.max_concurrent_trials <= capacity
+    # Drivers ask only for resources that some group declares, or they would never start.
+    declared = {name for g in groups for name in _ray_resources(g)}
+    assert set(res.driver_resources) <= declared
+
+
+@pytest.mark.parametrize("kustomization", ["base", "overlays/gpu-prod"])
+def test_every_spec_cell_fits_a_gpu_pod_or_whole_pods(kustomization, rendered):
+    objs = rendered[kustomization]
+    res = _mounted_spec(objs).resources
+    limits = _group(_one(objs, "RayCluster")["spec"], "gpu")["template"]["spec"]["containers"][0][
+        "resources"
+    ]["limits"]
+    pod_gpus = int(limits[GPU])
+    cell = res.num_workers * res.gpus_per_worker
+    assert cell <= pod_gpus or cell % pod_gpus == 0, (cell, pod_gpus)
+
+
+def test_a_spec_cell_larger_than_a_pod_is_rejected_with_one_line(rendered):
+    from annealscale.core.errors import AnnealscaleError
+    from annealscale.tune.spec import parse_spec
+
+    data = yaml.safe_load(_one(rendered["overlays/gpu-prod"], "ConfigMap")["data"]["spec.yaml"])
+    data["resources"]["num_workers"] = 12  # 12 GPUs: more than a node, not two nodes
+    data["train"]["micro_batch_size"] = 1
+    data["train"]["batch_size"] = 48
+    with pytest.raises(AnnealscaleError) as caught:
+        parse_spec(data)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("resources.num_workers:") and "gpus_per_node" in message
+    data["resources"]["num_workers"] = 16  # two whole nodes: accepted
+    assert parse_spec(data).resources.num_workers == 16
+
+
+@pytest.mark.parametrize("kustomization", ["base", "overlays/gpu-prod"])
+def test_drivers_require_the_on_demand_resource(kustomization, rendered):
+    objs = rendered[kustomization]
+    res = _mounted_spec(objs).resources
+    assert dict(res.driver_resources) == {"on_demand": 1.0}
+    for owner, spec in _cluster_specs(objs):
+        drivers, gpu = _group(spec, "drivers"), _group(spec, "gpu")
+        # Only the driver group offers it, so no driver can land on a (spot) GPU node.
+        assert _ray_resources(drivers)["on_demand"] >= res.max_concurrent_trials, owner
+        assert _ray_resources(gpu) == {}, owner
+        pod = drivers["template"]["spec"]
+        assert GPU not in pod["containers"][0]["resources"]["limits"], owner
+        (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"
+        ]
+        keep_off = {e["key"] for e in term["matchExpressions"] if e["operator"] == "NotIn"}
+        assert {"eks.amazonaws.com/capacityType", "cloud.google.com/gke-spot"} <= keep_off
+        assert "tolerations" not in pod, owner  # tolerates no spot taint
+
+
+def test_gpu_prod_cells_checkpoint_periodically(rendered):
+    spec = _mounted_spec(rendered["overlays/gpu-prod"])
+    every = spec.checkpoint.every_steps or spec.checkpoint.every_tokens
+    assert every, "a preempted cell would restart from step 0"
+    steps = min(spec.grid.train_tokens) // spec.train.tokens_per_step
+    assert (spec.checkpoint.every_steps or 0) < steps  # even the shortest cell saves one
+    assert spec.retries.preemption_failures == -1  # preemptions never fail a cell
 
 
 # -------------------------------------------------------------------- images, versions
 
 
+def _dockerfile_args() -> dict[str, str]:
+    text = (K8S / "Dockerfile").read_text()
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.M))
+
+
 def test_ray_version_is_the_same_everywhere(rendered):
     dockerfile = (K8S / "Dockerfile").read_text()
-    assert f"FROM rayproject/ray:{RAY_VERSION}-py311-${{FLAVOR}}" in dockerfile
-    assert f'"ray[tune,train,data]=={RAY_VERSION}"' in dockerfile
+    assert _dockerfile_args()["RAY_VERSION"] == RAY_VERSION
+    assert "FROM rayproject/ray:${RAY_VERSION}-py311-${FLAVOR}" in dockerfile
+    assert '"ray[tune,train,data]==${RAY_VERSION}"' in dockerfile
     for kustomization, objs in rendered.items():
         for owner, spec in _cluster_specs(objs):
             assert spec["rayVersion"] == RAY_VERSION, (kustomization, owner)
+
+
+def test_torch_is_pinned_to_the_build_of_the_base_images_cuda():
+    from importlib.metadata import version
+
+    dockerfile = (K8S / "Dockerfile").read_text()
+    args = _dockerfile_args()
+    # the torch the tests run with, without its local build suffix
+    assert args["TORCH_VERSION"] == version("torch").split("+")[0]
+    assert args["FLAVOR"] == "cpu"
+    pin = '"torch==${TORCH_VERSION}+${FLAVOR}"'
+    # every pip install that could bring torch holds it at the pinned build
+    installs = re.findall(r"pip install[^&]*", dockerfile)
+    assert len(installs) == 2 and all(pin in i for i in installs)
+    assert '--index-url "https://download.pytorch.org/whl/${FLAVOR}"' in installs[0]
+    # and the build checks what it got: that version, built for that CUDA
+    assert "torch.version.cuda" in dockerfile and "sys.exit(" in dockerfile
+    assert "torch>=" not in dockerfile and "pip install --no-cache-dir torch " not in dockerfile
+
+
+IMAGES = {"annealscale-cpu", "annealscale-cu128"}
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_images_are_the_ones_k8s_dockerfile_builds(kustomization, rendered, kustomize):
     for name, pod in _pod_specs(rendered[kustomization]):
         for c in pod["containers"]:
-            image, tag, _ = kustomize.split_image(c["image"])
-            assert image.rpartition("/")[2] == "annealscale", (name, c["image"])
-            assert tag in ("0.1.0-py311-cpu", "0.1.0-py311-gpu"), (name, c["image"])
+            image, tag, digest = kustomize.split_image(c["image"])
+            assert image.rpartition("/")[2] in IMAGES, (name, c["image"])
             assert c["imagePullPolicy"] == "IfNotPresent"
+            if kustomization.startswith("overlays/gpu-prod"):
+                # production pods name one build each: a digest, never a movable tag
+                assert not tag and DIGEST.match(digest), (name, c["image"])
+                assert image.startswith("registry.example.com/"), (name, c["image"])
+            else:
+                assert tag == "0.1.0" and not digest, (name, c["image"])
+
+
+def test_gpu_prod_pins_each_image_by_its_own_digest():
+    k = _kustomization(K8S / "overlays/gpu-prod")
+    entries = {e["name"]: e for e in k["images"]}
+    assert set(entries) == IMAGES  # one entry per image: a digest names one build
+    for entry in entries.values():
+        assert DIGEST.match(entry["digest"]) and "newTag" not in entry
+
+
+# ------------------------------------------------------------------------------ storage
+
+EIGHT_B = 8_030_261_248  # Llama 3 8B: the full anneal gpu-prod is sized for
+UNITS = {"Gi": 2**30, "Ti": 2**40, "G": 10**9, "T": 10**12}
+
+
+def _bytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    return int(number) * UNITS.get(unit, 1)
+
+
+def test_gpu_prod_storage_is_sized_from_the_checkpoint_estimate(rendered):
+    from annealscale.tune.storage_plan import checkpoint_bytes, sweep_peak
+
+    objs = rendered["overlays/gpu-prod"]
+    spec = _mounted_spec(objs)
+    for owner, cluster in _cluster_specs(objs):
+        limits = _group(cluster, "gpu")["template"]["spec"]["containers"][0]["resources"]
+        local = _bytes(limits["requests"]["ephemeral-storage"])
+        assert limits["limits"]["ephemeral-storage"] == limits["requests"]["ephemeral-storage"]
+        # the node's ranks write the cell's whole checkpoint locally before Ray Train copies
+        # it to storage: room for two of them (one still being copied)
+        ranks_on_node = min(spec.resources.num_workers, spec.resources.gpus_per_node)
+        share = ranks_on_node / spec.resources.num_workers
+        per_node = share * checkpoint_bytes(EIGHT_B, spec.train.zero_stage, True)
+        assert local >= 2 * per_node, (owner, local, per_node)
+    # and the shared volume holds the sweep's peak under its checkpoint and retention policy
+    pvc = _one(objs, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"]
+    peak = sweep_peak(spec, EIGHT_B)
+    assert peak.finished == 0 and spec.retention.delete_trunks  # nothing piles up
+    assert _bytes(pvc) >= peak.peak_bytes, (pvc, peak.line())

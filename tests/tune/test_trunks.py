@@ -102,6 +102,8 @@ def test_two_budgets_branch_off_one_trunk_trained_once(ray_local, tiny_assets, t
     data = wsd_spec(str(tmp_path / "storage"), budgets_steps=(10, 20))
     include = write_math_task(tmp_path / "tasks", questions=4)
     data["eval"]["harness"] = {"tasks": ["mathqa_local"], "include_path": str(include)}
+
+    data["retention"] = {"delete_trunks": False}  # the catalog is read below
     spec = parse_spec(data)
     outcome = run_sweep(spec, tmp_path / "out", resolve=tiny_assets.resolve)
     table = pd.read_parquet(outcome.results_path).set_index("train_tokens")
