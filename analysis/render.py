@@ -20,6 +20,7 @@ from annealscale.analysis.budget import CostModel
 from annealscale.analysis.compare import Decision, SourcePrediction, TargetDecision
 from annealscale.analysis.fit import FLAG_DESCRIPTIONS
 from annealscale.analysis.headline import factor, format_probability
+from annealscale.analysis.objective import BPB
 from annealscale.analysis.sources import GroupFit, SourceFits
 from annealscale.analysis.table import ResultsTable
 from annealscale.analysis.target import format_tokens
@@ -72,7 +73,8 @@ def render_report(
         f"Intervals are {level:.0%} intervals of the expected {escape(obj.label)}: {n_boot} "
         "bootstrap "
         "resamples of the cells, re-centred on the fit and widened by the extrapolation error "
-        f"({validation.error_rate:.2%} of {escape(fitted)} per e-fold of reach, "
+        f"({validation.error_rate:.2%} of {'bpb' if obj == BPB else escape(fitted)} per e-fold "
+        "of reach, "
         + (
             "measured on held-out budgets and shrunk toward a 1% prior"
             if validation.checked
@@ -130,9 +132,13 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
         f"<h2>Decision at {escape(td.target.label)}</h2>",
         f"<p><b>{escape(_OUTCOME_TEXT[td.outcome])}</b> Rule: "
         f"{escape(td.rule.describe(td.objective.unit))}. "
-        f"Rows are ranked by predicted {escape(td.objective.label)} "
-        f"({'higher' if td.objective.higher_is_better else 'lower'} is better); the first is "
-        "the leader.</p>",
+        f"Rows are ranked by predicted {_short(td)}"
+        + (
+            ""
+            if td.objective == BPB
+            else f" ({'higher' if td.objective.higher_is_better else 'lower'} is better)"
+        )
+        + "; the first is the leader.</p>",
     ]
     head = [
         "rank",
@@ -140,7 +146,7 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
         "curation spend",
         "training tokens",
         *(["total cost"] if costs is not None else []),
-        f"predicted {td.objective.label}",
+        f"predicted {_short(td)}",
         f"{td.level:.0%} interval",
         "P(best)",
         "extrapolation",
@@ -199,7 +205,7 @@ def _target_section(td: TargetDecision, costs: CostModel | None) -> str:
         parts += [
             "<h3>Micro-annealing check (cheapest sampled cell per source, observed)</h3>",
             _table(
-                ["source", "curation spend", "training tokens", f"observed {td.objective.label}"],
+                ["source", "curation spend", "training tokens", f"observed {_short(td)}"],
                 mrows,
             ),
             verdict,
@@ -516,3 +522,8 @@ def _two_step_sentence(steps: TwoStep) -> str:
         + (f", plus {link.extra_sd:.3f} of scatter about the link" if link.extra_sd > 0 else "")
         + ")"
     )
+
+
+def _short(td: TargetDecision) -> str:
+    """The metric's name in table headings: "bpb" for the default, else its label."""
+    return "bpb" if td.objective == BPB else escape(td.objective.label)
