@@ -38,10 +38,12 @@ class Cell:
 
 
 def resolved_precision(spec: ExperimentSpec) -> str:
-    """The precision the anneals train in: ``auto`` is bf16 on GPU workers and fp32 on CPU
-    ones, and CPU workers always train in fp32 (`anneal.deepspeed_config.uses_bf16`)."""
+    """The precision the anneals train in (`anneal.deepspeed_config.uses_bf16`): ``auto``
+    is bf16 on GPU workers and fp32 on CPU ones; ``bf16`` is bf16 on both."""
+    from annealscale.anneal.deepspeed_config import uses_bf16
+
     on_gpu = spec.resources.gpus_per_worker > 0
-    return "bf16" if on_gpu and spec.train.precision in ("auto", "bf16") else "fp32"
+    return "bf16" if uses_bf16(spec.train, use_gpu=on_gpu) else "fp32"
 
 
 UNUSED_BY_SCHEDULE = {

@@ -29,6 +29,7 @@ from annealscale.core.spec_model import SpecModel
 from annealscale.tune.cells import expand_grid, resolved_precision
 from annealscale.tune.prepare import inputs_identity
 from annealscale.tune.spec import ExperimentSpec, parse_spec
+from tests.helpers import write_math_task
 
 REPO = Path(__file__).resolve().parents[2]
 ALL, SOURCE, CELLS, NONE = "all", "source", "cells", "none"
@@ -41,6 +42,18 @@ TASKS = '{"question": "1+1", "choices": ["2", "3"], "answer": 0}\n'
 # which the field matters: wsd-only fields under a wsd schedule).
 BASE = "__base__"
 WSD = {"schedule.kind": "wsd"}
+
+
+def _harness(directory: Path, questions: int = 4) -> str:
+    include = write_math_task(directory, questions=questions)
+    write_math_task(directory, name="sums", questions=questions)
+    return str(include)
+
+
+HARNESS = {"eval.harness": lambda d: {"tasks": ["mathqa_local"], "include_path": _harness(d)}}
+"""A harness section with local tasks, the setting in which its fields matter."""
+
+
 CONTRACT: dict[str, tuple[str, dict[str, Any]]] = {
     "name": (NONE, {"name": "renamed"}),
     "base_model.path": (ALL, {"base_model.path": "hub-org/other-model"}),
@@ -59,6 +72,18 @@ CONTRACT: dict[str, tuple[str, dict[str, Any]]] = {
         {"eval.tasks[0].path": lambda d: _write(d / "t.jsonl", TASKS.replace("1+1", "2+2"))},
     ),
     "eval.tasks[].max_questions": (ALL, {"eval.tasks[0].max_questions": 1}),
+    "eval.harness.tasks": (ALL, {BASE: HARNESS, "eval.harness.tasks": ["mathqa_local", "sums"]}),
+    "eval.harness.include_path": (
+        ALL,
+        {BASE: HARNESS, "eval.harness.include_path": lambda d: _harness(d / "h", questions=6)},
+    ),
+    "eval.harness.include_defaults": (
+        ALL,
+        {BASE: HARNESS, "eval.harness.include_defaults": True},
+    ),
+    "eval.harness.num_fewshot": (ALL, {BASE: HARNESS, "eval.harness.num_fewshot": 1}),
+    "eval.harness.limit": (ALL, {BASE: HARNESS, "eval.harness.limit": 2}),
+    "eval.harness.batch_size": (ALL, {BASE: HARNESS, "eval.harness.batch_size": 2}),
     "sources[].name": (NONE, {"sources[0].name": "books"}),
     "sources[].kind": (
         SOURCE,
@@ -97,6 +122,9 @@ CONTRACT: dict[str, tuple[str, dict[str, Any]]] = {
     "train.optimizer.name": (ALL, {"train.optimizer": {"name": "adam"}}),
     "train.optimizer.betas": (ALL, {"train.optimizer": {"betas": [0.9, 0.99]}}),
     "train.optimizer.eps": (ALL, {"train.optimizer": {"eps": 1e-6}}),
+    # How the anneal runs, not what it computes (`TrainSpec.EXECUTION_ONLY`).
+    "train.activation_checkpointing": (NONE, {"train.activation_checkpointing": True}),
+    "train.offload_optimizer": (NONE, {"train.offload_optimizer": True}),
     "train.deepspeed_config": (
         ALL,
         {"train.deepspeed_config": lambda d: _write(d / "ds.json", DS_JSON.replace("1.0", "0.5"))},
@@ -111,6 +139,14 @@ CONTRACT: dict[str, tuple[str, dict[str, Any]]] = {
     "resources.max_concurrent_trials": (NONE, {"resources.max_concurrent_trials": 2}),
     "resources.driver_resources": (NONE, {"resources.driver_resources": {"on_demand": 0.01}}),
     "resources.torch_backend": (NONE, {"resources.torch_backend": "gloo"}),
+    "resources.gpus_per_node": (NONE, {"resources.gpus_per_node": 4}),
+    "resources.gpu_kind": (NONE, {"resources.gpu_kind": "h100-80gb"}),
+    "resources.gpu_memory_gib": (NONE, {"resources.gpu_memory_gib": 40.0}),
+    "resources.peak_flops": (NONE, {"resources.peak_flops": 1e15}),
+    "retries.preemption_failures": (NONE, {"retries.preemption_failures": 2}),
+    "retention.keep_final": (NONE, {"retention.keep_final": True}),
+    "retention.delete_checkpoints": (NONE, {"retention.delete_checkpoints": False}),
+    "retention.delete_trunks": (NONE, {"retention.delete_trunks": False}),
     "retries.worker_failures": (NONE, {"retries.worker_failures": 3}),
     "retries.trial_failures": (NONE, {"retries.trial_failures": 0}),
     "tracking.tensorboard": (NONE, {"tracking.tensorboard": True}),
