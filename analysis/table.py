@@ -150,7 +150,8 @@ def load_results(
             raise AnalysisError(
                 "results table has no finished cells: "
                 + "; ".join(failures)
-                + "; fix the spec (e.g. lower the learning rate or weight decay) and rerun"
+                + "; see the 'status' column and its 'reason', fix the cause (a diverged cell: "
+                "lower the learning rate or weight decay) and rerun the sweep"
             )
         raise AnalysisError(
             f"results table has no finished cells with a positive, finite {metric!r}; "
@@ -245,7 +246,7 @@ def failure_notes(df: pd.DataFrame, most: int = 5) -> list[str]:
         reason = "failed" if reason == "error" else reason
         name = str(row.get("cell_id") or "")[:12]
         notes.append(
-            f"cell {name} ({row['source']}, spend {row['curation_spend']:g}, "
+            f"cell {name + ' ' if name else ''}({row['source']}, spend {row['curation_spend']:g}, "
             f"{row['train_tokens']:g} tokens) {reason}"
         )
     if len(failed) > most:
