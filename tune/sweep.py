@@ -210,8 +210,12 @@ def _run_trials(
     stamp: dict,
     resume: bool,
     search_alg=None,
+    trial=None,
 ) -> tuple[int, bool]:
-    """Run ``plan``'s cells as Tune trials; returns (cells run, experiment restored)."""
+    """Run ``plan``'s cells as Tune trials; returns (cells run, experiment restored).
+
+    ``trial``: the function trainable, `tune.trial.run_cell` unless given (the engine
+    benchmark, ``benchmarks/sweep_scale.py``, passes a no-op anneal)."""
     import ray
 
     from annealscale.tune.trial import (
@@ -235,7 +239,7 @@ def _run_trials(
         trunks_root=str(layout.local_root / "trunks"),
     )
     trainable = tune.with_resources(
-        tune.with_parameters(run_cell, plans=plans, settings=settings),
+        tune.with_parameters(trial or run_cell, plans=plans, settings=settings),
         tune.PlacementGroupFactory([trial_resources(spec.resources)]),
     )
     warm = runs_warm(spec.resources)

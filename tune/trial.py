@@ -85,7 +85,7 @@ def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSetting
     identity = config["cell_id"]
     # A restored experiment may still list a cell finished since (by this sweep before a
     # crash, or by another sweep sharing the storage): never run it twice.
-    if identity not in plans or identity in ResultsStore(settings.results_root).finished_ids():
+    if identity not in plans or ResultsStore(settings.results_root).has_finished(identity):
         tune.report({SKIPPED: 1})
         return
     plan = plans[identity]
