@@ -67,9 +67,9 @@ def _specs(storage: Path, empty_cells: int, workers: int = 1):
 
     quick = quick_variant(load_spec(EXAMPLES / "demo.yaml"))
     resources = quick.resources.replace(max_concurrent_trials=1)
-    train = quick.train
+    train, empty_resources = quick.train, resources
     if workers > 1:
-        resources = resources.replace(num_workers=workers)
+        empty_resources = resources.replace(num_workers=workers)
         train = train.replace(micro_batch_size=max(1, train.micro_batch_size // workers))
     spend = min(quick.grid.curation_spend)
     source = quick.sources[0].replace(curation_spend=None)
@@ -83,7 +83,7 @@ def _specs(storage: Path, empty_cells: int, workers: int = 1):
             seeds=tuple(range(empty_cells)),
         ),
         eval=quick.eval.replace(max_tokens=quick.train.seq_len),
-        resources=resources,
+        resources=empty_resources,
         storage_path=str(storage),
     )
     cells = quick.replace(
