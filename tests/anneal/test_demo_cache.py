@@ -64,7 +64,7 @@ def test_two_demos_building_one_cache_at_once_both_finish_with_one_copy(tmp_path
     paths = [next(ln for ln in o.splitlines() if ln.startswith("BASE")) for o in outputs]
     assert paths[0] == paths[1]
     # one of them pre-trained; the other waited for it and found the model built
-    assert sum("pre-training on" in o for o in outputs) == 1
+    assert sum("parameters, pre-training on" in o for o in outputs) == 1
     assert not list(cache.glob("*.tmp"))
     assert len(list(cache.glob("base-*/annealscale_base.json"))) == 1
 
