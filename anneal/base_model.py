@@ -5,6 +5,10 @@ pre-trained by the project on the general pool and saved with ``save_pretrained`
 corpus it was trained on; anneals then load it through `anneal.model` like any Hugging
 Face checkpoint. Pre-training runs in-process with plain PyTorch: it is a one-off step
 that precedes the experiment, not part of what the sweep measures.
+
+The build holds the entry's lock (`anneal.cache_lock`), so two demos started at once
+pre-train once; it saves its state every `CHECKPOINT_SECONDS` into the build folder, so a
+killed pre-training continues from its last state instead of step 0.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from annealscale.anneal.cache_lock import building, temp_dir
 from annealscale.anneal.documents import read_texts
 from annealscale.anneal.schedule import linear_decay_lr, warmup_steps_for
 from annealscale.core.hashing import content_hash
@@ -26,6 +32,9 @@ from annealscale.core.hashing import content_hash
 log = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
+CHECKPOINT_SECONDS = 20.0
+"""Pre-training saves its state at most this often (and at ``checkpoint_steps``)."""
+STATE = "pretrain-state.pt"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,23 +61,42 @@ class BaseModelConfig:
     seed: int = 0
 
 
-def build_base_model(general_docs: str, cache_dir: Path, config: BaseModelConfig) -> Path:
-    """Train tokenizer and model on ``general_docs`` unless cached; return the model dir."""
+def build_base_model(
+    general_docs: str,
+    cache_dir: Path,
+    config: BaseModelConfig,
+    *,
+    checkpoint_steps: int | None = None,
+) -> Path:
+    """Train tokenizer and model on ``general_docs`` unless cached; return the model dir.
+
+    ``checkpoint_steps``: also save the pre-training state every this many steps."""
     from annealscale.anneal.documents import files_identity
 
     key = content_hash({"config": asdict(config), "docs": files_identity(general_docs)})
     out = Path(cache_dir) / f"base-{key}"
     if (out / "annealscale_base.json").exists():
         return out
+    with building(out):
+        if not (out / "annealscale_base.json").exists():
+            _build(general_docs, out, config, checkpoint_steps)
+    return out
+
+
+def _build(general_docs: str, out: Path, config: BaseModelConfig, checkpoint_steps) -> None:
     import torch
+    from transformers import PreTrainedTokenizerFast
 
     torch.manual_seed(config.seed)
     started = time.time()
     texts = read_texts(general_docs)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(texts, config)
-    tokenizer.save_pretrained(tmp)
+    # a folder holding pre-training state is an interrupted build to continue
+    tmp = temp_dir(out, keep=(out.with_name(out.name + ".tmp") / STATE).exists())
+    if (tmp / STATE).exists() and (tmp / "tokenizer.json").exists():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp)
+    else:
+        tokenizer = train_tokenizer(texts, config)
+        tokenizer.save_pretrained(tmp)
     model = _init_model(config, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
@@ -77,18 +105,21 @@ def build_base_model(general_docs: str, cache_dir: Path, config: BaseModelConfig
         config.pretrain_tokens,
     )
     windows = _windows(texts, tokenizer, config)
-    final_loss = _pretrain(model, windows, config)
+    final_loss, resumed = _pretrain(model, windows, config, tmp / STATE, checkpoint_steps)
     model.save_pretrained(tmp)
+    (tmp / STATE).unlink(missing_ok=True)
     meta = {
         "config": asdict(config),
         "parameters": n_params,
         "pretrain_windows_available": int(len(windows)),
         "final_train_loss": final_loss,
+        "resumed_from_step": resumed,
         "seconds": round(time.time() - started, 1),
     }
     (tmp / "annealscale_base.json").write_text(json.dumps(meta, indent=2))
+    if out.exists():  # a folder without its metadata: an interrupted build of old code
+        shutil.rmtree(out)
     os.replace(tmp, out)
-    return out
 
 
 def train_tokenizer(texts: list[str], config: BaseModelConfig):
@@ -151,7 +182,11 @@ def _windows(texts: list[str], tokenizer, config: BaseModelConfig) -> np.ndarray
     return pack_token_lists(ids, tokenizer.eos_token_id, config.seq_len)
 
 
-def _pretrain(model, windows: np.ndarray, config: BaseModelConfig) -> float:
+def _pretrain(
+    model, windows: np.ndarray, config: BaseModelConfig, state_path: Path, checkpoint_steps
+) -> tuple[float, int]:
+    """Pre-train ``model``, continuing from ``state_path`` when it exists and saving there
+    as it goes; returns the final loss and the step it resumed from (0: a fresh start)."""
     import torch
 
     steps = max(1, config.pretrain_tokens // (config.batch_size * config.seq_len))
@@ -163,8 +198,16 @@ def _pretrain(model, windows: np.ndarray, config: BaseModelConfig) -> float:
     order = rng.permutation(len(windows))
     model.train()
     loss_value = float("nan")
-    last_log = time.time()
-    for step in range(steps):
+    start = 0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start, loss_value = state["step"], state["loss"]
+        log.info("base model: continuing an interrupted pre-training at step %d", start)
+    last_log = last_save = time.time()
+    for step in range(start, steps):
         rows = order[
             np.arange(step * config.batch_size, (step + 1) * config.batch_size) % len(order)
         ]
@@ -183,4 +226,17 @@ def _pretrain(model, windows: np.ndarray, config: BaseModelConfig) -> float:
         if time.time() - last_log > 15 or step == steps - 1:
             log.info("base model: step %d/%d loss %.3f", step + 1, steps, loss_value)
             last_log = time.time()
-    return loss_value
+        due = checkpoint_steps and (step + 1) % checkpoint_steps == 0
+        if (due or time.time() - last_save > CHECKPOINT_SECONDS) and step + 1 < steps:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "step": step + 1,
+                "loss": loss_value,
+            }
+            partial = state_path.with_name(state_path.name + ".partial")
+            torch.save(state, partial)
+            os.replace(partial, state_path)  # a kill mid-save leaves the previous state
+            last_save = time.time()
+    return loss_value, start

@@ -4,7 +4,8 @@ For each source (its identity and the identity of its input files) the candidate
 so far are kept as Parquet shards under ``pools/<kind>-<hash>/stream/``, one shard per
 round, in stream order. Buying spend ``c`` reads that stream, judges more candidates
 only when the stream does not yet reach ``c`` (a Ray Data ``map_batches`` job on an actor
-pool, continuing where the last run stopped), and cuts it where the running cost would
+pool, continuing where the last run stopped; a round of at most `IN_PROCESS_CANDIDATES`
+CPU candidates is judged in this process instead), and cuts it where the running cost would
 first exceed ``c``. A pool at a larger spend therefore contains every document of a
 smaller one in the same order, and growing a pool judges only the extra candidates.
 
@@ -48,6 +49,10 @@ from annealscale.core.hashing import content_hash
 log = logging.getLogger(__name__)
 
 MAX_DEFAULT_ACTORS = 8
+IN_PROCESS_CANDIDATES = 4096
+"""Curation rounds of at most this many CPU candidates are judged in the calling process:
+cheaper than starting and stopping a Ray Data actor pool (as packing does for small
+inputs, `anneal.packing.IN_PROCESS_BYTES`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,10 +106,16 @@ def source_dir(source: SourceSpec, ctx: CurationContext, inputs: str = "") -> Pa
 
 
 def curate(
-    source: SourceSpec, spend: float, ctx: CurationContext, *, inputs: str = ""
+    source: SourceSpec,
+    spend: float,
+    ctx: CurationContext,
+    *,
+    inputs: str = "",
+    in_process_candidates: int = IN_PROCESS_CANDIDATES,
 ) -> CuratedPool:
     """Buy ``spend`` USD of ``source``; cached under the source identity, the identity of
-    its input files (``inputs``) and the spend."""
+    its input files (``inputs``) and the spend. Rounds of at most ``in_process_candidates``
+    candidates on CPU are judged in this process, larger ones (or on GPU) by Ray Data."""
     root = source_dir(source, ctx, inputs)
     stem = f"spend-{float(spend)!r}"  # exact: nearby spends must not share a pool
     meta_path = root / f"{stem}.json"
@@ -133,7 +144,9 @@ def curate(
         offered = kind.offers(start, start + count)
         offered_rows = len(next(iter(offered.values()))) if offered else 0
         if offered_rows:
-            judged = _judge_round(kind, steps, setup, offered, start, source, ctx)
+            judged = _judge_round(
+                kind, steps, setup, offered, start, source, ctx, in_process_candidates
+            )
             judged = _sequential(steps, judged, rows)
             stream.append(start, judged)
             if price is None and float(_column(judged, "cost_usd").sum()) <= 0:
@@ -346,6 +359,29 @@ def default_actors(resources: CurationResources) -> int:
     return int(max(1, min(MAX_DEFAULT_ACTORS, math.floor(by))))
 
 
+def judge_in_process(
+    kind: SourceKind,
+    steps: list[CurationStep],
+    state: Any,
+    table: pa.Table,
+    resources: CurationResources,
+) -> pa.Table:
+    """Judge ``table`` in this process, batch by batch as one curation actor would: the
+    same kind, steps and batches, so the same rows as `run_judging`."""
+    actor = CurationActor(
+        type(kind),
+        kind.params,
+        token_counter(kind.ctx.tokenizer),
+        [(type(s), s.params, s.column) for s in steps],
+        state,
+        0.0,
+    )
+    size = resources.batch_size
+    parts = [actor(table.slice(i, size)) for i in range(0, table.num_rows, size)]
+    parts = [t for t in parts if t.num_rows]
+    return pa.concat_tables(parts) if parts else table.slice(0, 0)
+
+
 def run_judging(
     kind: SourceKind,
     steps: list[CurationStep],
@@ -393,11 +429,22 @@ def _judge_round(
     start: int,
     source: SourceSpec,
     ctx: CurationContext,
+    in_process_candidates: int,
 ) -> pa.Table:
     n = len(next(iter(offered.values())))
     table = pa.table({"_offset": pa.array(range(start, start + n), pa.int64()), **offered})
-    log.info("source '%s': judging candidates %d to %d (Ray Data)", source.name, start, start + n)
-    judged = run_judging(kind, steps, setup.state, table, source.resources)
+    # A Ray Data actor pool costs seconds to start and stop (the slowest curation test took
+    # 131 s under load); a few thousand CPU candidates are judged faster right here.
+    local = n <= in_process_candidates and source.resources.gpus_per_actor == 0
+    judge = judge_in_process if local else run_judging
+    log.info(
+        "source '%s': judging candidates %d to %d (%s)",
+        source.name,
+        start,
+        start + n,
+        "in process" if local else "Ray Data",
+    )
+    judged = judge(kind, steps, setup.state, table, source.resources)
     if judged.num_rows != n:
         raise AnnealscaleError(
             f"source '{source.name}': judging returned {judged.num_rows} rows for {n} candidates"

@@ -28,6 +28,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from annealscale.anneal.cache_lock import building, temp_dir
 from annealscale.core.errors import AnnealscaleError
 
 log = logging.getLogger(__name__)
@@ -96,8 +98,15 @@ def build_demo_corpus(cache_dir: Path, config: DemoCorpusConfig | None = None) -
     root = Path(cache_dir) / f"corpus-{key}"
     if (root / "manifest.json").exists():
         return DemoCorpus(root)
-    tmp = root.with_name(root.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    with building(root):
+        if not (root / "manifest.json").exists():
+            _build(root, config, versions)
+    return DemoCorpus(root)
+
+
+def _build(root: Path, config: DemoCorpusConfig, versions: dict) -> None:
+    """Write the corpus into a fresh temporary folder and rename it to ``root``."""
+    tmp = temp_dir(root)
 
     math_docs = _collect(config.math_packages, config)
     general_docs = _collect(config.general_packages, config)
@@ -135,9 +144,9 @@ def build_demo_corpus(cache_dir: Path, config: DemoCorpusConfig | None = None) -
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    if not root.exists():
-        os.replace(tmp, root)
-    return DemoCorpus(root)
+    if root.exists():  # a folder without a manifest: an interrupted build of old code
+        shutil.rmtree(root)
+    os.replace(tmp, root)
 
 
 _SCHEMA = pa.schema(

@@ -1,8 +1,9 @@
-"""The anneal itself: what each Ray Train worker runs.
+"""The anneal itself: what each Ray Train worker, or a warm Tune trial process, runs.
 
 Top to bottom: load the base checkpoint, wrap it in DeepSpeed, stream the mixture from
 the ``domain`` and ``replay`` dataset shards, step with the schedule, evaluate held-out
-bits per byte, report. The worker reads only the `AnnealJob` it is given.
+bits per byte, report. The anneal reads only the `AnnealJob` it is given and talks to
+whoever started it through a `Session` (`anneal.session`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from annealscale.anneal.checkpoint import save as save_checkpoint
 from annealscale.anneal.harness import TaskSuite
 from annealscale.anneal.mixture import RowStream, domain_counts, epochs_over
 from annealscale.anneal.run_spec import ScheduleSpec, TrainSpec
+from annealscale.anneal.session import Session, TrainSession
 
 ROWS_PER_READ = 64
 SHUFFLE_BUFFER_ROWS = 256
@@ -85,18 +87,22 @@ class AnnealJob:
 
 def anneal_worker(config: dict) -> None:
     """Ray Train worker entry point: ``config["job"]`` is an `AnnealJob`."""
-    job: AnnealJob = config["job"]
+    anneal(config["job"], TrainSession())
+
+
+def anneal(job: AnnealJob, session: Session) -> None:
+    """Run ``job`` as rank ``session.rank`` of ``session.world_size``, reporting to
+    ``session``."""
     from annealscale.anneal.engine import build_engine, prepare_threads
 
     use_gpu = prepare_threads(job.threads_per_worker, expect_cuda=job.expect_cuda)
-    import ray.train
+    import ray
     import torch
 
     from annealscale.anneal.evaluator import Evaluator
 
     torch.manual_seed(job.seed)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    rank, world = session.rank, session.world_size
     started = time.time()
     built = build_engine(job, world_size=world, use_gpu=use_gpu)
     engine, device, accum = built.engine, built.device, built.accumulation
@@ -104,11 +110,11 @@ def anneal_worker(config: dict) -> None:
     micro = job.train.micro_batch_size
     evaluator = Evaluator(job, rank=rank, world=world, device=device, batch_size=micro)
 
-    start = resume(engine, job, rank)
+    start = resume(engine, job, rank, session)
     setup_seconds = time.time() - started
     counts = domain_counts(job.steps * accum, micro, job.domain_fraction)  # per micro-batch
-    domain = RowStream(_epochs(ray.train.get_dataset_shard("domain"), job.seed))
-    replay = RowStream(_epochs(ray.train.get_dataset_shard("replay"), job.seed + 1))
+    domain = RowStream(_epochs(session.dataset("domain"), job.seed))
+    replay = RowStream(_epochs(session.dataset("replay"), job.seed + 1))
     done_micro = start.state.step * accum
     domain.skip(int(counts[:done_micro].sum()))
     replay.skip(done_micro * micro - int(counts[:done_micro].sum()))
@@ -139,10 +145,10 @@ def anneal_worker(config: dict) -> None:
                 replay_rows=replay.rows_taken,
                 restarts=start.state.restarts,
             )
-            report_checkpoint(engine, state, rank, {"train_loss": float(losses[-1])})
+            report_checkpoint(engine, state, rank, {"train_loss": float(losses[-1])}, session)
     train_seconds = time.time() - train_started - evaluator.seconds
     if job.trunk:
-        ray.train.report({"step": job.steps, "trunk_steps": job.steps - start.state.step})
+        session.report({"step": job.steps, "trunk_steps": job.steps - start.state.step})
         return
 
     tail = max(1, len(losses) // 10)
@@ -191,7 +197,7 @@ def anneal_worker(config: dict) -> None:
             job.flops_per_step * trained_steps / max(train_seconds, 1e-9) / (world * job.peak_flops)
         )
     _raise_if_diverged(metrics)
-    ray.train.report(metrics)
+    session.report(metrics)
 
 
 def _raise_if_diverged(metrics: dict) -> None:
@@ -207,15 +213,13 @@ def _raise_if_diverged(metrics: dict) -> None:
         raise FloatingPointError("anneal diverged: " + ", ".join(bad))
 
 
-def resume(engine, job: AnnealJob, rank: int) -> Start:
+def resume(engine, job: AnnealJob, rank: int, session: Session) -> Start:
     """Load the state this attempt starts from: the run's own latest checkpoint after a
     worker failure, else the trunk checkpoint the job branches from, else the base model."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+    with session.restored() as directory:
+        if directory is not None:
             state = load_checkpoint(engine, directory, rank, restore_rng=True)
+    if directory is not None:
         state = WorkerState(**{**state.__dict__, "restarts": state.restarts + 1})
         origin = "restore"
     elif job.start_checkpoint is not None:
@@ -231,16 +235,14 @@ def resume(engine, job: AnnealJob, rank: int) -> Start:
     return Start(state=state, origin=origin)
 
 
-def report_checkpoint(engine, state: WorkerState, rank: int, metrics: dict) -> None:
-    """Save a checkpoint on every rank and report it; Ray Train merges the ranks' files."""
-    import ray.train
-
+def report_checkpoint(
+    engine, state: WorkerState, rank: int, metrics: dict, session: Session
+) -> None:
+    """Save a checkpoint on every rank and report it to ``session``."""
     directory = save_checkpoint(engine, state, rank)
     try:
-        ray.train.report(
-            {**metrics, "step": state.step},
-            checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-            checkpoint_dir_name=checkpoint_name(state.step),
+        session.report(
+            {**metrics, "step": state.step}, checkpoint=directory, name=checkpoint_name(state.step)
         )
     finally:
         discard(directory)

@@ -3,8 +3,11 @@
 Runs, on a local Ray, cells of the quick demo one at a time (``max_concurrent_trials=1``,
 so cells never compete for the CPU):
 
-- near-empty cells: one optimizer step and one evaluation window per held-out set;
-- quick-demo cells: the first source at the smallest spend, at the quick demo's budgets.
+- near-empty cells: one optimizer step and one evaluation window per held-out set, with
+  one worker (a warm cell: the anneal runs in the reused Tune trial process) and with two
+  (a Ray Train run per cell, micro-batches halved so a step holds the same sequences);
+- quick-demo cells: the first source at the smallest spend, at the quick demo's budgets
+  (one worker, as the demo runs them).
 
 Definitions (printed too):
 
@@ -12,9 +15,11 @@ Definitions (printed too):
   results-store callback), i.e. what a cell costs a sweep run one at a time;
 - overhead of a cell: its wall time minus the worker's own training and evaluation
   seconds; ``overhead_s`` is the median over the near-empty cells. It holds Tune's trial
-  actor start, the driver's imports and dataset materialisation, Ray Train's controller and
-  worker start (process start, torch/DeepSpeed/transformers imports, process group init),
-  model load and DeepSpeed initialisation, and the teardowns;
+  actor start (once per process for warm cells), the driver's imports and dataset
+  materialisation, for two workers Ray Train's controller and worker start (process start,
+  torch/DeepSpeed/transformers imports, process group init), model load and DeepSpeed
+  initialisation, and the teardowns. ``overhead_s`` is the single-worker figure (the
+  demo's cells), ``overhead_s_multi_worker`` the two-worker one;
 - ``overhead_share`` = ``overhead_s`` / mean wall time of the quick-demo cells.
 
 ``train_floor_s`` is measured in the same run for scale: the wall time of a bare Ray Train
@@ -41,7 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 DEFINITION = (
     "overhead_s = median over near-empty cells (1 step, 1 eval window) of [trial wall time "
-    "(Tune trial start -> row written) - worker train_seconds - worker eval_seconds]; "
+    "(Tune trial start -> row written) - worker train_seconds - worker eval_seconds], with "
+    "one worker (warm trial process); overhead_s_multi_worker the same with two workers "
+    "(a Ray Train run per cell); "
     "overhead_share = overhead_s / mean wall time of quick-demo cells run one at a time"
 )
 PARTS = (
@@ -54,16 +61,21 @@ PARTS = (
 )
 
 
-def _specs(storage: Path, empty_cells: int):
+def _specs(storage: Path, empty_cells: int, workers: int = 1):
     from annealscale.cluster.cli import EXAMPLES, quick_variant
     from annealscale.tune.spec import GridSpec, load_spec
 
     quick = quick_variant(load_spec(EXAMPLES / "demo.yaml"))
     resources = quick.resources.replace(max_concurrent_trials=1)
+    train, empty_resources = quick.train, resources
+    if workers > 1:
+        empty_resources = resources.replace(num_workers=workers)
+        train = train.replace(micro_batch_size=max(1, train.micro_batch_size // workers))
     spend = min(quick.grid.curation_spend)
     source = quick.sources[0].replace(curation_spend=None)
     empty = quick.replace(
-        name="overhead-empty",
+        name=f"overhead-empty-{workers}w",
+        train=train,
         sources=(source,),
         grid=GridSpec(
             curation_spend=(spend,),
@@ -71,7 +83,7 @@ def _specs(storage: Path, empty_cells: int):
             seeds=tuple(range(empty_cells)),
         ),
         eval=quick.eval.replace(max_tokens=quick.train.seq_len),
-        resources=resources,
+        resources=empty_resources,
         storage_path=str(storage),
     )
     cells = quick.replace(
@@ -131,19 +143,20 @@ def measure(assets, root: Path, empty_cells: int) -> dict:
 
     storage = root / "storage"
     empty, quick = _specs(storage, empty_cells)
+    empty_multi, _ = _specs(storage, empty_cells, workers=2)
     connect()
     try:
-        started = time.time()
-        outcome = run_sweep(empty, root / "empty", resolve=assets.resolve)
-        table = pd.read_parquet(outcome.results_path)
-        assert (table["status"] == "finished").all(), table[["status", "error"]]
-        parts = _breakdown(table)
-        result = {
-            "overhead_s": float(statistics.median(parts.pop("overhead"))),
-            "empty_cell_wall_s": [round(float(w), 2) for w in parts.pop("wall")],
-            "breakdown_median_s": {k: round(v, 2) for k, v in parts.items()},
-            "empty_sweep_s": round(time.time() - started, 1),
-        }
+        result = {}
+        for suffix, spec in (("", empty), ("_multi_worker", empty_multi)):
+            started = time.time()
+            outcome = run_sweep(spec, root / spec.name, resolve=assets.resolve)
+            table = pd.read_parquet(outcome.results_path)
+            assert (table["status"] == "finished").all(), table[["status", "error"]]
+            parts = _breakdown(table)
+            result[f"overhead_s{suffix}"] = float(statistics.median(parts.pop("overhead")))
+            result[f"empty_cell_wall_s{suffix}"] = [round(float(w), 2) for w in parts.pop("wall")]
+            result[f"breakdown_median_s{suffix}"] = {k: round(v, 2) for k, v in parts.items()}
+            result[f"empty_sweep_s{suffix}"] = round(time.time() - started, 1)
         outcome = run_sweep(quick, root / "quick", resolve=assets.resolve)
         table = pd.read_parquet(outcome.results_path)
         assert (table["status"] == "finished").all(), table[["status", "error"]]
@@ -176,12 +189,18 @@ def main() -> None:
     floor = statistics.median(result["train_floor_walls_s"])
     summary = {
         "overhead_s": round(result["overhead_s"], 2),
+        "overhead_s_single_worker": round(result["overhead_s"], 2),
+        "overhead_s_multi_worker": round(result["overhead_s_multi_worker"], 2),
         "overhead_share": round(result["overhead_s"] / quick_wall, 3),
+        "overhead_share_multi_worker": round(result["overhead_s_multi_worker"] / quick_wall, 3),
+        "empty_cell_wall_s": result["empty_cell_wall_s"],
+        "empty_cell_wall_s_multi_worker": result["empty_cell_wall_s_multi_worker"],
         "quick_cell_wall_s": round(quick_wall, 2),
         "quick_cell_work_s": result["quick_cell_breakdown_median_s"]["work"],
         "train_floor_s": round(floor, 2),
         "train_floor_share_of_overhead": round(floor / result["overhead_s"], 3),
         "breakdown_median_s": result["breakdown_median_s"],
+        "breakdown_median_s_multi_worker": result["breakdown_median_s_multi_worker"],
         "definition": DEFINITION,
         "parts": dict(PARTS),
     }

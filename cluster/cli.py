@@ -224,6 +224,9 @@ def _cmd_demo(args) -> int:
     from annealscale.tune.spec import load_spec
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never touches the network
+    # Ray starts its workers at niceness 15 (`worker_niceness`); on a shared laptop the
+    # demo's actors then wait behind everything else. The demo's local Ray only.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     spec = load_spec(args.spec)
     if args.quick:
         spec = quick_variant(spec)

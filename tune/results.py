@@ -8,6 +8,11 @@ far (replaced by the next failure, ignored once the cell finishes), so errored c
 retried and their attempts keep counting. A row file that cannot be read (a zero-byte
 file after a crash) is moved aside to ``<kind>/.corrupt/`` by `quarantine_corrupt`, and its
 cell reruns.
+
+Reading scales to 100,000 cells: finished rows never change, so a read keeps them in a
+snapshot (``snapshot/cells.parquet``, rewritten atomically by any reader) and opens only
+the cell files written since, several at a time, building one Arrow table and one
+DataFrame; a trial checks its own cell with one stat, not a listing (`has_finished`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -26,6 +32,11 @@ from annealscale.tune import durable
 from annealscale.tune.storage import filesystem
 
 log = logging.getLogger(__name__)
+
+READ_THREADS = 4
+"""Cell files opened at once when reading (each is a small file: latency, not bandwidth)."""
+SNAPSHOT_MIN_NEW = 64
+"""New finished rows that make a read rewrite the snapshot (fewer: read them directly)."""
 
 REQUIRED_COLUMNS = (
     "source",
@@ -132,6 +143,21 @@ class ResultsStore:
                     moved.append(identity)
         return moved
 
+    def _replace(self, table: pa.Table, path: str) -> None:
+        """Write ``table`` to ``path``, replacing it whole (readers see old or new)."""
+        parent = path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        if not self._local:
+            pq.write_table(table, path, filesystem=self.fs)  # a PUT is atomic
+            return
+        tmp = durable.temporary_name(Path(path))
+        try:
+            pq.write_table(table, str(tmp))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        durable.publish(tmp, Path(path))
+
     def _identities(self, kind: str) -> set[str]:
         selector = pafs.FileSelector(f"{self._base}/{kind}", allow_not_found=True)
         return {
@@ -145,6 +171,10 @@ class ResultsStore:
     def finished_ids(self) -> set[str]:
         return self._identities("cells")
 
+    def has_finished(self, identity: str) -> bool:
+        """Whether ``identity`` has a finished row (one stat, for a trial about to run)."""
+        return self.fs.get_file_info(self._path("cells", identity)).type == pafs.FileType.File
+
     def failed_attempts(self, identities: set[str]) -> dict[str, int]:
         """Attempts recorded by the latest failure of each unfinished cell in ``identities``."""
         failed = (self._identities("failed") & set(identities)) - self.finished_ids()
@@ -154,11 +184,53 @@ class ResultsStore:
         return dict(zip(table["cell_id"], table["attempts"].astype(int), strict=True))
 
     def _read(self, kind: str, identities: set[str]) -> pd.DataFrame:
-        frames = [
-            pq.read_table(self._path(kind, i), filesystem=self.fs).to_pandas()
-            for i in sorted(identities)
-        ]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        table = self._read_arrow(kind, identities)
+        return table.to_pandas() if table is not None else pd.DataFrame()
+
+    def _read_arrow(self, kind: str, identities: set[str]) -> pa.Table | None:
+        """The rows of ``identities`` (one file each), opened several at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        paths = [self._path(kind, i) for i in sorted(identities)]
+        if not paths:
+            return None
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            tables = list(pool.map(self._read_file, paths))
+        return _concat(tables)
+
+    def _read_file(self, path: str) -> pa.Table:
+        # ParquetFile skips the dataset machinery of pq.read_table: 2.5x faster on the
+        # one-row files of this store
+        with self.fs.open_input_file(path) as handle:
+            return pq.ParquetFile(handle).read()
+
+    def _finished(self, identities: set[str]) -> pd.DataFrame:
+        """Finished rows of ``identities``: the snapshot's, plus files written since (the
+        snapshot is then rewritten to hold them too)."""
+        snapshot_path = f"{self._base}/snapshot/cells.parquet"
+        snapshot = None
+        if self.fs.get_file_info(snapshot_path).type == pafs.FileType.File:
+            try:
+                snapshot = pq.read_table(snapshot_path, filesystem=self.fs)
+            except (OSError, pa.ArrowInvalid):  # torn by a crash on a non-atomic store
+                snapshot = None
+        known = set(snapshot.column("cell_id").to_pylist()) if snapshot is not None else set()
+        new = self._read_arrow("cells", identities - known)
+        if new is not None and len(new) >= SNAPSHOT_MIN_NEW:
+            merged = new if snapshot is None else _concat([snapshot, new])
+            try:
+                self._replace(merged, snapshot_path)
+                snapshot, new = merged, None
+            except OSError as err:  # a read-only store still reads, only slower
+                log.warning("results snapshot not written (%s)", err)
+        parts = [t for t in (snapshot, new) if t is not None]
+        if not parts:
+            return pd.DataFrame()
+        table = _concat(parts)
+        if snapshot is not None:
+            mask = pc.is_in(table.column("cell_id"), pa.array(sorted(identities)))
+            table = table.filter(mask)
+        return table.to_pandas()
 
     def read(self, identities: set[str] | None = None) -> pd.DataFrame:
         """Finished rows, plus the latest failure of every cell not finished."""
@@ -167,7 +239,7 @@ class ResultsStore:
         if identities is not None:
             finished &= set(identities)
             failed &= set(identities)
-        frames = [f for f in (self._read("cells", finished), self._read("failed", failed))]
+        frames = [self._finished(finished), self._read("failed", failed)]
         frames = [f for f in frames if not f.empty]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -203,3 +275,9 @@ class ResultsStore:
             raise
         durable.publish(tmp, path)
         return path, table
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """One table from rows whose columns differ (task metrics, rows failed before training):
+    missing columns become null, null-typed ones take the other rows' type."""
+    return pa.concat_tables(tables, promote_options="permissive")

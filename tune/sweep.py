@@ -245,11 +245,21 @@ def _run_trials(
     resume: bool,
     search_alg=None,
     interrupts: Interrupts | None = None,
+    trial=None,
 ) -> tuple[int, bool]:
-    """Run ``plan``'s cells as Tune trials; returns (cells run, experiment restored)."""
+    """Run ``plan``'s cells as Tune trials; returns (cells run, experiment restored).
+
+    ``trial``: the function trainable, `tune.trial.run_cell` unless given (the engine
+    benchmark, ``benchmarks/sweep_scale.py``, passes a no-op anneal)."""
     import ray
 
-    from annealscale.tune.trial import DRIVER_CPUS, TrialSettings, run_cell
+    from annealscale.tune.trial import (
+        DRIVER_CPUS,
+        TrialSettings,
+        run_cell,
+        runs_warm,
+        trial_resources,
+    )
 
     cluster = ray.cluster_resources()
     concurrency = spec.resources.max_concurrent_trials or max_concurrent_trials(
@@ -266,9 +276,13 @@ def _run_trials(
         preemption_failures=spec.retries.preemption_failures,
     )
     trainable = tune.with_resources(
-        tune.with_parameters(run_cell, plans=plans, settings=settings),
-        tune.PlacementGroupFactory([{"CPU": DRIVER_CPUS, **spec.resources.driver_resources}]),
+        tune.with_parameters(trial or run_cell, plans=plans, settings=settings),
+        tune.PlacementGroupFactory([trial_resources(spec.resources)]),
     )
+    warm = runs_warm(spec.resources)
+    # A warm cell has no Train worker group to restart: its worker restarts become Tune
+    # retries of the trial, from the run's last checkpoint (tune.warm).
+    trial_failures = spec.retries.trial_failures + (spec.retries.worker_failures if warm else 0)
     rows = {i: p.row for i, p in plans.items()}
     progress = SweepProgress(
         total=len(plans),
@@ -312,7 +326,7 @@ def _run_trials(
             log.info("%d cell(s) not in the restored experiment; running them", len(missing))
         if search_alg is None:
             param_space = {"cell_id": tune.grid_search(missing)}
-            tune_config = tune.TuneConfig(max_concurrent_trials=concurrency)
+            tune_config = tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=warm)
         else:
             todo = {i: plans[i] for i in missing}
             param_space = {}
@@ -325,6 +339,7 @@ def _run_trials(
                 search_alg=searcher,
                 num_samples=len(todo),
                 max_concurrent_trials=concurrency,
+                reuse_actors=warm,
             )
         tuner = tune.Tuner(
             trainable,
@@ -334,7 +349,7 @@ def _run_trials(
                 name=name,
                 storage_path=layout.tune,
                 callbacks=callbacks(),
-                failure_config=tune.FailureConfig(max_failures=spec.retries.trial_failures),
+                failure_config=tune.FailureConfig(max_failures=trial_failures),
                 verbose=0,  # the progress callback logs instead
             ),
         )

@@ -46,11 +46,14 @@ def damage(checkpoint: Path) -> str | None:
 
 
 def registered_checkpoints(run: Path) -> list[Path]:
-    """Checkpoint directories Ray Train registered for the run (its snapshot file)."""
+    """Checkpoint directories registered for the run: by Ray Train (its snapshot file), or
+    by a warm single-worker cell (`tune.warm`: those marked complete)."""
+    from annealscale.tune.warm import COMPLETE
+
     try:
         snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
     except (OSError, ValueError):
-        return []
+        return sorted(marker.parent for marker in run.glob(f"*/{COMPLETE}"))
     names = [r.get("checkpoint_dir_name") for r in snapshot.get("checkpoint_results", [])]
     return [run / n for n in names if n]
 

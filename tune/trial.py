@@ -1,7 +1,10 @@
-"""One cell as a Ray Tune trial: a driver function that launches a Ray Train run.
+"""One cell as a Ray Tune trial.
 
-Ray Train V2 pattern: Tune reserves only this driver; the `TorchTrainer` reserves its own
-workers. The Train run is named after the cell's identity, so a retried or resumed trial
+A single-worker cell anneals in the trial's own process (`tune.warm`), which Tune reuses
+across cells, so it pays the imports and the process group once per process instead of a
+Train run per cell. A multi-worker cell's trial is a driver that launches a Ray Train run
+(Ray Train V2 pattern: Tune reserves only this driver; the `TorchTrainer` reserves its own
+workers). The Train run is named after the cell's identity, so a retried or resumed trial
 finds the same run and resumes it from its latest checkpoint; a lost worker is replaced and
 resumes from that checkpoint too (``FailureConfig``). Worker metrics reach Tune through
 `TuneReportCallback`, including the compute the trial actually spent; the driver adds where
@@ -30,7 +33,8 @@ class TrialSettings:
     """What every trial of a sweep shares besides its plan."""
 
     train_storage: str
-    """Ray Train storage path (local or URI); runs are ``cell-<identity>`` under it."""
+    """Ray Train storage path (local or URI); runs are ``cell-<identity>`` under it (warm
+    cells keep their checkpoints there too, in `tune.warm`'s layout)."""
     results_root: str
     """The results store, checked before running so a finished cell never reruns."""
     resources: object
@@ -49,6 +53,28 @@ class TrialSettings:
 
 def train_run_name(identity: str) -> str:
     return f"cell-{identity}"
+
+
+def runs_warm(resources) -> bool:
+    """Whether cells with these resources anneal in the Tune trial's own process."""
+    return resources.num_workers == 1
+
+
+def trial_resources(resources) -> dict:
+    """What one trial reserves: the worker itself when warm, else only the Train driver
+    (the `TorchTrainer` reserves its workers)."""
+    if not runs_warm(resources):
+        return {"CPU": DRIVER_CPUS, **resources.driver_resources}
+    bundle = {"CPU": resources.cpus_per_worker, **resources.driver_resources}
+    if resources.gpus_per_worker:
+        bundle["GPU"] = resources.gpus_per_worker
+    return bundle
+
+
+def _backend(resources) -> str:
+    if resources.torch_backend != "auto":
+        return resources.torch_backend
+    return "nccl" if resources.gpus_per_worker else "gloo"
 
 
 def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSettings) -> None:
@@ -87,7 +113,6 @@ def anneal_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSett
     import ray
     import ray.data
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from annealscale.tune.cell_data import cell_datasets
     from annealscale.tune.results import ResultsStore
@@ -98,7 +123,7 @@ def anneal_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSett
     identity = config["cell_id"]
     # A restored experiment may still list a cell finished since (by this sweep before a
     # crash, or by another sweep sharing the storage): never run it twice.
-    if identity not in plans or identity in ResultsStore(settings.results_root).finished_ids():
+    if identity not in plans or ResultsStore(settings.results_root).has_finished(identity):
         tune.report({SKIPPED: 1})
         return
     plan = plans[identity]
@@ -130,7 +155,7 @@ def anneal_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSett
         name=train_run_name(identity),
         storage_path=settings.train_storage,
         keep=plan.checkpoints_kept,
-        callbacks=[TuneReportCallback()],
+        to_trial=True,
         datasets=datasets,
     )
     # One more report from the driver: the worker's metrics plus this attempt's node and
@@ -156,25 +181,39 @@ def fit_anneal(
     name: str,
     storage_path: str,
     keep,
-    callbacks=(),
+    to_trial: bool = False,
     datasets: dict | None = None,
 ):
-    """Run ``job`` as a Ray Train run named ``name`` on the cell's datasets (``datasets``,
-    else read here); its Result."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from annealscale.anneal.loop import anneal_worker
+    """Run ``job`` as the run ``name`` under ``storage_path`` on the cell's datasets
+    (``datasets``, else read here): in this process when single-worker, else as a Ray
+    Train run; its Result. ``to_trial``: the run's reports reach this Tune trial as they
+    come (the cell's own run; a trunk segment's do not)."""
     from annealscale.tune.cell_data import cell_datasets
     from annealscale.tune.placement import placement_strategy
 
     resources = settings.resources
+    backend = _backend(resources)
+    datasets = datasets or cell_datasets(plan.domain_dir, plan.replay_dir, plan.replay_rows)
+    if runs_warm(resources):
+        from annealscale.tune.warm import fit_in_process
+
+        return fit_in_process(
+            job,
+            run_dir=f"{storage_path.rstrip('/')}/{name}",
+            keep=keep,
+            datasets=datasets,
+            backend=backend,
+            forward=to_trial,
+        )
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from annealscale.anneal.loop import anneal_worker
+
     per_worker = {"CPU": resources.cpus_per_worker}
     if resources.gpus_per_worker:
         per_worker["GPU"] = resources.gpus_per_worker
-    backend = resources.torch_backend
-    if backend == "auto":
-        backend = "nccl" if resources.gpus_per_worker else "gloo"
     trainer = TorchTrainer(
         anneal_worker,
         train_loop_config={"job": job},
@@ -188,11 +227,11 @@ def fit_anneal(
         # One worker reads its datasets whole; splitting would only add a coordinator
         # actor per dataset (a process start each, seconds on a small machine).
         dataset_config=DataConfig(datasets_to_split="all" if resources.num_workers > 1 else []),
-        datasets=datasets or cell_datasets(plan.domain_dir, plan.replay_dir, plan.replay_rows),
+        datasets=datasets,
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=list(callbacks),
+            callbacks=[TuneReportCallback()] if to_trial else [],
             failure_config=FailureConfig(
                 max_failures=settings.worker_failures,
                 max_preemption_failures=settings.preemption_failures,

@@ -116,6 +116,43 @@ def test_classifier_growth_judges_exactly_the_extra_documents(crawl, tokenizer, 
     assert sum(is_math[t] for t in kept) / len(kept) >= 0.95  # inline seeds learned math
 
 
+LEDGER = ("documents", "tokens", "candidates_processed", "tokens_processed", "cost_usd", "flops")
+
+
+@pytest.fixture(scope="module")
+def in_process_pools(crawl, tokenizer, tmp_path_factory):
+    """The classifier source (with a dedup step) at two spends, judged in this process."""
+    from annealscale.anneal.curation import IN_PROCESS_CANDIDATES
+
+    ctx = CurationContext(tokenizer=tokenizer, cache_dir=tmp_path_factory.mktemp("in-process"))
+    source = _classifier(crawl).replace(steps=[{"kind": "dedup", "params": {"threshold": 0.7}}])
+    return source, [
+        curate(source, s, ctx, in_process_candidates=IN_PROCESS_CANDIDATES) for s in (0.5, 1.5)
+    ]
+
+
+def test_in_process_judging_buys_nested_measured_pools(in_process_pools):
+    source, pools = in_process_pools
+    texts = _assert_nested(pools)
+    assert pools[-1].candidates_processed == 96 and pools[-1].cost_usd == 96 * PRICE_PER_DOC
+    assert pools[-1].seconds > 0 and pools[-1].flops > 0  # judged, and the work measured
+    assert len(texts[-1]) == pools[-1].documents
+
+
+@needs_ray
+def test_ray_data_judging_buys_the_same_pools_as_in_process(
+    in_process_pools, tokenizer, tmp_path, caplog
+):
+    source, expected = in_process_pools
+    ctx = CurationContext(tokenizer=tokenizer, cache_dir=tmp_path / "ray-data")
+    with caplog.at_level("INFO", logger="annealscale.anneal.curation"):
+        pools = [curate(source, s, ctx, in_process_candidates=0) for s in (0.5, 1.5)]
+    assert "(Ray Data)" in caplog.text and "(in process)" not in caplog.text
+    for got, want in zip(pools, expected, strict=True):
+        assert _texts(got) == _texts(want)
+        assert [getattr(got, f) for f in LEDGER] == [getattr(want, f) for f in LEDGER]
+
+
 @needs_ray
 def test_per_token_growth_continues_where_the_last_run_stopped(tokenizer, tmp_path):
     source = SourceSpec(

@@ -90,3 +90,33 @@ def test_rows_of_cells_failed_before_training_consolidate(store, tmp_path):
     )
     _, table = store.consolidate({"x"}, out_dir=tmp_path / "out", usd_per_pflop=1.0)
     assert table["status"].tolist() == ["failed"] and math.isnan(table["train_cost"].iloc[0])
+
+
+def test_reads_through_the_snapshot_match_the_cell_files(store, tmp_path):
+    from annealscale.tune.results import SNAPSHOT_MIN_NEW
+
+    first = [f"a{i:03d}" for i in range(SNAPSHOT_MIN_NEW + 6)]
+    for i, identity in enumerate(first):
+        # rows differ in columns: a task metric on some, none on others
+        store.write_row(_row(identity, **({"task_acc": 0.5} if i % 2 else {})))
+    store.write_row(_row("f", status="failed"))
+    table = store.read()
+    assert set(table["cell_id"]) == {*first, "f"}
+    snapshot = tmp_path / "results" / "snapshot" / "cells.parquet"
+    assert snapshot.exists()  # the read kept the finished rows in one file
+
+    later = ["b0", "b1"]
+    for identity in later:
+        store.write_row(_row(identity))
+    again = store.read()
+    assert set(again["cell_id"]) == {*first, *later, "f"} and again["cell_id"].is_unique
+    # the same rows and values as reading every cell file alone
+    alone = pd.concat(
+        [pd.read_parquet(p) for p in (tmp_path / "results" / "cells").glob("*.parquet")]
+    ).set_index("cell_id")
+    got = again.set_index("cell_id").loc[alone.index]
+    assert got["task_acc"].isna().sum() == alone["task_acc"].isna().sum()
+    pd.testing.assert_series_equal(got["domain_bpb"], alone["domain_bpb"])
+    assert store.has_finished("b1") and not store.has_finished("f")
+    # a subset reads only its own rows, from the snapshot as from the files
+    assert set(store.read({"a000", "b0", "f"})["cell_id"]) == {"a000", "b0", "f"}
