@@ -152,7 +152,8 @@ def load_results(results: pd.DataFrame | str | os.PathLike[str]) -> ResultsTable
             raise AnalysisError(
                 "results table has no finished cells: "
                 + "; ".join(failures)
-                + "; fix the spec (e.g. lower the learning rate or weight decay) and rerun"
+                + "; fix the spec (e.g. lower the learning rate or weight decay) and rerun, or "
+                "check the 'status' column"
             )
         raise AnalysisError(
             "results table has no finished cells with a positive, finite 'domain_bpb'; "
