@@ -31,6 +31,7 @@ def load_partitioned(path: str, ds_config: dict, *, dtype, trust_remote_code: bo
     import torch
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
     from annealscale.anneal.model import load_model_config
 
@@ -45,7 +46,9 @@ def load_partitioned(path: str, ds_config: dict, *, dtype, trust_remote_code: bo
     # creation, or their import fails inside it.
     with torch.device("meta"):
         AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+    # no_init_weights: the weights are all read from the checkpoint below, and Transformers'
+    # initialisers (zeroing a padding row, say) cannot index an already partitioned weight
+    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
         model = AutoModelForCausalLM.from_config(
             config, trust_remote_code=trust_remote_code, dtype=dtype
         )
