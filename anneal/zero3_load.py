@@ -52,6 +52,10 @@ def load_partitioned(path: str, ds_config: dict, *, dtype, trust_remote_code: bo
         model = AutoModelForCausalLM.from_config(
             config, trust_remote_code=trust_remote_code, dtype=dtype
         )
+    # without the initialisers Transformers does not tie the output projection to the
+    # input embedding either; a tied checkpoint holds only the embedding
+    if getattr(model.config.get_text_config(), "tie_word_embeddings", False):
+        model.tie_weights()
     rank = dist.get_rank()
     _fill_partitions(model, files, rank)
     model.eval()  # as from_pretrained returns a model
