@@ -48,7 +48,9 @@ def load_partitioned(path: str, ds_config: dict, *, dtype, trust_remote_code: bo
         AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     # no_init_weights: the weights are all read from the checkpoint below, and Transformers'
     # initialisers (zeroing a padding row, say) cannot index an already partitioned weight
-    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+    # zero.Init takes its dtype from the config's bf16 section: given one explicitly,
+    # DeepSpeed 0.19 uses bf16 on CPU whatever it is (an operator-precedence slip)
+    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = AutoModelForCausalLM.from_config(
             config, trust_remote_code=trust_remote_code, dtype=dtype
         )
