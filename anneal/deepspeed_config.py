@@ -171,6 +171,10 @@ def deepspeed_config(
     config.setdefault("gradient_clipping", train.grad_clip)
     zero = dict(config.get("zero_optimization", {}))
     zero.setdefault("stage", train.zero_stage)
+    if train.offload_optimizer:
+        # DeepSpeed's CPU Adam steps the offloaded states; it builds it from this section
+        zero.setdefault("offload_optimizer", {"device": "cpu"})
+        config.setdefault("optimizer", _optimizer_section(train))
     config["zero_optimization"] = zero
     if not any(key in config for key in ("bf16", "bfloat16", "fp16")):
         config["bf16"] = {"enabled": bf16}
@@ -184,6 +188,20 @@ def deepspeed_config(
     config.setdefault("steps_per_print", 10**9)
     config.setdefault("wall_clock_breakdown", False)
     return config
+
+
+def _optimizer_section(train: TrainSpec) -> dict:
+    """The spec's optimizer as a DeepSpeed ``optimizer`` section (its lr is filled in)."""
+    spec = train.optimizer
+    adamw = spec.name == "adamw"
+    return {
+        "type": "AdamW" if adamw else "Adam",
+        "params": {
+            "betas": list(spec.betas),
+            "eps": spec.eps,
+            "weight_decay": train.weight_decay if adamw else 0.0,
+        },
+    }
 
 
 def build_optimizer(train: TrainSpec, parameters, *, peak_lr: float):

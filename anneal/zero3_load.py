@@ -31,6 +31,7 @@ def load_partitioned(path: str, ds_config: dict, *, dtype, trust_remote_code: bo
     import torch
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
     from annealscale.anneal.model import load_model_config
 
@@ -45,10 +46,18 @@ def load_partitioned(path: str, ds_config: dict, *, dtype, trust_remote_code: bo
     # creation, or their import fails inside it.
     with torch.device("meta"):
         AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+    # no_init_weights: the weights are all read from the checkpoint below, and Transformers'
+    # initialisers (zeroing a padding row, say) cannot index an already partitioned weight
+    # zero.Init takes its dtype from the config's bf16 section: given one explicitly,
+    # DeepSpeed 0.19 uses bf16 on CPU whatever it is (an operator-precedence slip)
+    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = AutoModelForCausalLM.from_config(
             config, trust_remote_code=trust_remote_code, dtype=dtype
         )
+    # without the initialisers Transformers does not tie the output projection to the
+    # input embedding either; a tied checkpoint holds only the embedding
+    if getattr(model.config.get_text_config(), "tie_word_embeddings", False):
+        model.tie_weights()
     rank = dist.get_rank()
     _fill_partitions(model, files, rank)
     model.eval()  # as from_pretrained returns a model

@@ -197,6 +197,7 @@ def main() -> None:
             "optimizer": planned.optimizer,
             "activations": planned.activations,
             "logits": planned.logits,
+            "buffers": planned.buffers,
         },
         "measured_peak_bytes": [r["measured_peak_bytes"] for r in ranks],
         "measured_persistent_bytes": [r["persistent_bytes"] for r in ranks],

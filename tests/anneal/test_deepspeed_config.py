@@ -137,3 +137,15 @@ def test_missing_or_invalid_json_file_is_named(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(AnnealscaleError, match=r"bad.json: not valid JSON \(line 1\)"):
         load_user_config(str(bad))
+
+
+def test_optimizer_offload_hands_the_spec_optimizer_to_deepspeed():
+    config = deepspeed_config(
+        _train(offload_optimizer=True, zero_stage=3), world_size=1, bf16=True, peak_lr=1e-3
+    )
+    assert config["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
+    assert config["optimizer"]["type"] == "AdamW"
+    assert config["optimizer"]["params"]["lr"] == 1e-3
+    assert "zero_allow_untested_optimizer" not in config
+    plain = deepspeed_config(_train(zero_stage=3), world_size=1, bf16=True, peak_lr=1e-3)
+    assert "offload_optimizer" not in plain["zero_optimization"] and "optimizer" not in plain

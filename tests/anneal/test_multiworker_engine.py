@@ -103,6 +103,7 @@ def tiny_model(tmp_path_factory):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=64,
+        pad_token_id=0,  # an embedding padding row, which weight initialisers touch
     )
     path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
