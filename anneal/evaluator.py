@@ -83,17 +83,16 @@ class Evaluator:
         self.seconds += time.time() - started
         return scores.metrics
 
-    def after_step(self, model, step: int, tokens: int) -> None:
+    def after_step(self, model, step: int, tokens: int, session) -> None:
         """Every ``eval_every_steps`` steps before the last, evaluate and report
-        intermediate metrics (``eval_*``, never the final metric names)."""
+        intermediate metrics (``eval_*``, never the final metric names) to ``session``
+        (`anneal.session`)."""
         every = self.job.eval_every_steps
         if not every or step % every or step >= self.job.steps:
             return
-        import ray.train
-
         metrics = self.bits_per_byte(model)
         self.curve.append({"step": step, "train_tokens": tokens, **metrics})
-        ray.train.report({"eval_step": step, "eval_train_tokens": tokens, **_prefixed(metrics)})
+        session.report({"eval_step": step, "eval_train_tokens": tokens, **_prefixed(metrics)})
 
     def final(self, model, step: int, tokens: int) -> dict:
         """Final bits per byte, task scores, the curve (JSON) and evaluation totals."""

@@ -137,7 +137,7 @@ def anneal(job: AnnealJob, session: Session) -> None:
         if step == start.state.step:
             first_step_seconds = time.time() - train_started
         if not job.trunk:
-            evaluator.after_step(model, step + 1, (step + 1) * accum * tokens_per_micro)
+            evaluator.after_step(model, step + 1, (step + 1) * accum * tokens_per_micro, session)
         if _checkpoint_due(job, step + 1):
             state = WorkerState(
                 step=step + 1,

@@ -56,8 +56,10 @@ def train_run_name(identity: str) -> str:
 
 
 def runs_warm(resources) -> bool:
-    """Whether cells with these resources anneal in the Tune trial's own process."""
-    return resources.num_workers == 1
+    """Whether cells with these resources anneal in the Tune trial's own process: one
+    worker, and no ``driver_resources`` (a spec that keeps drivers on safe nodes, away from
+    spot workers, needs the driver and the worker to be separate processes)."""
+    return resources.num_workers == 1 and not resources.driver_resources
 
 
 def trial_resources(resources) -> dict:
