@@ -280,11 +280,6 @@ def _interrupt_when(tools, args, env, log_path, ready, send):
     return code, log_path.read_text(), seen
 
 
-@pytest.mark.skip(
-    reason="does not hold yet: in the merged suite the sweep signalled with SIGTERM as its "
-    "anneals started died of signal 10 (exit -10) instead of exiting 143 with one line; the "
-    "same test passed on its branch when the signal came while cells trained"
-)
 @pytest.mark.timeout(1500)
 def test_sigterm_and_sigint_stop_the_sweep_and_resume_continues(tmp_path, tools, resolve):
     storage, out = tmp_path / "storage", tmp_path / "out"
@@ -553,10 +548,6 @@ cluster.shutdown()
 """
 
 
-@pytest.mark.skip(
-    reason="does not hold yet: after the node running a warm single-worker cell was removed, "
-    "the retried cell started from step 0 instead of its last checkpoint (merged suite)"
-)
 @pytest.mark.timeout(1500)
 def test_a_removed_worker_node_costs_a_restart_from_the_checkpoint_not_the_cell(
     tmp_path, tools, resolve
