@@ -4,6 +4,7 @@ the targets, and write fits.json, PNG plots and report.html."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -316,33 +317,20 @@ def evaluate(
         )
     decisions, loss_decisions = [], []
     linked = None if link is None else link_sources(fits, link, seed)
+    decide_at = functools.partial(
+        decide_target,
+        costs=costs,
+        level=level,
+        rule=rule,
+        checked=validation.checked,
+        checked_variables=validation.checked_variables,
+    )
     for t in targets:
-        td = decide_target(
-            t,
-            fits,
-            cells,
-            costs=costs,
-            frontier=front,
-            level=level,
-            rule=rule,
-            checked=validation.checked,
-            checked_variables=validation.checked_variables,
-            objective=loss_objective,
-        )
+        td = decide_at(t, fits, cells, frontier=front, objective=loss_objective)
         if linked is not None:
             loss_decisions.append(td)
-            td = decide_target(
-                t,
-                linked,  # type: ignore[arg-type]  # answers what decide_target asks of fits
-                cells,
-                costs=costs,
-                frontier=None,
-                level=level,
-                rule=rule,
-                checked=validation.checked,
-                checked_variables=validation.checked_variables,
-                objective=objective,
-            )
+            # the linked fits answer what decide_target asks of fits
+            td = decide_at(t, linked, cells, frontier=None, objective=objective)  # type: ignore[arg-type]
         if next_cells > 0:
             proposed, why = _next_cells(table, t, next_cells)
             if why:
