@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.quiet or getattr(args, "sweep_quiet", False), args.debug)
     from annealscale.core.errors import AnnealscaleError
 
+    ray_was_up = _ray_is_up()
     try:
-        return args.func(args)
+        code = args.func(args)
+        if not ray_was_up:
+            _stop_local_ray()
+        return code
     except AnnealscaleError as err:
         if args.debug:
             raise
@@ -58,6 +64,26 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return getattr(err, "exit_code", 130)
+
+
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def _stop_local_ray() -> None:
+    """Disconnect from the Ray this command started once its work is written, with Ctrl-C
+    and SIGTERM held off: a signal in this second of teardown would otherwise land in Ray's
+    own exit hook (a traceback, sometimes a crash) after everything was written."""
+    if not _ray_is_up() or threading.current_thread() is not threading.main_thread():
+        return
+    ray = sys.modules["ray"]
+    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ray.shutdown()
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -21,6 +21,7 @@ ALLOWED = {
     "base64",
     "collections",
     "dataclasses",
+    "functools",
     "html",
     "itertools",
     "json",

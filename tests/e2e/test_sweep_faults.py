@@ -283,8 +283,10 @@ def _interrupt_when(tools, args, env, log_path, ready, send):
 @pytest.mark.timeout(1500)
 def test_sigterm_and_sigint_stop_the_sweep_and_resume_continues(tmp_path, tools, resolve):
     storage, out = tmp_path / "storage", tmp_path / "out"
-    # long enough (32 steps) that both anneals are still running when the signal comes
-    data = tools.spec(resolve, storage, tokens=(32768,), seeds=(0, 1))
+    # two cells of different lengths (16 and 96 steps): both still run when SIGTERM comes,
+    # and the long one still runs when the short one has finished and SIGINT comes (two of
+    # one length finish together on a two-core machine, leaving nothing to interrupt)
+    data = tools.spec(resolve, storage, tokens=(16384, 98304), seeds=(0,))
     spec_path = tools.write(tmp_path / "spec.yaml", data)
     env = tools.env(tmp_path)
     args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
