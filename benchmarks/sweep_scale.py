@@ -53,6 +53,7 @@ def noop_cell(config: dict, *, plans: dict, settings) -> None:
         return
     tune.report(
         {
+            "train_loss": 1.0,
             "domain_bpb": 1.0,
             "general_bpb": 1.0,
             "train_tokens": 4096,
@@ -89,7 +90,7 @@ def _plans(count: int):
         cells.append(
             CellPlan(
                 cell=SimpleNamespace(identity=identity),
-                job=SimpleNamespace(tasks=(), steps=1),
+                job=SimpleNamespace(tasks=None, steps=1),
                 domain_dir="",
                 replay_dir="",
                 replay_rows=0,

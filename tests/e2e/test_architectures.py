@@ -17,7 +17,9 @@ from annealscale.tune.spec import parse_spec
 from annealscale.tune.sweep import run_sweep
 from tests.helpers import write_math_task
 
-pytestmark = pytest.mark.slow
+# the module fixture runs four sweeps (one with two ranks): its setup counts against the
+# first test, and took over 600 s beside a CPU hog on a 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 SEQ_LEN = 64
 BATCH = 16
