@@ -48,6 +48,7 @@ def _cell_files(storage: Path) -> dict[str, tuple[bytes, int]]:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in cells.glob("*.parquet")}
 
 
+@pytest.mark.timeout(1500)
 def test_driver_killed_mid_sweep_resumes_without_rerunning_or_losing_a_cell(
     tmp_path, tools, resolve
 ):
