@@ -106,7 +106,7 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_or_losing_a_cell(
 
 
 def test_cells_that_always_fail_are_recorded_after_retries_and_the_rest_finish(
-    tmp_path, tools, resolve
+    ray_local, tmp_path, tools, resolve
 ):
     from annealscale.tune.cells import expand_grid
     from annealscale.tune.prepare import inputs_identity
@@ -163,7 +163,9 @@ def test_cells_that_always_fail_are_recorded_after_retries_and_the_rest_finish(
     assert _cell_files(storage) == before
 
 
-def test_specs_sharing_a_storage_path_never_touch_each_others_results(tmp_path, tools, resolve):
+def test_specs_sharing_a_storage_path_never_touch_each_others_results(
+    ray_local, tmp_path, tools, resolve
+):
     storage = tmp_path / "storage"
     first = parse_spec(tools.spec(resolve, storage, name="first"))
     # The second spec adds a budget and logs to TensorBoard: its first cell is the same
