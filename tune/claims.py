@@ -1,14 +1,17 @@
 """Claims: which sweep is training a cell now, so sweeps sharing a storage path never train
 one cell twice.
 
-A claim is ``<results>/claims/<cell identity>.json``, created with ``O_EXCL`` by the trial
+A claim is ``<results>/claims/<cell identity>.json``, created with ``O_EXCL`` by the sweep
 that is about to train the cell. It names its owner (one id per sweep run) and the sweep
-driver's host and process id; its modification time is the heartbeat, refreshed by the
-trial while it trains. The sweep driver removes it once the cell's row is written. Another
-sweep that finds a live claim waits; a claim is stale, and taken over, when its heartbeat
-is older than ``stale_seconds`` or when its driver process on this host is gone (a plain
-rerun after a killed sweep does not wait out the timeout). Takeover happens under a file
-lock, so two sweeps cannot both take over one stale claim.
+driver's host and process id; its modification time is the heartbeat. The sweep driver
+takes the claim before Tune starts the cell's trial (`tune.claimed_cells`), refreshes the
+heartbeat of every claim it holds while its trials run (`Claims.keep_alive`), and removes
+a claim once the cell's row is written. Another sweep that finds a live claim leaves the
+cell to its holder (it runs its other cells first, then skips the cell once its row is
+there). A claim is stale, and taken over, when its heartbeat is older than
+``stale_seconds`` or when its driver process on this host is gone (a plain rerun after a
+killed sweep does not wait out the timeout). Takeover happens under a file lock, so two
+sweeps cannot both take over one stale claim.
 
 Claims need a local or mounted storage path (``O_EXCL`` and a shared lock file); for an
 object-store URI they are not kept and concurrent sweeps of one spec are not supported.
@@ -140,16 +143,34 @@ class Claims:
         if record is not None and record.get("owner") == self.owner["owner"]:
             self.path(identity).unlink(missing_ok=True)
 
+    def held(self) -> list[str]:
+        """Identities this owner holds a claim on."""
+        if not self.enabled or not self.directory.is_dir():
+            return []
+        mine = []
+        for path in self.directory.glob("*.json"):
+            record = self.holder(path.stem)
+            if record is not None and record.get("owner") == self.owner["owner"]:
+                mine.append(path.stem)
+        return sorted(mine)
+
     def heartbeat(self, identity: str) -> Heartbeat:
         return Heartbeat(self, identity)
 
+    def keep_alive(self) -> Heartbeat:
+        """A heartbeat for every claim this owner holds, whenever it took it: the sweep
+        driver's, for as long as its trials run. On exit the claims still held are released
+        (their cells have no trial running any more: the sweep ended, failed or was
+        interrupted), so another sweep need not wait for them to go stale."""
+        return Heartbeat(self, None)
+
 
 class Heartbeat(threading.Thread):
-    """Refreshes a claim's heartbeat every quarter of the stale timeout until stopped; a
-    context manager."""
+    """Refreshes a claim's heartbeat (``identity``; None: every claim its owner holds) every
+    quarter of the stale timeout until stopped; a context manager."""
 
-    def __init__(self, claims: Claims, identity: str):
-        super().__init__(daemon=True, name=f"claim-{identity}")
+    def __init__(self, claims: Claims, identity: str | None):
+        super().__init__(daemon=True, name=f"claim-{identity or 'all'}")
         self.claims = claims
         self.identity = identity
         self.stopped = threading.Event()
@@ -157,11 +178,13 @@ class Heartbeat(threading.Thread):
     def run(self):
         every = max(self.claims.stale_seconds / 4, 0.5)
         while not self.stopped.wait(every):
-            try:
-                os.utime(self.claims.path(self.identity))
-            except FileNotFoundError:
-                log.warning("cell %s: its claim disappeared while training", self.identity)
-                return
+            for identity in self.claims.held() if self.identity is None else [self.identity]:
+                try:
+                    os.utime(self.claims.path(identity))
+                except FileNotFoundError:
+                    if self.identity is not None:
+                        log.warning("cell %s: its claim disappeared while training", identity)
+                        return
 
     def __enter__(self) -> Heartbeat:
         if self.claims.enabled:
@@ -170,3 +193,6 @@ class Heartbeat(threading.Thread):
 
     def __exit__(self, *exc) -> None:
         self.stopped.set()
+        if self.identity is None:
+            for identity in self.claims.held():
+                self.claims.release(identity)

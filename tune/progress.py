@@ -144,8 +144,11 @@ class ProgressCallback(tune.Callback):
             self._tokens[trial.trial_id] = int(result["train_tokens"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from annealscale.tune.trial import SKIPPED
+        from annealscale.tune.trial import DEFERRED, SKIPPED
 
+        if DEFERRED in (trial.last_result or {}):  # runs later in this sweep
+            self.progress.running.discard(trial.config["cell_id"])
+            return
         if SKIPPED in (trial.last_result or {}):
             self.progress.running.discard(trial.config["cell_id"])
             self.progress.total -= 1

@@ -25,6 +25,7 @@ from annealscale.core.errors import AnnealscaleError
 from annealscale.core.hashing import content_hash, to_plain
 from annealscale.tune import durable
 from annealscale.tune.cells import Cell, expand_grid
+from annealscale.tune.claimed_cells import CellQueue, ClaimingSearcher
 from annealscale.tune.claims import Claims, new_owner, stale_seconds_from_env
 from annealscale.tune.interrupts import Interrupts, SweepInterrupted
 from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
@@ -318,33 +319,34 @@ def _run_trials(
         # tuner.pkl holds the interrupted run's callbacks; this run's plans and counters
         # must receive the events instead.
         tuner._local_tuner.get_run_config().callbacks = callbacks()
-        with interrupts.tune_running():
+        with interrupts.tune_running(), settings.claims.keep_alive():
             tuner.fit()
     missing = [i for i in plans if i not in writer.seen]
     if missing:
         if restored:
             log.info("%d cell(s) not in the restored experiment; running them", len(missing))
         if search_alg is None:
-            param_space = {"cell_id": tune.grid_search(missing)}
-            tune_config = tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=warm)
+            searcher = CellQueue(missing)
         else:
             todo = {i: plans[i] for i in missing}
-            param_space = {}
             searcher = search_alg(plans=todo, store=store, concurrency=concurrency)
             budget = getattr(searcher, "budget", None)
             progress.as_adaptive(
                 None if budget is None else budget - getattr(searcher, "spent", 0.0)
             )
-            tune_config = tune.TuneConfig(
-                search_alg=searcher,
-                num_samples=len(todo),
-                max_concurrent_trials=concurrency,
-                reuse_actors=warm,
-            )
+        # a cell reaches Tune only once this sweep holds its claim: a trial never waits
+        # for another sweep while holding a worker (tune.claimed_cells)
+        searcher = ClaimingSearcher(
+            searcher, settings.claims, store, stopping=lambda: interrupts.signum is not None
+        )
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space,
-            tune_config=tune_config,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=len(missing),
+                max_concurrent_trials=concurrency,
+                reuse_actors=warm,
+            ),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=layout.tune,
@@ -353,7 +355,7 @@ def _run_trials(
                 verbose=0,  # the progress callback logs instead
             ),
         )
-        with interrupts.tune_running():
+        with interrupts.tune_running(), settings.claims.keep_alive():
             tuner.fit()
     return len(writer.written), restored
 
@@ -508,10 +510,12 @@ class _CellRowWriter(tune.Callback):
             self._write(trial, dict(metrics), "finished", None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from annealscale.tune.trial import SKIPPED
+        from annealscale.tune.trial import DEFERRED, SKIPPED
 
         metrics = {**self._metrics.pop(trial.trial_id, {}), **(trial.last_result or {})}
         if trial.config["cell_id"] in self.written:  # at the driver's last report
+            return
+        if DEFERRED in metrics:  # another sweep holds it: not seen, so it runs later here
             return
         if SKIPPED in metrics:
             self.seen.add(trial.config["cell_id"])

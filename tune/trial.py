@@ -24,6 +24,9 @@ DRIVER_CPUS = 0.25
 """Logical CPUs reserved for each trial's driver: it only waits on the Train run."""
 SKIPPED = "skipped_finished"
 """Metric a trial reports instead of running when its cell already has a finished row."""
+DEFERRED = "deferred_claimed_elsewhere"
+"""Metric a restored trial reports instead of running when another live sweep holds its
+cell's claim: the cell is neither finished nor failed, and runs later in this sweep."""
 FINAL = "attempt_finished_at"
 """Metric only the driver's last report carries: the trial's result is complete."""
 
@@ -80,34 +83,34 @@ def _backend(resources) -> str:
 
 
 def run_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSettings) -> None:
-    """Tune function trainable: claim the cell named by ``config["cell_id"]`` (waiting while
-    another sweep sharing the storage trains it), then anneal it (`anneal_cell`) with the
-    claim's heartbeat running. The sweep driver removes the claim once the row is written."""
-    import contextlib
+    """Tune function trainable: anneal the cell named by ``config["cell_id"]``
+    (`anneal_cell`) under this sweep's claim.
 
+    The sweep driver claimed the cell before Tune started this trial
+    (`tune.claimed_cells`); here the claim is only confirmed (a retry refreshes it). A
+    trial restored from an interrupted experiment (``--resume``) was started without one:
+    if another live sweep holds its cell, it reports `DEFERRED` at once, holding no worker
+    while it waits, and the sweep's fresh searcher runs the cell later."""
     from ray import tune
 
     from annealscale.tune.results import ResultsStore
 
     identity = config["cell_id"]
     claims = settings.claims
-    if claims is None or identity not in plans:
-        return anneal_cell(config, plans=plans, settings=settings)
-    store, said = ResultsStore(settings.results_root), False
-    while not claims.acquire(identity):
-        if identity in store.finished_ids():
-            tune.report({SKIPPED: 1})
-            return None
-        if not said:
-            holder = claims.holder(identity) or {}
-            print(
-                f"cell {identity}: being trained by another sweep ({holder.get('host')}, "
-                f"pid {holder.get('pid')}); waiting for it"
-            )
-            said = True
-        time.sleep(2.0)
-    with claims.heartbeat(identity) if claims.enabled else contextlib.nullcontext():
-        return anneal_cell(config, plans=plans, settings=settings)
+    if (
+        claims is not None
+        and identity in plans
+        and not ResultsStore(settings.results_root).has_finished(identity)  # skipped below
+        and not claims.acquire(identity)
+    ):
+        holder = claims.holder(identity) or {}
+        print(
+            f"cell {identity}: being trained by another sweep ({holder.get('host')}, "
+            f"pid {holder.get('pid')}); left to it for now"
+        )
+        tune.report({DEFERRED: 1})
+        return None
+    return anneal_cell(config, plans=plans, settings=settings)
 
 
 def anneal_cell(config: dict, *, plans: dict[str, CellPlan], settings: TrialSettings) -> None:
