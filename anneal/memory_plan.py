@@ -299,15 +299,15 @@ def gpus_needed(dims: ModelDims, setup: TrainSetup, *, limit: int = 4096) -> int
     return None
 
 
-def model_dims(config) -> ModelDims:
+def model_dims(config, *, trust_remote_code: bool = False) -> ModelDims:
     """`ModelDims` of a Hugging Face model configuration; parameters counted on the meta
     device (no memory, no weights), so any architecture the config describes is counted
-    exactly."""
+    exactly. ``trust_remote_code``: the config's model class is the model's own code."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     params = sum(p.numel() for p in model.parameters())
     text = getattr(config, "text_config", None) or config
     d_model = getattr(text, "hidden_size", None) or text.n_embd

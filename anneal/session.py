@@ -53,12 +53,15 @@ class TrainSession:
     def restored(self):
         import ray.train
 
+        from annealscale.anneal.checkpoint_restore import restored_directory
+
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             yield None
             return
-        with checkpoint.as_directory() as directory:
-            yield directory
+        # on remote storage a rank fetches only the shared files and its own shards
+        with restored_directory(checkpoint, rank=self.rank, world_size=self.world_size) as path:
+            yield path
 
     def report(self, metrics: dict, *, checkpoint: Path | None = None, name: str | None = None):
         import ray.train

@@ -6,8 +6,8 @@ saves only the partitioned optimizer state), plus the optimizer state (Adam's tw
 and, in mixed precision, an fp32 master copy of the weights). An 8B model is then ~112 GB
 with ZeRO-1/2 in bf16 (14 bytes per parameter) and ~96 GB with ZeRO-3 (12).
 
-`checkpoint_bytes` is the one place that sizes a checkpoint; the memory planner of
-`anneal.memory_plan` (issue 24) can replace it once it sizes checkpoints itself.
+`checkpoint_bytes` is the one place that sizes a checkpoint; the model's size comes from
+the memory planner (`anneal.memory_plan.model_dims`), the one place that counts it.
 `sweep_peak` counts the checkpoints that exist at once under the spec's checkpoint and
 retention settings (`tune.retention`), an upper bound: running cells each hold ``keep``
 checkpoints plus the one being written, finished cells what retention keeps, WSD trunks
@@ -29,19 +29,16 @@ def checkpoint_bytes(params: int, zero_stage: int, mixed_precision: bool) -> int
 
 
 def model_params(path: str, trust_remote_code: bool = False) -> int | None:
-    """Parameters of the model at ``path`` from its config alone (meta device, no weights);
-    None for a ``demo:`` model, which is built on first use."""
+    """Parameters of the model at ``path`` from its config alone, as the memory planner
+    counts them (`anneal.memory_plan.model_dims`: meta device, no weights); None for a
+    ``demo:`` model, which is built on first use."""
     if path.startswith("demo:"):
         return None
-    import torch
-    from transformers import AutoModelForCausalLM
-
+    from annealscale.anneal.memory_plan import model_dims
     from annealscale.anneal.model import load_model_config
 
     config = load_model_config(path, trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return int(sum(p.numel() for p in model.parameters()))
+    return model_dims(config, trust_remote_code=trust_remote_code).params
 
 
 @dataclass(frozen=True)

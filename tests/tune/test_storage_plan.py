@@ -62,6 +62,8 @@ def test_wsd_trunks_count_every_branch_point():
 def test_model_params_from_the_config_alone(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from annealscale.anneal.memory_plan import model_dims
+
     config = LlamaConfig(
         vocab_size=512,
         hidden_size=64,
@@ -73,6 +75,8 @@ def test_model_params_from_the_config_alone(tmp_path):
     config.save_pretrained(tmp_path / "model")  # no weights on disk
     expected = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     assert model_params(str(tmp_path / "model")) == expected
+    # one count of a model's size: the memory planner's
+    assert model_dims(config).params == expected
     assert model_params("demo:base") is None
 
 
