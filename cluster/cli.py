@@ -430,7 +430,7 @@ def _print_memory_plan(spec) -> None:
     except AnnealscaleError as err:  # a hub id offline: the sweep itself will say so
         print(f"memory plan: skipped ({err})")
         return
-    dims = memory_plan.model_dims(config)
+    dims = memory_plan.model_dims(config, trust_remote_code=spec.base_model.trust_remote_code)
     setup = memory_plan.spec_setup(
         spec.train,
         gpus=res.num_workers * res.gpus_per_worker,

@@ -332,7 +332,9 @@ def execution_settings(spec: ExperimentSpec, model_path: str) -> dict:
             gpus=res.num_workers * res.gpus_per_worker,
             gpu_memory_bytes=memory,
             gpus_per_node=res.gpus_per_node,
-            dims=memory_plan.model_dims(config),
+            dims=memory_plan.model_dims(
+                config, trust_remote_code=spec.base_model.trust_remote_code
+            ),
         )
         checkpointing = setup.activation_checkpointing
     peak = memory_plan.peak_flops(res.gpu_kind, res.peak_flops) if res.gpus_per_worker else None
