@@ -3,7 +3,7 @@
 Runs, on a local Ray, cells of the quick demo one at a time (``max_concurrent_trials=1``,
 so cells never compete for the CPU):
 
-- near-empty cells: one optimizer step and one evaluation window per held-out set, with
+- near-empty cells: one optimizer step and one evaluation window per worker and held-out set, with
   one worker (a warm cell: the anneal runs in the reused Tune trial process) and with two
   (a Ray Train run per cell, micro-batches halved so a step holds the same sequences);
 - quick-demo cells: the first source at the smallest spend, at the quick demo's budgets
@@ -82,7 +82,7 @@ def _specs(storage: Path, empty_cells: int, workers: int = 1):
             train_tokens=(quick.train.tokens_per_step,),
             seeds=tuple(range(empty_cells)),
         ),
-        eval=quick.eval.replace(max_tokens=quick.train.seq_len),
+        eval=quick.eval.replace(max_tokens=quick.train.seq_len * workers),
         resources=empty_resources,
         storage_path=str(storage),
     )
@@ -141,9 +141,10 @@ def measure(assets, root: Path, empty_cells: int) -> dict:
     from annealscale.cluster.local import connect
     from annealscale.tune.sweep import run_sweep
 
-    storage = root / "storage"
-    empty, quick = _specs(storage, empty_cells)
-    empty_multi, _ = _specs(storage, empty_cells, workers=2)
+    # Own storage per sweep: a cell's identity leaves out its worker count, so sweeps
+    # sharing a results store would find the other's cells finished and skip them.
+    empty, quick = _specs(root / "storage-1w", empty_cells)
+    empty_multi, _ = _specs(root / "storage-2w", empty_cells, workers=2)
     connect()
     try:
         result = {}
@@ -152,6 +153,7 @@ def measure(assets, root: Path, empty_cells: int) -> dict:
             outcome = run_sweep(spec, root / spec.name, resolve=assets.resolve)
             table = pd.read_parquet(outcome.results_path)
             assert (table["status"] == "finished").all(), table[["status", "error"]]
+            assert len(table) == empty_cells, f"{spec.name}: {len(table)} rows"
             parts = _breakdown(table)
             result[f"overhead_s{suffix}"] = float(statistics.median(parts.pop("overhead")))
             result[f"empty_cell_wall_s{suffix}"] = [round(float(w), 2) for w in parts.pop("wall")]

@@ -202,6 +202,12 @@ def prepare(
         windows = read_windows(Path(path), eval_windows)
         base[name] = bits_per_byte(*nll_and_bytes(model, windows, token_bytes))
         usable = len(windows) - len(windows) % spec.resources.num_workers
+        if usable == 0:
+            raise AnnealscaleError(
+                f"eval.{name}.path: {getattr(spec.eval, name).path} packs into {len(windows)} window(s) "
+                f"of {seq_len} tokens, fewer than resources.num_workers "
+                f"({spec.resources.num_workers}); give it more held-out documents"
+            )
         eval_set_tokens += usable * seq_len
     suite, task_scores = base_task_scores(model, tokenizer, suite)
     base.update(task_scores.metrics)
