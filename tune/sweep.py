@@ -25,7 +25,7 @@ from annealscale.core.errors import AnnealscaleError
 from annealscale.core.hashing import content_hash, to_plain
 from annealscale.tune import durable
 from annealscale.tune.cells import Cell, expand_grid
-from annealscale.tune.claimed_cells import CellQueue, ClaimingSearcher
+from annealscale.tune.claimed_cells import CellQueue, ClaimingSearcher, longest_first
 from annealscale.tune.claims import Claims, new_owner, stale_seconds_from_env
 from annealscale.tune.interrupts import Interrupts, SweepInterrupted
 from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
@@ -326,7 +326,7 @@ def _run_trials(
         if restored:
             log.info("%d cell(s) not in the restored experiment; running them", len(missing))
         if search_alg is None:
-            searcher = CellQueue(missing)
+            searcher = CellQueue(longest_first(missing, rows))
         else:
             todo = {i: plans[i] for i in missing}
             searcher = search_alg(plans=todo, store=store, concurrency=concurrency)

@@ -102,3 +102,16 @@ def test_keep_alive_refreshes_every_claim_its_owner_holds_then_releases_them(tmp
         assert abs(mine.path("c3").stat().st_mtime - old) < 1  # not ours
     # the sweep's trials are over: what it still holds is released, the other's kept
     assert mine.held() == [] and other.held() == ["c3"]
+
+
+def test_the_grid_runs_its_largest_cells_first_and_equal_cells_in_order():
+    from annealscale.tune.claimed_cells import longest_first
+
+    rows = {
+        "a": {"train_flops": 1.0, "eval_flops": 0.5},
+        "b": {"train_flops": 9.0, "eval_flops": 0.5},
+        "c": {"train_flops": 1.0, "eval_flops": 0.5},
+        "d": {"train_flops": 4.0, "eval_flops": 9.0},
+    }
+    assert longest_first(["a", "b", "c", "d"], rows) == ["d", "b", "a", "c"]
+    assert longest_first(["c", "a"], rows) == ["c", "a"]
