@@ -97,8 +97,8 @@ class RetentionCallback(tune.Callback):
         self.after_finished(trial.config["cell_id"])
 
     def after_finished(self, identity: str) -> None:
-        finished = self._store.finished_ids()
-        if identity not in finished or identity not in self._plans:
+        # one stat per cell (listing every finished row here made a sweep quadratic)
+        if identity not in self._plans or not self._store.has_finished(identity):
             return
         from annealscale.tune.trial import train_run_name
 
@@ -109,7 +109,7 @@ class RetentionCallback(tune.Callback):
             log.info("cell %s: %d checkpoint(s) deleted (retention)", identity, len(deleted))
         trunk = self._plans[identity].trunk
         if trunk is not None and policy.delete_trunks:
-            if self._trunk_cells[trunk.identity] <= finished:
+            if all(map(self._store.has_finished, self._trunk_cells[trunk.identity])):
                 if prune_trunk(self._trunks_root / trunk.identity):
                     log.info("trunk %s deleted: every branch finished", trunk.identity)
 
