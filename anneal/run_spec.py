@@ -115,7 +115,8 @@ class EvalSpec(SpecModel):
     general: DataSpec
     """Held-out general documents: forgetting is measured here."""
     max_tokens: int = 32768
-    """Tokens evaluated per set (the first windows of the packed set)."""
+    """Tokens evaluated per set (the first windows of the packed set); at least one
+    window of ``train.seq_len`` tokens per worker."""
     every_steps: int = 0
     """Also evaluate bits per byte every this many optimizer steps during the anneal
     (reported as intermediate metrics and kept as the cell's ``eval_curve``); 0: only at

@@ -189,7 +189,9 @@ def prepare(
         "domain": packed(spec.eval.domain.path, spec.eval.domain.text_field),
         "general": packed(spec.eval.general.path, spec.eval.general.text_field),
     }
-    eval_windows = max(1, spec.eval.max_tokens // seq_len)
+    # at least one window per worker: every rank evaluates an equal share (ZeRO-3 gathers
+    # parameters collectively), and a rank with none would leave the metric empty (NaN)
+    eval_windows = max(spec.resources.num_workers, spec.eval.max_tokens // seq_len)
 
     model = load_model(model_path, trust_remote_code=spec.base_model.trust_remote_code)
     shape = model_shape(model)

@@ -326,17 +326,6 @@ class ExperimentSpec(SpecModel):
             "train.batch_size",
             f"must be a multiple of micro_batch_size x resources.num_workers ({shard})",
         )
-        # Every worker evaluates an equal share of whole windows (ZeRO-3 gathers parameters
-        # collectively); fewer windows than workers would leave the metric empty (NaN).
-        windows = self.eval.max_tokens // self.train.seq_len
-        check(
-            windows >= self.resources.num_workers,
-            "eval.max_tokens",
-            f"{self.eval.max_tokens} tokens is {windows} window(s) of train.seq_len "
-            f"({self.train.seq_len}), fewer than resources.num_workers "
-            f"({self.resources.num_workers}); raise it to at least "
-            f"{self.train.seq_len * self.resources.num_workers}",
-        )
 
     def spends_for(self, source: SourceSpec) -> tuple[float, ...]:
         return source.curation_spend or self.grid.curation_spend

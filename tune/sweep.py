@@ -326,7 +326,10 @@ def _run_trials(
         if restored:
             log.info("%d cell(s) not in the restored experiment; running them", len(missing))
         if search_alg is None:
-            searcher = CellQueue(longest_first(missing, rows))
+            # with parallel slots, largest first ends the sweep sooner; one at a time the
+            # order changes nothing but which cells finish first, so the grid's stands
+            order = longest_first(missing, rows) if concurrency > 1 else missing
+            searcher = CellQueue(order)
         else:
             todo = {i: plans[i] for i in missing}
             searcher = search_alg(plans=todo, store=store, concurrency=concurrency)

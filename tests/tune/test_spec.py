@@ -174,14 +174,6 @@ def _set(*keys_and_value):
     return mutate
 
 
-def _all(*mutations):
-    def mutate(data):
-        for m in mutations:
-            m(data)
-
-    return mutate
-
-
 def _delete(*keys):
     def mutate(data):
         node = data
@@ -367,17 +359,6 @@ BAD_SPECS = [
         "must be a positive number of tokens",
     ),
     ("non-positive-price", _set("prices", "usd_per_pflop", 0), "prices.usd_per_pflop", "positive"),
-    (
-        "fewer-eval-windows-than-workers",
-        _all(
-            _set("train", "micro_batch_size", 8),
-            _set("resources", "num_workers", 2),
-            _set("eval", "max_tokens", 200),
-        ),
-        "eval.max_tokens",
-        "1 window(s) of train.seq_len (128), fewer than resources.num_workers (2); raise it "
-        "to at least 256",
-    ),
 ]
 
 
