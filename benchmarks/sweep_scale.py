@@ -107,7 +107,8 @@ def measure_sweep(root: Path, cells: int, nodes: int, cpus: int, gpus: int, conc
     from annealscale.tune.results import ResultsStore
     from annealscale.tune.spec import parse_spec
     from annealscale.tune.storage import StorageLayout
-    from annealscale.tune.sweep import _run_trials
+    from annealscale.tune.sweep import _run_trials, max_concurrent_trials
+    from annealscale.tune.trial import DRIVER_CPUS
     from tests.helpers import sweep_spec
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -129,19 +130,34 @@ def measure_sweep(root: Path, cells: int, nodes: int, cpus: int, gpus: int, conc
         store = ResultsStore(layout.results)
         plan = _plans(cells)
         identities = {p.cell.identity for p in plan.cells}
+        cluster_cpus = ray.cluster_resources().get("CPU", 1)
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
         rss_before = _peak_mib()
         started = time.time()
-        ran, _ = _run_trials(
-            spec, plan, identities, layout, store, {}, False, None, trial=noop_cell
-        )
+        _run_trials(spec, plan, identities, layout, store, {}, False, None, trial=noop_cell)
         seconds = time.time() - started
         finished = len(store.finished_ids())
+        rows = store.read()
+        in_trial = rows["attempt_started_at"] - rows["started_at"]
         return {
             "cells": cells,
             "cells_finished": finished,
             "nodes": nodes,
             "sweep_s": round(seconds, 1),
             "cells_per_s": round(finished / seconds, 2),
+            "concurrency": spec.resources.max_concurrent_trials
+            or max_concurrent_trials(
+                cluster_cpus, cluster_gpus, spec.resources, DRIVER_CPUS, ray.cluster_resources()
+            ),
+            # where a cell's time goes: Tune's trial start -> the trial's function running,
+            # then -> its row written; and how many cells were in flight on average
+            "trial_start_ms_median": round(1000 * float(in_trial.median()), 1),
+            "report_to_row_ms_median": round(
+                1000 * float((rows["finished_at"] - rows["attempt_started_at"]).median()), 1
+            ),
+            "cells_in_flight_mean": round(
+                float((rows["finished_at"] - rows["started_at"]).sum()) / seconds, 2
+            ),
             "driver_peak_mib": round(_peak_mib(), 1),
             "driver_peak_mib_before_sweep": round(rss_before, 1),
         }
