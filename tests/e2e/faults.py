@@ -67,15 +67,7 @@ def alive(processes: set[tuple[int, str]]) -> set[tuple[int, str]]:
 def interrupt_when(tools, args, env, log_path, ready, send):
     """Start the CLI sweep, call ``send(process)`` once ``ready(log text)``; returns (exit
     code, log text, the Ray processes it had started)."""
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            tools.cli(*args),
-            env=env,
-            cwd=tools.repo,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start(tools, args, env, log_path)
     seen: set[tuple[int, str]] = set()
     deadline = time.time() + 1200
     try:
@@ -139,6 +131,8 @@ def kill_group_when(proc, log_path: Path, ready, timeout: float = 1200) -> None:
 
 
 def start(tools, args, env, log_path: Path):
+    """Start the CLI with ``args`` in its own session, output to ``log_path``: the driver
+    and the local Ray it starts form one process group, to kill or interrupt together."""
     with log_path.open("w") as log:
         return subprocess.Popen(
             tools.cli(*args),

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 
 import pandas as pd
@@ -39,16 +38,7 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_or_losing_a_cell(
     env = tools.env(tmp_path)
     args = ["sweep", str(spec_path), "--out", str(out), "--no-analyze"]
 
-    log = (tmp_path / "first.log").open("w")
-    # Its own session: the driver and the local Ray it starts form one process group.
-    first = subprocess.Popen(
-        tools.cli(*args),
-        env=env,
-        cwd=tools.repo,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    first = start(tools, args, env, tmp_path / "first.log")
     deadline = time.time() + 1500
     try:
         while not cell_files(storage):
