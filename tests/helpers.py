@@ -92,3 +92,51 @@ def write_math_task(root, name: str = "mathqa_local", questions: int = 12, *, da
         "  - metric: acc_norm\n"
     )
     return root
+
+
+def save_tiny_llama(path, **config) -> str:
+    """Save a two-layer bf16 Llama (vocabulary 97, hidden 64, seeded) at ``path``; extra
+    ``config`` fields override the defaults. Returns the path as a string."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    fields = {
+        "vocab_size": 97,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        **config,
+    }
+    LlamaForCausalLM(LlamaConfig(**fields)).to(torch.bfloat16).save_pretrained(path)
+    return str(path)
+
+
+def moto_s3(bucket: str):
+    """A real pyarrow S3 filesystem on ``bucket``, served by moto's S3-compatible server on
+    a free loopback port (no cloud is reachable here; the client path is pyarrow's own).
+    Returns (filesystem, port, stop); skips when the dev extra is missing."""
+    import socket
+
+    import pyarrow.fs as pafs
+    import pytest
+
+    moto_server = pytest.importorskip("moto.server", reason="dev extra: moto[server]")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    fs = pafs.S3FileSystem(
+        access_key="test",
+        secret_key="test",
+        endpoint_override=f"127.0.0.1:{port}",
+        scheme="http",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
+    fs.create_dir(bucket)
+    return fs, port, server.stop

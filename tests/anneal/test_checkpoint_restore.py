@@ -28,6 +28,7 @@ from annealscale.anneal.checkpoint_restore import (
     files_for_rank,
     restored_directory,
 )
+from tests.helpers import moto_s3, save_tiny_llama
 
 ZERO2_BF16 = [
     "latest",
@@ -88,22 +89,8 @@ def _memory(_):
 def _s3(_):
     """A real pyarrow S3 filesystem on a bucket served by moto's S3-compatible server on
     loopback (no cloud is reachable here; the client code path is pyarrow's own)."""
-    moto_server = pytest.importorskip("moto.server", reason="dev extra: moto[server]")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    fs = pafs.S3FileSystem(
-        access_key="test",
-        secret_key="test",
-        endpoint_override=f"127.0.0.1:{port}",
-        scheme="http",
-        region="us-east-1",
-        allow_bucket_creation=True,
-    )
-    fs.create_dir("bucket")
-    return fs, server.stop
+    fs, _, stop = moto_s3("bucket")
+    return fs, stop
 
 
 def _write(fs: pafs.FileSystem, base: str, names: list[str]) -> None:
@@ -249,22 +236,7 @@ WORKER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
-    return str(path)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ import textwrap
 
 import pytest
 
+from tests.helpers import save_tiny_llama
+
 pytestmark = pytest.mark.slow
 
 WORLD = 2
@@ -91,23 +93,8 @@ WORKER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,  # an embedding padding row, which weight initialisers touch
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
-    return str(path)
+    # an embedding padding row, which weight initialisers touch
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), pad_token_id=0)
 
 
 def _run(model: str, *, resume: bool, ckpt: str) -> list[dict]:

@@ -6,41 +6,27 @@ loopback (a stand-in for AWS S3 only; the client code path is pyarrow's real one
 
 from __future__ import annotations
 
-import socket
-
 import pyarrow.fs as pafs
 import pytest
 
 from annealscale.tune.results import ResultsStore
 from annealscale.tune.storage import StorageLayout
+from tests.helpers import moto_s3
 
-moto_server = pytest.importorskip("moto.server", reason="dev extra: moto[server]")
+pytest.importorskip("moto.server", reason="dev extra: moto[server]")
 
 
 @pytest.fixture(scope="module")
 def bucket_uri(tmp_path_factory):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    fs, port, stop = moto_s3("sweeps")
     mp = pytest.MonkeyPatch()
     mp.setenv("AWS_ACCESS_KEY_ID", "test")
     mp.setenv("AWS_SECRET_ACCESS_KEY", "test")
     mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
     query = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    fs = pafs.S3FileSystem(
-        access_key="test",
-        secret_key="test",
-        endpoint_override=f"127.0.0.1:{port}",
-        scheme="http",
-        region="us-east-1",
-        allow_bucket_creation=True,
-    )
-    fs.create_dir("sweeps")
     yield "s3://sweeps/demo", query, fs
     mp.undo()
-    server.stop()
+    stop()
 
 
 def _row(identity: str, status: str, **extra) -> dict:
