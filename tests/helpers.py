@@ -140,3 +140,30 @@ def moto_s3(bucket: str):
     )
     fs.create_dir(bucket)
     return fs, port, server.stop
+
+
+def start_cluster(script: str, env: dict):
+    """Run ``script`` (a `ray.cluster_utils.Cluster` driven over stdin and stdout) in its
+    own Python process, so a test can add or remove nodes while a CLI sweep runs on it."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_cluster(cluster) -> None:
+    """Close the cluster process's stdin (its cue to shut the cluster down) and wait for
+    it; kill it after a minute."""
+    import subprocess
+
+    cluster.stdin.close()
+    try:
+        cluster.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        cluster.kill()

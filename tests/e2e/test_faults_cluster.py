@@ -19,6 +19,7 @@ from tests.e2e.faults import (
     WORKER_NODE_CLUSTER,
     start,
 )
+from tests.helpers import start_cluster, stop_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +31,8 @@ def test_two_sweeps_of_one_spec_at_once_train_each_cell_once(tmp_path, tools, re
     spec_path = tools.write(tmp_path / "spec.yaml", data)
     env = tools.env(tmp_path)
     # one Ray for both (two teams' sweeps on one cluster); each sweep is its own driver
-    import sys
 
-    cluster = subprocess.Popen(
-        [sys.executable, "-c", ONE_NODE_CLUSTER],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    cluster = start_cluster(ONE_NODE_CLUSTER, env)
     try:
         address = cluster.stdout.readline().strip()
         assert address, "the cluster did not start"
@@ -59,11 +53,7 @@ def test_two_sweeps_of_one_spec_at_once_train_each_cell_once(tmp_path, tools, re
         for proc, name in zip(procs, "ab", strict=True):
             assert proc.wait(timeout=1500) == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
     finally:
-        cluster.stdin.close()
-        try:
-            cluster.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            cluster.kill()
+        stop_cluster(cluster)
     logs = [(tmp_path / f"{name}.log").read_text() for name in ("a", "b")]
     tables = [pd.read_parquet(tmp_path / f"out-{name}" / "results.parquet") for name in "ab"]
     for table in tables:
@@ -80,7 +70,6 @@ def test_two_sweeps_of_one_spec_at_once_train_each_cell_once(tmp_path, tools, re
 def test_a_removed_worker_node_costs_a_restart_from_the_checkpoint_not_the_cell(
     tmp_path, tools, resolve
 ):
-    import sys
 
     from tests.tune.test_recovery import _registered_checkpoints
 
@@ -91,13 +80,7 @@ def test_a_removed_worker_node_costs_a_restart_from_the_checkpoint_not_the_cell(
     data["retries"] = {"worker_failures": 2, "trial_failures": 1}
     spec_path = tools.write(tmp_path / "spec.yaml", data)
     env = tools.env(tmp_path)
-    cluster = subprocess.Popen(
-        [sys.executable, "-c", WORKER_NODE_CLUSTER],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    cluster = start_cluster(WORKER_NODE_CLUSTER, env)
     try:
         address = cluster.stdout.readline().strip()
         assert address, "the cluster did not start"
@@ -115,11 +98,7 @@ def test_a_removed_worker_node_costs_a_restart_from_the_checkpoint_not_the_cell(
     finally:
         if "proc" in locals() and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        cluster.stdin.close()
-        try:
-            cluster.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            cluster.kill()
+        stop_cluster(cluster)
     table = pd.read_parquet(out / "results.parquet")
     assert len(table) == 1
     row = table.iloc[0]

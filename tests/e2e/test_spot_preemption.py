@@ -18,14 +18,14 @@ local Ray (``ray_local``) is never disconnected or joined to it.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.helpers import start_cluster, stop_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -124,13 +124,7 @@ def test_preempted_spot_node_costs_a_restart_from_the_checkpoint_never_the_drive
     data["checkpoint"] = {"every_steps": EVERY, "keep": 1}
     data["retries"] = {"worker_failures": 0, "trial_failures": 0, "preemption_failures": -1}
     spec_path = tools.write(tmp_path / "spec.yaml", data)
-    cluster = subprocess.Popen(
-        [sys.executable, "-c", CLUSTER],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    cluster = start_cluster(CLUSTER, env)
     preempted: dict = {}
 
     def preempt_once_a_cell_finished_and_another_checkpointed():
@@ -180,11 +174,7 @@ def test_preempted_spot_node_costs_a_restart_from_the_checkpoint_never_the_drive
         preempted["stop"] = True
         watcher.join(timeout=60)
     finally:
-        cluster.stdin.close()
-        try:
-            cluster.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            cluster.kill()
+        stop_cluster(cluster)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "reply" in preempted, "no cell finished before another one checkpointed"
     accepted, _, replacement_id = preempted["reply"]

@@ -8,11 +8,10 @@ local Ray (``ray_local``) is never disconnected or joined to it.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
+
+from tests.helpers import start_cluster, stop_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +45,7 @@ def test_sweep_spreads_over_nodes_within_their_gpus(tmp_path, tools, resolve):
     # Logical GPUs: the nodes declare them, the workers reserve them, gloo trains on CPU.
     data["resources"] = {"gpus_per_worker": 1, "torch_backend": "gloo"}
     spec_path = tools.write(tmp_path / "spec.yaml", data)
-    cluster = subprocess.Popen(
-        [sys.executable, "-c", CLUSTER],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    cluster = start_cluster(CLUSTER, env)
     try:
         address = cluster.stdout.readline().strip()
         assert address, "the cluster did not start"
@@ -70,11 +63,7 @@ def test_sweep_spreads_over_nodes_within_their_gpus(tmp_path, tools, resolve):
             timeout=1500,
         )
     finally:
-        cluster.stdin.close()
-        try:
-            cluster.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            cluster.kill()
+        stop_cluster(cluster)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "at most 3 at a time" in done.stderr
 
