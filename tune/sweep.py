@@ -28,6 +28,7 @@ from annealscale.tune.cells import Cell, expand_grid
 from annealscale.tune.claimed_cells import CellQueue, ClaimingSearcher, longest_first
 from annealscale.tune.claims import Claims, new_owner, stale_seconds_from_env
 from annealscale.tune.interrupts import Interrupts, SweepInterrupted
+from annealscale.tune.orphans import OrphanedPlacementGroups
 from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
 from annealscale.tune.progress import ProgressCallback, SweepProgress, planned_usd, pool_of
 from annealscale.tune.results import ResultsStore
@@ -306,6 +307,7 @@ def _run_trials(
             ProgressCallback(progress, rows, spec.tracking.progress_seconds, paid_pools),
             *retention_callbacks(spec, plans, layout.train, settings.trunks_root, store),
             *tracker_callbacks(spec.tracking, name),
+            OrphanedPlacementGroups(),
         ]
 
     experiment_dir = f"{layout.tune}/{name}"

@@ -47,12 +47,19 @@ ANNEAL_ACTORS = ("RayTrainWorker", "ImplicitFunc")
 
 class WorkerKiller(threading.Thread):
     """Waits until the anneal has stored ``after`` checkpoints, then SIGKILLs the process
-    running it (found through Ray's state API) once."""
+    running it (found through Ray's state API) once.
 
-    def __init__(self, train_root: Path, after: int):
+    ``actor_classes`` names the processes that may be killed: a multi-worker cell's Tune
+    trial process only drives Ray Train, so killing it instead of a Train worker would test
+    a different fault."""
+
+    def __init__(
+        self, train_root: Path, after: int, actor_classes: tuple[str, ...] = ANNEAL_ACTORS
+    ):
         super().__init__(daemon=True)
         self.train_root = train_root
         self.after = after
+        self.actor_classes = actor_classes
         self.killed_pid: int | None = None
         self.checkpoints_seen = 0
         self.error: BaseException | None = None
@@ -75,7 +82,7 @@ class WorkerKiller(threading.Thread):
                 workers = [
                     a
                     for a in actors().values()
-                    if a["ActorClassName"].rsplit(".", 1)[-1] in ANNEAL_ACTORS
+                    if a["ActorClassName"].rsplit(".", 1)[-1] in self.actor_classes
                     and a["State"] == "ALIVE"
                 ]
                 if workers:

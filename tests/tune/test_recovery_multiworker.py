@@ -1,7 +1,12 @@
-"""Fault test with two data-parallel workers under ZeRO-3 in bf16 on a real local Ray: one
-Train worker process SIGKILLed after a checkpoint, Ray Train restarts the group from it,
-and the cell ends where an uninterrupted run of it ends (same tokens, same losses within
-the noise of bf16 reductions in a different order).
+"""Fault tests with two data-parallel workers under ZeRO-3 in bf16 on a real local Ray.
+
+- One Train worker process SIGKILLed after a checkpoint: Ray Train restarts the group from
+  it, and the cell ends where an uninterrupted run of it ends (same tokens, same losses
+  within the noise of bf16 reductions in a different order).
+- The cell's Tune trial process (which runs Ray Train's controller) SIGKILLed instead:
+  Tune retries the trial, whose new Train run resumes from the same checkpoint. The dead
+  controller's placement group must be freed for that (`tune.orphans`): a local Ray has no
+  dashboard for Ray Train's own cleaner, and the retry waited for ever before.
 
 The exact-loss property of the engine alone (ZeRO-2 and ZeRO-3, no Ray) is
 `tests/anneal/test_multiworker_engine.py`."""
@@ -46,12 +51,13 @@ def runs(ray_local, tiny_assets, tmp_path_factory):
         )
     )
     results = {}
-    for name in ("uninterrupted", "killed"):
+    victims = {"killed": ("RayTrainWorker",), "trial_killed": ("ImplicitFunc",)}
+    for name in ("uninterrupted", *victims):
         for runs_dir in ("train", "tune", "results"):
             shutil.rmtree(storage / runs_dir, ignore_errors=True)
         killer = None
-        if name == "killed":
-            killer = WorkerKiller(storage / "train", after=1)
+        if name in victims:
+            killer = WorkerKiller(storage / "train", after=1, actor_classes=victims[name])
             killer.start()
         outcome = run_sweep(spec, root / name, resolve=tiny_assets.resolve)
         if killer is not None:
@@ -73,5 +79,19 @@ def test_two_zero3_bf16_workers_resume_to_the_uninterrupted_losses(runs):
     assert got["train_tokens"] == ref["train_tokens"] == STEPS * TOKENS_PER_STEP
     assert got["domain_tokens"] == ref["domain_tokens"]
     assert got["train_loss"] == pytest.approx(ref["train_loss"], rel=0.02)
+    assert got["domain_bpb"] == pytest.approx(ref["domain_bpb"], rel=0.02)
+    assert got["general_bpb"] == pytest.approx(ref["general_bpb"], rel=0.02)
+
+
+def test_a_killed_trial_process_is_retried_and_resumes_to_the_same_losses(runs):
+    _, reference, _ = runs["uninterrupted"]
+    outcome, killed, killer = runs["trial_killed"]
+    assert killer.error is None, killer.error
+    assert killer.killed_pid is not None, "no trial process was killed"
+    assert outcome.finished == 1 and outcome.failed == 0
+    ref, got = reference.iloc[0], killed.iloc[0]
+    assert got["attempts"] == 2  # one Tune retry
+    assert EVERY <= got["resumed_from_step"] < STEPS
+    assert got["train_tokens"] == ref["train_tokens"] == STEPS * TOKENS_PER_STEP
     assert got["domain_bpb"] == pytest.approx(ref["domain_bpb"], rel=0.02)
     assert got["general_bpb"] == pytest.approx(ref["general_bpb"], rel=0.02)
