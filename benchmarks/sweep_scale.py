@@ -17,6 +17,11 @@ Three measurements, each of the engine's own code, not of training:
   fits every source (``propose_first_batch_s``), later calls refit only the source whose
   cells changed.
 
+On a host with fewer cores than the simulated cluster has logical CPUs, pass
+``--concurrency`` near a few trial processes per host core: the sweep's own concurrency
+(from the logical resources) would start more no-op trial processes than the host can run,
+and time the host's process scheduling rather than the engine. Both are in RESULTS.md.
+
 Goals (issue 21): cells_per_s >= 20, driver_peak_mib < 2048, store_read_s_100k < 5,
 propose_batch_s < 2. The last stdout line is JSON.
 """
@@ -143,6 +148,9 @@ def measure_sweep(root: Path, cells: int, nodes: int, cpus: int, gpus: int, conc
             "cells": cells,
             "cells_finished": finished,
             "nodes": nodes,
+            # every simulated node's processes share these: trial processes beyond them
+            # wait for a core, which measures the host rather than the engine
+            "host_cores": os.cpu_count(),
             "sweep_s": round(seconds, 1),
             "cells_per_s": round(finished / seconds, 2),
             "concurrency": spec.resources.max_concurrent_trials

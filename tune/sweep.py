@@ -27,6 +27,7 @@ from annealscale.tune import durable
 from annealscale.tune.cells import Cell, expand_grid
 from annealscale.tune.claimed_cells import CellQueue, ClaimingSearcher, longest_first
 from annealscale.tune.claims import Claims, new_owner, stale_seconds_from_env
+from annealscale.tune.fifo import LiveFIFO
 from annealscale.tune.interrupts import Interrupts, SweepInterrupted
 from annealscale.tune.orphans import OrphanedPlacementGroups
 from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
@@ -351,6 +352,7 @@ def _run_trials(
                 num_samples=len(missing),
                 max_concurrent_trials=concurrency,
                 reuse_actors=warm,
+                scheduler=LiveFIFO(),
             ),
             run_config=tune.RunConfig(
                 name=name,
