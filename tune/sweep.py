@@ -258,6 +258,7 @@ def _run_trials(
 
     from annealscale.tune.trial import (
         DRIVER_CPUS,
+        SharedPlans,
         TrialSettings,
         run_cell,
         runs_warm,
@@ -279,7 +280,7 @@ def _run_trials(
         preemption_failures=spec.retries.preemption_failures,
     )
     trainable = tune.with_resources(
-        tune.with_parameters(trial or run_cell, plans=plans, settings=settings),
+        tune.with_parameters(trial or run_cell, plans=SharedPlans(plans), settings=settings),
         tune.PlacementGroupFactory([trial_resources(spec.resources)]),
     )
     warm = runs_warm(spec.resources)
