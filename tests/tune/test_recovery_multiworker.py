@@ -67,31 +67,28 @@ def runs(ray_local, tiny_assets, tmp_path_factory):
     return results
 
 
-def test_two_zero3_bf16_workers_resume_to_the_uninterrupted_losses(runs):
+def _finished_after_the_kill(runs, name: str):
+    """The reference row and the row of run ``name``, once its kill and finish are checked."""
     _, reference, _ = runs["uninterrupted"]
-    outcome, killed, killer = runs["killed"]
+    outcome, killed, killer = runs[name]
     assert killer.error is None, killer.error
-    assert killer.killed_pid is not None, "no worker was killed"
+    assert killer.killed_pid is not None, f"nothing was killed in the {name} run"
     assert outcome.finished == 1 and outcome.failed == 0
     ref, got = reference.iloc[0], killed.iloc[0]
-    assert got["worker_restarts"] == 1 and ref["worker_restarts"] == 0
     assert EVERY <= got["resumed_from_step"] < STEPS
     assert got["train_tokens"] == ref["train_tokens"] == STEPS * TOKENS_PER_STEP
-    assert got["domain_tokens"] == ref["domain_tokens"]
-    assert got["train_loss"] == pytest.approx(ref["train_loss"], rel=0.02)
     assert got["domain_bpb"] == pytest.approx(ref["domain_bpb"], rel=0.02)
     assert got["general_bpb"] == pytest.approx(ref["general_bpb"], rel=0.02)
+    return ref, got
+
+
+def test_two_zero3_bf16_workers_resume_to_the_uninterrupted_losses(runs):
+    ref, got = _finished_after_the_kill(runs, "killed")
+    assert got["worker_restarts"] == 1 and ref["worker_restarts"] == 0
+    assert got["domain_tokens"] == ref["domain_tokens"]
+    assert got["train_loss"] == pytest.approx(ref["train_loss"], rel=0.02)
 
 
 def test_a_killed_trial_process_is_retried_and_resumes_to_the_same_losses(runs):
-    _, reference, _ = runs["uninterrupted"]
-    outcome, killed, killer = runs["trial_killed"]
-    assert killer.error is None, killer.error
-    assert killer.killed_pid is not None, "no trial process was killed"
-    assert outcome.finished == 1 and outcome.failed == 0
-    ref, got = reference.iloc[0], killed.iloc[0]
+    _, got = _finished_after_the_kill(runs, "trial_killed")
     assert got["attempts"] == 2  # one Tune retry
-    assert EVERY <= got["resumed_from_step"] < STEPS
-    assert got["train_tokens"] == ref["train_tokens"] == STEPS * TOKENS_PER_STEP
-    assert got["domain_bpb"] == pytest.approx(ref["domain_bpb"], rel=0.02)
-    assert got["general_bpb"] == pytest.approx(ref["general_bpb"], rel=0.02)
