@@ -25,6 +25,10 @@ class LiveFIFO(FIFOScheduler):
         super().__init__()
         self._unfinished: dict[str, Trial] = {}
 
+    def __getstate__(self) -> dict:
+        # pickled with a Tuner for ``--resume``: the restored run adds its own trials
+        return {**self.__dict__, "_unfinished": {}}
+
     def on_trial_add(self, tune_controller, trial: Trial):
         self._unfinished.pop(trial.trial_id, None)
         self._unfinished[trial.trial_id] = trial

@@ -76,3 +76,13 @@ def test_finished_trials_are_forgotten():
     running.set_status(Trial.RUNNING)
     assert live.choose_trial_to_run(controller) is None
     assert list(live._unfinished.values()) == [running]  # one pass dropped the 1,000
+
+
+def test_a_pickled_scheduler_holds_no_trials():
+    import pickle
+
+    controller, live = _Trials(), LiveFIFO()
+    _add(controller, [live], Trial("noop", stub=True))
+    restored = pickle.loads(pickle.dumps(live))
+    assert restored.choose_trial_to_run(_Trials()) is None
+    assert live.choose_trial_to_run(controller) is controller.trials[0]
