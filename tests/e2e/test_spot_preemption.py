@@ -6,7 +6,7 @@ The head stands for the on-demand CPU group of k8s/: it alone carries the custom
 cell's worker needs, so the sweep's two cells run one after the other: a short one that
 finishes on the spot node, then a long one. After the long cell's first checkpoint the
 spot node is drained with reason PREEMPTION (what the autoscaler does on a cloud's reclaim
-notice), a replacement spot node joins, and the drained node is removed. With
+notice), the drained node is removed and a replacement spot node joins. With
 ``worker_failures: 0`` and ``trial_failures: 0`` any failure would fail the cell: it must
 instead finish on the new node from its checkpoint, its driver never having left the
 on-demand node, and the finished cell must be neither lost nor trained again.
@@ -56,10 +56,12 @@ if sys.stdin.readline().strip() == "preempt":
         "spot instance reclaimed (test)",
         int(time.time() * 1000) + 5000,
     )
+    # the node goes before its replacement joins, as a reclaimed spot node does: had it
+    # stayed while the replacement started (seconds on a busy machine), the interrupted
+    # cell could finish on it
+    cluster.remove_node(spot, allow_graceful=False)
     replacement = cluster.add_node(num_cpus=2, num_gpus=1)
     cluster.wait_for_nodes()
-    time.sleep(2)
-    cluster.remove_node(spot, allow_graceful=False)
     print(accepted, why or "-", replacement.node_id, flush=True)
 sys.stdin.read()  # until the test closes our stdin
 cluster.shutdown()
