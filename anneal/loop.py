@@ -139,6 +139,7 @@ def anneal(job: AnnealJob, session: Session) -> None:
         if not job.trunk:
             evaluator.after_step(model, step + 1, (step + 1) * accum * tokens_per_micro, session)
         if _checkpoint_due(job, step + 1):
+            _raise_if_weights_diverged(engine, step + 1, device)
             state = WorkerState(
                 step=step + 1,
                 domain_rows=domain.rows_taken,
@@ -211,6 +212,24 @@ def _raise_if_diverged(metrics: dict) -> None:
     ]
     if bad:
         raise FloatingPointError("anneal diverged: " + ", ".join(bad))
+
+
+def _raise_if_weights_diverged(engine, step: int, device) -> None:
+    """Before a checkpoint: weights that are no longer finite fail the attempt as diverged
+    here, so no checkpoint of a diverged model is stored. A retry then resumes from the
+    last finite checkpoint instead of training on from NaN weights, and the attempt stops
+    at the first checkpoint after the divergence, not at the end of the run. The loss alone
+    cannot tell: it lags a step (computed before the update that broke the weights).
+
+    Each rank checks the parameters it holds (its partition under ZeRO-3) with one host
+    sync, and the ranks agree through one all-reduce, so all of them stop together."""
+    import torch
+
+    local = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]
+    finite = torch.stack([torch.isfinite(t).all() for t in local]).all() if local else True
+    (bad,) = _all_reduce_sum([0.0 if bool(finite) else 1.0], device)
+    if bad:
+        raise FloatingPointError(f"anneal diverged: weights not finite after step {step}")
 
 
 def resume(engine, job: AnnealJob, rank: int, session: Session) -> Start:

@@ -123,15 +123,19 @@ def test_a_diverged_cell_is_failed_retried_and_named_by_analyze(
     from annealscale.cluster.cli import main
 
     storage = tmp_path / "storage"
-    data = tools.spec(resolve, storage)
+    data = tools.spec(resolve, storage)  # 4 steps
     data["train"] = {**data["train"], "weight_decay": float("inf")}
     data["retries"] = {"trial_failures": 1, "worker_failures": 0}
+    data["checkpoint"] = {"every_steps": 1}
     outcome = run_sweep(parse_spec(data), tmp_path / "out", resolve=resolve)
     assert (outcome.finished, outcome.failed) == (0, 1)
     row = pd.read_parquet(outcome.results_path).iloc[0]
     assert row["status"] == "failed" and row["reason"] == "diverged"
     assert row["attempts"] == 2  # retried per retries.trial_failures
-    assert "diverged" in row["error"]
+    # the first update broke the weights: each attempt stopped at its first checkpoint,
+    # and no checkpoint of the diverged model was stored for the retry to resume from
+    assert "diverged: weights not finite after step 1" in row["error"]
+    assert not list((storage / "train").rglob("_complete"))
     assert not list((storage / "results" / "cells").glob("*.parquet"))
 
     code = main(["analyze", str(outcome.results_path), "--out", str(tmp_path / "report")])
