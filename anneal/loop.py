@@ -226,10 +226,13 @@ def _raise_if_weights_diverged(engine, step: int, device) -> None:
     import torch
 
     local = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]
-    finite = torch.stack([torch.isfinite(t).all() for t in local]).all() if local else True
-    (bad,) = _all_reduce_sum([0.0 if bool(finite) else 1.0], device)
+    finite = bool(torch.stack([torch.isfinite(t).all() for t in local]).all())
+    (bad,) = _all_reduce_sum([0.0 if finite else 1.0], device)
     if bad:
-        raise FloatingPointError(f"anneal diverged: weights not finite after step {step}")
+        raise FloatingPointError(
+            f"anneal diverged: weights not finite after step {step}; lower "
+            "schedule.peak_lr or train.weight_decay"
+        )
 
 
 def resume(engine, job: AnnealJob, rank: int, session: Session) -> Start:
