@@ -117,26 +117,24 @@ def test_ranks_of_one_node_share_the_download_and_the_last_one_out_deletes_it(tm
     make = {"subtree": _subtree, "fsspec-memory": _memory, "s3": _s3}[kind]
     fs, stop = make(tmp_path / "bucket")
     try:
-        _share_and_delete(fs, tmp_path)
+        base = f"bucket/ckpt-{uuid.uuid4().hex}/step-00000016"
+        _write(fs, base, ZERO2_BF16)
+        local = tmp_path / "node"
+        with fetched_for_rank(fs, base, rank=0, world_size=2, local_root=str(local)) as zero:
+            assert set(zero.copied) == set(zero.files) == set(files_for_rank(ZERO2_BF16, 0, 2))
+            with fetched_for_rank(fs, base, rank=1, world_size=2, local_root=str(local)) as one:
+                assert one.directory == zero.directory
+                # the shared files were already there: rank 1 downloaded only its own
+                assert set(one.copied) == {
+                    n for n in ZERO2_BF16 if file_rank(n.split("/")[-1]) == 1
+                }
+                assert _local_files(one.directory) == set(ZERO2_BF16)
+                weights = Path(one.directory, "state/mp_rank_00_model_states.pt")
+                assert weights.read_bytes() == b"state/mp_rank_00_model_states.pt"
+            assert Path(zero.directory).is_dir()  # rank 0 still loading
+        assert not Path(zero.directory).exists()
     finally:
         stop()
-
-
-def _share_and_delete(fs: pafs.FileSystem, tmp_path: Path) -> None:
-    base = f"bucket/ckpt-{uuid.uuid4().hex}/step-00000016"
-    _write(fs, base, ZERO2_BF16)
-    local = tmp_path / "node"
-    with fetched_for_rank(fs, base, rank=0, world_size=2, local_root=str(local)) as zero:
-        assert set(zero.copied) == set(zero.files) == set(files_for_rank(ZERO2_BF16, 0, 2))
-        with fetched_for_rank(fs, base, rank=1, world_size=2, local_root=str(local)) as one:
-            assert one.directory == zero.directory
-            # the shared files were already there: rank 1 downloaded only its own
-            assert set(one.copied) == {n for n in ZERO2_BF16 if file_rank(n.split("/")[-1]) == 1}
-            assert _local_files(one.directory) == set(ZERO2_BF16)
-            weights = Path(one.directory, "state/mp_rank_00_model_states.pt")
-            assert weights.read_bytes() == b"state/mp_rank_00_model_states.pt"
-        assert Path(zero.directory).is_dir()  # rank 0 still loading
-    assert not Path(zero.directory).exists()
 
 
 def test_a_local_checkpoint_is_used_in_place(tmp_path):
