@@ -1,6 +1,8 @@
-"""The Ray Data datasets a cell's Train run reads: its curated pool and its replay windows.
+"""The datasets a cell's anneal reads: its curated pool and its replay windows.
 
-Both are packed Parquet directories. A Ray Data read job has a fixed cost of seconds (read
+Both are packed Parquet directories. A warm single-worker cell reads them in its own
+process (`anneal.windows.PackedWindows`): it has no Train run to shard them, and a Ray
+Data job per dataset would only add its fixed costs. A Train run gets Ray Data datasets. A Ray Data read job has a fixed cost of seconds (read
 and metadata tasks, the streaming executor) whatever the size: at the demo's scale two of
 them cost a third of a cell's wall time (``benchmarks/sweep_overhead.py``). Sets up to
 `IN_MEMORY_BYTES` are therefore read here with pyarrow and handed to Train as in-memory
@@ -20,8 +22,18 @@ IN_MEMORY_BYTES = 256 * 2**20
 read job."""
 
 
-def cell_datasets(domain_dir: str, replay_dir: str, replay_rows: int) -> dict:
-    """``{"domain": the whole pool, "replay": its first replay_rows windows}``."""
+def cell_datasets(
+    domain_dir: str, replay_dir: str, replay_rows: int, *, in_process: bool = False
+) -> dict:
+    """``{"domain": the whole pool, "replay": its first replay_rows windows}``: read in
+    this process when ``in_process``, else as Ray Data datasets for a Train run."""
+    if in_process:
+        from annealscale.anneal.windows import PackedWindows
+
+        return {
+            "domain": PackedWindows(domain_dir),
+            "replay": PackedWindows(replay_dir, rows=replay_rows),
+        }
     return {
         "domain": packed_dataset(domain_dir),
         "replay": packed_dataset(replay_dir, rows=replay_rows),

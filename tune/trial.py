@@ -188,7 +188,12 @@ def anneal_cell(
             branch_step=plan.trunk.branch_step,
             trunk_steps_trained=branch.trained_steps,
         )
-    datasets = cell_datasets(plan.domain_dir, plan.replay_dir, plan.replay_rows)
+    datasets = cell_datasets(
+        plan.domain_dir,
+        plan.replay_dir,
+        plan.replay_rows,
+        in_process=runs_warm(settings.resources),
+    )
     set_aside_if_damaged(settings.train_storage, train_run_name(identity))
     fit_started = time.time()
     result = fit_anneal(
@@ -236,8 +241,11 @@ def fit_anneal(
 
     resources = settings.resources
     backend = _backend(resources)
-    datasets = datasets or cell_datasets(plan.domain_dir, plan.replay_dir, plan.replay_rows)
-    if runs_warm(resources):
+    warm = runs_warm(resources)
+    datasets = datasets or cell_datasets(
+        plan.domain_dir, plan.replay_dir, plan.replay_rows, in_process=warm
+    )
+    if warm:
         from annealscale.tune.warm import fit_in_process
 
         return fit_in_process(

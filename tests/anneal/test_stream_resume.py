@@ -1,5 +1,6 @@
 """The anneal's data streams are deterministic given the seed, so a resumed worker that
-skips the rows its checkpoint had consumed continues exactly where it stopped."""
+skips the rows its checkpoint had consumed continues exactly where it stopped: over a Ray
+Data shard (a Train worker's) and over the in-process reader (a warm cell's)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from annealscale.anneal.loop import _epochs
 from annealscale.anneal.mixture import RowStream, domain_counts
+from annealscale.anneal.windows import PackedWindows
 
 WIDTH = 9
 
@@ -25,19 +27,22 @@ def windows_dir(tmp_path_factory):
     return root
 
 
-def _dataset(ray_local, path):
+@pytest.fixture(params=["ray_data", "in_process"])
+def dataset(request, windows_dir):
+    if request.param == "in_process":
+        return PackedWindows(windows_dir)
     import ray.data
 
+    request.getfixturevalue("ray_local")
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    return ray.data.read_parquet(str(path)).materialize()
+    return ray.data.read_parquet(str(windows_dir)).materialize()
 
 
 def _take_all(stream: RowStream, sizes) -> np.ndarray:
     return np.concatenate([stream.take(k) for k in sizes])
 
 
-def test_stream_is_deterministic_and_resumes_exactly(ray_local, windows_dir):
-    dataset = _dataset(ray_local, windows_dir)
+def test_stream_is_deterministic_and_resumes_exactly(dataset):
     sizes = [5, 0, 17, 64, 3, 100, 111, 40, 90]  # 430 rows: more than two epochs of 210
     first = _take_all(RowStream(_epochs(dataset, seed=7)), sizes)
     again = _take_all(RowStream(_epochs(dataset, seed=7)), sizes)
