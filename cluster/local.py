@@ -22,6 +22,15 @@ LOCAL_TRAIN_ENV = {
 environment (``benchmarks/sweep_overhead.py`` measures a cell's fixed costs)."""
 
 
+LOCAL_SYSTEM_CONFIG = {
+    # Ray starts one idle worker per CPU for the first driver before that driver's job is
+    # registered, so no task or actor of the job can use them: on a 2-core machine that
+    # was four Python processes (a second of CPU each) started and left idle per instance.
+    "prestart_worker_first_driver": False,
+}
+"""Ray system settings of the embedded local instance."""
+
+
 LOCAL_START_ATTEMPTS = 3
 SLOW_START = "timed out during startup"
 """What Ray says when its raylet registered too late, the one start failure worth retrying."""
@@ -70,6 +79,7 @@ def connect(
                     address="local",
                     num_cpus=num_cpus or 2 * cores,
                     include_dashboard=False,
+                    _system_config=LOCAL_SYSTEM_CONFIG,
                     logging_level=logging.WARNING,
                     log_to_driver=False,
                     _node_ip_address="127.0.0.1",
