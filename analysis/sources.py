@@ -27,6 +27,7 @@ from numpy.typing import ArrayLike
 from annealscale.analysis.bootstrap import Bootstrap, bootstrap_law
 from annealscale.analysis.errors import AnalysisError
 from annealscale.analysis.fit import FitResult, fit_law
+from annealscale.analysis.fit_cache import remembered
 from annealscale.analysis.laws import POWER_LAW_D, Law, get_law
 from annealscale.analysis.uncertainty import log_reach, reach, widen
 
@@ -394,19 +395,29 @@ def fit_group(
     y = rows[metric].to_numpy(dtype=float)  # (n,)
     boot = None
     try:
-        result: FitResult | None = (
-            fitted if fitted is not None else fit_law(x, y, law=law, **fit_options)
-        )
+        result: FitResult | None = fitted
+        if result is None:
+            result = remembered(
+                "fit", law, (x, y), fit_options, lambda: fit_law(x, y, law=law, **fit_options)
+            )
         error = None
         if n_boot > 0 and result is not None:
-            boot = bootstrap_law(
-                x,
-                y,
-                law=law,
-                n_boot=n_boot,
-                seed=seed,
-                start=result.theta,
-                huber_delta=fit_options.get("huber_delta", 1e-3),
+            start = result.theta
+            huber_delta = fit_options.get("huber_delta", 1e-3)
+            boot = remembered(
+                "bootstrap",
+                law,
+                (x, y, start),
+                {"n_boot": n_boot, "seed": seed, "huber_delta": huber_delta},
+                lambda: bootstrap_law(
+                    x,
+                    y,
+                    law=law,
+                    n_boot=n_boot,
+                    seed=seed,
+                    start=start,
+                    huber_delta=huber_delta,
+                ),
             )
     except AnalysisError as exc:
         result, error = None, str(exc)

@@ -13,6 +13,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _caches_under_the_test_run(tmp_path_factory):
+    """What the code caches by default under ``~/.cache/annealscale`` (fits, demo assets)
+    goes under this run's temporary directory instead: a test never writes to the home
+    directory, and fits made by one test (one table, one law) are found by the next."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's directory, shared by its workers
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANNEALSCALE_CACHE", str(root / "annealscale-cache"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real Ray instance on loopback shared by every test that needs one."""

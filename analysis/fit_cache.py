@@ -1,0 +1,113 @@
+"""Fits kept on disk by their inputs, so that analysing one table again (at another target,
+or `propose` after `analyze`) refits nothing.
+
+A fit is a pure function of its points, its law, its settings and this package's code,
+and the key hashes all four: a hit returns what a refit would. Only built-in laws
+(`analysis.laws.LAWS`) are kept, since a user law is arbitrary code that no key can name;
+a fit with settings other than plain values is not kept either.
+
+Entries live under ``$ANNEALSCALE_CACHE/fits`` (default ``~/.cache/annealscale/fits``),
+one file each, written to a temporary name and renamed, so two analyses at once never
+read half an entry. An entry that cannot be read is refitted and written again.
+``ANNEALSCALE_FIT_CACHE=0`` turns the cache off.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from annealscale.analysis.laws import LAWS, Law, get_law
+
+T = TypeVar("T")
+
+SWITCH = "ANNEALSCALE_FIT_CACHE"
+PLAIN = (int, float, str, bool, type(None))
+
+
+def remembered(
+    kind: str,
+    law: Law,
+    arrays: tuple[np.ndarray, ...],
+    settings: Mapping[str, Any],
+    compute: Callable[[], T],
+) -> T:
+    """``compute()``, or what it returned before for the same ``kind`` of fit of ``law``
+    to ``arrays`` with ``settings``."""
+    key = _key(kind, law, arrays, settings)
+    if key is None:
+        return compute()
+    path = cache_dir() / key[:2] / f"{key}.pkl"
+    try:
+        return pickle.loads(path.read_bytes())
+    except Exception:  # noqa: BLE001 - missing, torn or stale: fit again
+        pass
+    value = compute()
+    _write(path, value)
+    return value
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ANNEALSCALE_CACHE") or Path.home() / ".cache" / "annealscale"
+    return Path(root) / "fits"
+
+
+def _key(kind: str, law: Law, arrays, settings: Mapping[str, Any]) -> str | None:
+    if os.environ.get(SWITCH, "1") == "0" or LAWS.get(law.name) is not law:
+        return None
+    plain = {}
+    for name, value in sorted(settings.items()):
+        if isinstance(value, (tuple, list)) and all(isinstance(v, PLAIN) for v in value):
+            value = tuple(value)
+        elif not isinstance(value, PLAIN):
+            return None
+        plain[name] = value
+    digest = hashlib.sha256()
+    digest.update(f"{code_version()}|{kind}|{law.name}|{plain!r}".encode())
+    for array in arrays:
+        array = np.ascontiguousarray(array, dtype=np.float64)
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+@functools.cache
+def code_version() -> str:
+    """Hash of this package's source: any change to the analysis code is a new cache."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class _Pickler(pickle.Pickler):
+    """Stores a law by its registry name, so a loaded fit holds the registry's own law."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, Law):
+            return get_law, (obj.name,)
+        return NotImplemented
+
+
+def _write(path: Path, value: Any) -> None:
+    buffer = io.BytesIO()
+    try:
+        _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    except Exception:  # noqa: BLE001 - an unpicklable result is simply not kept
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(buffer.getvalue())
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache costs speed, never the analysis
+        return
