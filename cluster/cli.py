@@ -256,6 +256,7 @@ def _cmd_demo(args) -> int:
     spec = load_spec(args.spec)
     if args.quick:
         spec = quick_variant(spec)
+    check_out_dir(args.out)  # before the assets: their first build takes minutes
     assets = DemoAssets()
     started = time.time()
     assets.base_model()

@@ -582,6 +582,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
 ):
     _prepare(case, tmp_path)
     monkeypatch.chdir(tmp_path)
+    # the caches too must be untouched: no demo asset is built before the input is checked
+    monkeypatch.setenv("ANNEALSCALE_CACHE", str(tmp_path / "cache"))
     for name, value in case.env.items():
         if value is None:
             monkeypatch.delenv(name, raising=False)
