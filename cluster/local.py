@@ -23,9 +23,10 @@ environment (``benchmarks/sweep_overhead.py`` measures a cell's fixed costs)."""
 
 
 LOCAL_SYSTEM_CONFIG = {
-    # Ray starts one idle worker per CPU for the first driver before that driver's job is
-    # registered, so no task or actor of the job can use them: on a 2-core machine that
-    # was four Python processes (a second of CPU each) started and left idle per instance.
+    # Ray prestarts idle workers for the first driver before that driver's job is
+    # registered (their job id is ffffffff), so no task or actor of the job can use them:
+    # on a 2-core machine, two Python processes (a second of CPU each) started and left
+    # idle per instance.
     "prestart_worker_first_driver": False,
 }
 """Ray system settings of the embedded local instance."""
