@@ -15,6 +15,7 @@ seen twice or skipped.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -55,7 +56,8 @@ def save(engine, state: WorkerState, rank: int) -> Path:
     """Write a checkpoint of ``engine`` and ``state`` into a fresh local directory."""
     import torch
 
-    directory = Path(tempfile.mkdtemp(prefix=f"anneal-ckpt-{state.step}-"))
+    remove_stale_staging()
+    directory = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{state.step}-"))
     engine.save_checkpoint(str(directory), tag=TAG)
     (directory / f"worker-{rank}.json").write_text(json.dumps(state.__dict__))
     torch.save(
@@ -92,6 +94,42 @@ def load(engine, directory: str | Path, rank: int, *, restore_rng: bool) -> Work
 
 def discard(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+STAGING_PREFIX = "anneal-ckpt-"
+"""Local directories a checkpoint is written to before it is reported, named
+``anneal-ckpt-<pid>-<step>-<random>`` in the temporary directory."""
+
+
+def remove_stale_staging(root: str | Path | None = None) -> list[Path]:
+    """Remove the staging directories of processes that no longer run; the removed.
+
+    A worker killed between writing a checkpoint and reporting it (a preemption, the
+    out-of-memory killer) leaves its staging directory behind, at real scale a rank's
+    share of the model and optimizer state; the next checkpoint on the node removes it.
+    A directory whose process id is alive again under another process is kept (never
+    another anneal's live checkpoint)."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*"):
+        fields = path.name[len(STAGING_PREFIX) :].split("-")
+        if len(fields) != 3 or not (fields[0].isdigit() and fields[1].isdigit()):
+            continue  # not ours, or named before the process id was in the name
+        if _alive(int(fields[0])):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def checkpoint_name(step: int) -> str:

@@ -304,3 +304,28 @@ def test_each_rank_restores_its_own_zero_shards_from_remote_storage(restores, st
     # together the ranks fetched the whole checkpoint, and shared only the shared files
     assert fetched[0] | fetched[1] == written
     assert all(file_rank(Path(f).name) is None for f in fetched[0] & fetched[1])
+
+
+def test_staging_left_by_a_killed_worker_is_removed_and_a_live_one_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from annealscale.anneal.checkpoint import STAGING_PREFIX, remove_stale_staging
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(gone.stdout)  # that process has exited and been reaped
+    stale = tmp_path / f"{STAGING_PREFIX}{dead_pid}-4-abc123"
+    live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-8-def456"
+    old_name = tmp_path / f"{STAGING_PREFIX}3-x1y2z3"  # before the pid was in the name
+    other = tmp_path / "unrelated"
+    for path in (stale, live, old_name, other):
+        (path / "state").mkdir(parents=True)
+        (path / "state" / "shard.pt").write_bytes(b"x")
+    assert remove_stale_staging(tmp_path) == [stale]
+    assert not stale.exists()
+    assert live.exists() and old_name.exists() and other.exists()
