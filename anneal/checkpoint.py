@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from annealscale.core.processes import pid_alive
+
 TAG = "state"
 """DeepSpeed checkpoint tag: the engine's files live in ``<checkpoint>/state/``."""
 
@@ -114,22 +116,12 @@ def remove_stale_staging(root: str | Path | None = None) -> list[Path]:
         fields = path.name[len(STAGING_PREFIX) :].split("-")
         if len(fields) != 3 or not (fields[0].isdigit() and fields[1].isdigit()):
             continue  # not ours, or named before the process id was in the name
-        if _alive(int(fields[0])):
+        if pid_alive(int(fields[0])):
             continue
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():
             removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def checkpoint_name(step: int) -> str:

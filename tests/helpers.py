@@ -167,3 +167,17 @@ def stop_cluster(cluster) -> None:
         cluster.wait(timeout=60)
     except subprocess.TimeoutExpired:
         cluster.kill()
+
+
+def exited_pid() -> int:
+    """The process id of a process that has just exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)

@@ -29,6 +29,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from annealscale.core.processes import pid_alive
 from annealscale.tune.storage import is_uri
 
 log = logging.getLogger(__name__)
@@ -45,16 +46,6 @@ def stale_seconds_from_env() -> float:
 def new_owner() -> dict:
     """This sweep run's identity as a claim owner."""
     return {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -91,7 +82,7 @@ class Claims:
         if record["age"] > self.stale_seconds:
             return True
         same_host = record.get("host") == socket.gethostname()
-        return bool(same_host and record.get("pid") and not _pid_alive(int(record["pid"])))
+        return bool(same_host and record.get("pid") and not pid_alive(int(record["pid"])))
 
     def acquire(self, identity: str) -> bool:
         """Claim ``identity`` for this owner; False while another owner's claim is live."""

@@ -307,18 +307,10 @@ def test_each_rank_restores_its_own_zero_shards_from_remote_storage(restores, st
 
 
 def test_staging_left_by_a_killed_worker_is_removed_and_a_live_one_kept(tmp_path):
-    import subprocess
-    import sys
-
     from annealscale.anneal.checkpoint import STAGING_PREFIX, remove_stale_staging
+    from tests.helpers import exited_pid
 
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(gone.stdout)  # that process has exited and been reaped
+    dead_pid = exited_pid()
     stale = tmp_path / f"{STAGING_PREFIX}{dead_pid}-4-abc123"
     live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-8-def456"
     old_name = tmp_path / f"{STAGING_PREFIX}3-x1y2z3"  # before the pid was in the name

@@ -8,8 +8,6 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
@@ -22,6 +20,7 @@ from annealscale.tune.claims import Claims, new_owner
 from annealscale.tune.interrupts import Interrupts, SweepInterrupted
 from annealscale.tune.results import ResultsStore
 from annealscale.tune.sweep import _check_out_dir
+from tests.helpers import exited_pid
 from tests.tune.test_results import _row
 
 
@@ -76,13 +75,7 @@ def test_a_stale_claim_is_taken_over_and_a_heartbeat_keeps_one_fresh(tmp_path):
 
 
 def test_a_claim_of_a_dead_driver_on_this_host_is_stale_at_once(tmp_path):
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    gone = {**new_owner(), "pid": int(dead.stdout)}
+    gone = {**new_owner(), "pid": exited_pid()}
     assert Claims(str(tmp_path), gone, stale_seconds=600).acquire("c1")
     assert Claims(str(tmp_path), new_owner(), stale_seconds=600).acquire("c1")
 
