@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from annealscale.analysis.laws import LAWS, Law, get_law
+from annealscale.core.cache import default_cache_dir
 
 T = TypeVar("T")
 
@@ -56,8 +57,7 @@ def remembered(
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("ANNEALSCALE_CACHE") or Path.home() / ".cache" / "annealscale"
-    return Path(root) / "fits"
+    return default_cache_dir() / "fits"
 
 
 def _key(kind: str, law: Law, arrays, settings: Mapping[str, Any]) -> str | None:

@@ -9,21 +9,17 @@ they are asked for. Every other path passes through unchanged.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from annealscale.anneal.base_model import BaseModelConfig, build_base_model
 from annealscale.anneal.demo_corpus import SPLITS, DemoCorpus, DemoCorpusConfig, build_demo_corpus
+from annealscale.core.cache import default_cache_dir
 from annealscale.core.errors import AnnealscaleError
 
 log = logging.getLogger(__name__)
 
 PREFIX = "demo:"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ANNEALSCALE_CACHE", Path.home() / ".cache" / "annealscale"))
 
 
 @dataclass

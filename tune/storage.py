@@ -68,7 +68,7 @@ class StorageLayout:
         path itself, or for a URI a local stand-in (file operations; see the module doc)."""
         if not is_uri(self.root):
             return Path(self.root)
-        from annealscale.anneal.demo import default_cache_dir
+        from annealscale.core.cache import default_cache_dir
 
         return default_cache_dir() / "storage" / content_hash(self.root)
 
