@@ -87,12 +87,16 @@ class ClaimingSearcher(Searcher):
         self._inner_finished = False
         self._waiting: dict[str, dict] = {}  # inner's trial id -> its config, claimed elsewhere
         self._inner_id: dict[str, str] = {}  # Tune's trial id -> the id inner suggested it for
+        self._cell_of: dict[str, str] = {}  # Tune's trial id -> the cell handed out to it
         self._announced: set[str] = set()
 
     def __getstate__(self) -> dict:
         # Pickled into Tune's experiment state: the copy a restore unpickles must not claim
         # under this run's owner, and the stop check is this process's alone.
         return {**self.__dict__, "_stopping": None, "_restored": True}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"_cell_of": {}, **state})  # a state pickled before it existed
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return self.inner.set_search_properties(metric, mode, config, **spec)
@@ -104,6 +108,7 @@ class ClaimingSearcher(Searcher):
             if self._take(config["cell_id"]):
                 del self._waiting[inner_id]
                 self._inner_id[trial_id] = inner_id
+                self._cell_of[trial_id] = config["cell_id"]
                 return config
         while not self._inner_finished:
             config = self.inner.suggest(trial_id)
@@ -113,6 +118,7 @@ class ClaimingSearcher(Searcher):
                 return None
             elif self._take(config["cell_id"]):
                 self._inner_id[trial_id] = trial_id
+                self._cell_of[trial_id] = config["cell_id"]
                 return config
             else:
                 self._waiting[trial_id] = config
@@ -140,7 +146,17 @@ class ClaimingSearcher(Searcher):
         self.inner.on_trial_result(self._inner_id.get(trial_id, trial_id), result)
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        from annealscale.tune.trial import SKIPPED
+
         inner_id = self._inner_id.pop(trial_id, trial_id)
+        identity = self._cell_of.pop(trial_id, None)
+        if not error and identity is not None and SKIPPED in (result or {}):
+            # Another sweep finished the cell while this one waited for its claim: the
+            # inner searcher is told that row, as if this trial had trained it (an adaptive
+            # searcher would otherwise count a finished cell as failed).
+            finished = self.store.read({identity})
+            if not finished.empty and (finished["status"] == "finished").all():
+                result = {**finished.iloc[0].to_dict(), **result}
         self.inner.on_trial_complete(inner_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:

@@ -170,3 +170,36 @@ def test_a_budget_stop_waits_for_running_cells_before_it_is_recorded():
         s.on_trial_complete(f"t{i}", result=_result(p, s.cells[cell]))
     assert s.suggest("after") == Searcher.FINISHED
     assert s.stop is not None and s.stop["reason"] == "budget"
+
+
+def test_a_cell_another_sweep_finished_counts_as_finished_not_failed(tmp_path):
+    """Two sweeps share a storage path: this adaptive sweep waits for a cell the other
+    holds; the other finishes it; the trial this sweep then starts reports it skipped, and
+    the searcher takes the stored row as that cell's result."""
+    from annealscale.tune.claimed_cells import ClaimingSearcher
+    from annealscale.tune.claims import Claims, new_owner
+    from annealscale.tune.results import ResultsStore
+    from annealscale.tune.trial import SKIPPED
+    from tests.tune.test_results import _row
+
+    p = make_problem(3)
+    inner = _searcher(p, q=1)
+    store = ResultsStore(tmp_path / "results")
+    other = Claims(str(tmp_path), new_owner(), stale_seconds=600)
+    mine = Claims(str(tmp_path), new_owner(), stale_seconds=600)
+    searcher = ClaimingSearcher(inner, mine, store)
+    wanted = inner.next_cells(1)[0]
+    assert other.acquire(wanted)
+    assert searcher.suggest("first") is None  # held by the other sweep: this one waits
+    waited = inner.live["first"]
+    assert waited == wanted
+
+    finished = _result(p, inner.cells[waited])
+    store.write_row(_row(waited, **finished))
+    other.release(waited)
+    assert searcher.suggest("second") == {"cell_id": waited}
+    searcher.on_trial_complete("second", result={SKIPPED: 1})
+
+    assert waited not in inner.failed
+    assert [r["cell_id"] for r in inner.rows] == [waited]
+    assert inner.rows[0]["domain_bpb"] == finished["domain_bpb"]
