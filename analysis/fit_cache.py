@@ -27,6 +27,7 @@ import numpy as np
 
 from annealscale.analysis.laws import LAWS, Law, get_law
 from annealscale.core.cache import default_cache_dir
+from annealscale.core.hashing import source_hash
 
 T = TypeVar("T")
 
@@ -82,11 +83,7 @@ def _key(kind: str, law: Law, arrays, settings: Mapping[str, Any]) -> str | None
 @functools.cache
 def code_version() -> str:
     """Hash of this package's source: any change to the analysis code is a new cache."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return source_hash(Path(__file__).parent.glob("*.py"))
 
 
 class _Pickler(pickle.Pickler):

@@ -7,6 +7,7 @@ over the same sources (or a resumed one) reuses them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -18,17 +19,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from annealscale.anneal.documents import as_parquet, files_identity, is_uri
-from annealscale.anneal.evaluate import bits_per_byte, nll_and_bytes
 from annealscale.anneal.flops import eval_flops, train_flops
 from annealscale.anneal.harness import suite_identity, suite_provenance
 from annealscale.anneal.loop import AnnealJob
 from annealscale.anneal.mixture import domain_counts
 from annealscale.anneal.model import (
     checkpoint_location,
-    load_model,
     load_model_config,
     load_tokenizer,
-    model_shape,
     token_byte_lengths,
 )
 from annealscale.anneal.packing import count_windows, pack_documents, read_windows
@@ -36,9 +34,9 @@ from annealscale.anneal.sources import CurationContext, curate
 from annealscale.core.errors import AnnealscaleError
 from annealscale.core.hashing import content_hash, to_plain
 from annealscale.core.units import flops_to_usd
+from annealscale.tune.base_measurement import measure_base
 from annealscale.tune.cells import Cell
 from annealscale.tune.engine_inputs import (
-    base_task_scores,
     check_deepspeed,
     check_tasks,
     evaluation_steps,
@@ -193,29 +191,37 @@ def prepare(
     # parameters collectively), and a rank with none would leave the metric empty (NaN)
     eval_windows = max(spec.resources.num_workers, spec.eval.max_tokens // seq_len)
 
-    model = load_model(model_path, trust_remote_code=spec.base_model.trust_remote_code)
-    shape = model_shape(model)
-    base = {}
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # the base model's evaluation and in-process curation
+    windows = {}
     eval_set_tokens = 0
     for name, path in eval_dirs.items():
-        windows = read_windows(Path(path), eval_windows)
-        base[name] = bits_per_byte(*nll_and_bytes(model, windows, token_bytes))
-        usable = len(windows) - len(windows) % spec.resources.num_workers
+        windows[name] = read_windows(Path(path), eval_windows)
+        usable = len(windows[name]) - len(windows[name]) % spec.resources.num_workers
         if usable == 0:
             raise AnnealscaleError(
-                f"eval.{name}.path: {getattr(spec.eval, name).path} packs into {len(windows)} window(s) "
-                f"of {seq_len} tokens, fewer than resources.num_workers "
-                f"({spec.resources.num_workers}); give it more held-out documents"
+                f"eval.{name}.path: {getattr(spec.eval, name).path} packs into "
+                f"{len(windows[name])} window(s) of {seq_len} tokens, fewer than "
+                f"resources.num_workers ({spec.resources.num_workers}); give it more "
+                "held-out documents"
             )
         eval_set_tokens += usable * seq_len
-    suite, task_scores = base_task_scores(model, tokenizer, suite)
-    base.update(task_scores.metrics)
+    base_model = measure_base(
+        model_path=model_path,
+        trust_remote_code=spec.base_model.trust_remote_code,
+        tokenizer=tokenizer,
+        windows=windows,
+        token_bytes=token_bytes,
+        suite=suite,
+        cache_dir=cache,
+        model_identity=inputs.shared,
+    )
+    base = base_model.metrics
+    shape = base_model.shape
+    suite = dataclasses.replace(suite, columns=base_model.task_columns)
     log.info("base model: domain %.4f bpb, general %.4f bpb", base["domain"], base["general"])
-    del model
-    task_tokens = task_scores.tokens
+    task_tokens = base_model.task_tokens
     harness_provenance = suite_provenance(suite) if not suite.empty else None
 
     ctx = CurationContext(

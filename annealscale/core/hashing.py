@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -35,3 +36,13 @@ def content_hash(obj: Any, length: int = 12) -> str:
     """Short stable hash of canonical JSON: the identity of a spec or a derived artefact."""
     blob = json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def source_hash(paths: Iterable[Path]) -> str:
+    """Short hash of source files' names and bytes: the version of the code a kept result
+    was computed by, so that a change to that code computes it anew."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
