@@ -8,7 +8,9 @@ a fit with settings other than plain values is not kept either.
 
 Entries live under ``$ANNEALSCALE_CACHE/fits`` (default ``~/.cache/annealscale/fits``),
 one file each, written to a temporary name and renamed, so two analyses at once never
-read half an entry. An entry that cannot be read is refitted and written again.
+read half an entry. An entry that cannot be read is refitted and written again. Entries
+neither written nor read for `MAX_UNUSED_DAYS` are deleted (once per process, when it first
+writes one), so the folder does not grow without bound over months of sweeps.
 ``ANNEALSCALE_FIT_CACHE=0`` turns the cache off.
 """
 
@@ -19,6 +21,7 @@ import hashlib
 import io
 import os
 import pickle
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +35,10 @@ from annealscale.core.hashing import source_hash
 T = TypeVar("T")
 
 SWITCH = "ANNEALSCALE_FIT_CACHE"
+MAX_UNUSED_DAYS = 30.0
+"""Entries neither written nor read for this long are deleted."""
+_swept: set[Path] = set()
+"""Cache folders this process has already evicted from."""
 PLAIN = (int, float, str, bool, type(None))
 
 
@@ -47,14 +54,45 @@ def remembered(
     key = _key(kind, law, arrays, settings)
     if key is None:
         return compute()
-    path = cache_dir() / key[:2] / f"{key}.pkl"
+    root = cache_dir()
+    path = root / key[:2] / f"{key}.pkl"
     try:
-        return pickle.loads(path.read_bytes())
+        value = pickle.loads(path.read_bytes())
     except Exception:  # noqa: BLE001 - missing, torn or stale: fit again
         pass
+    else:
+        _mark_used(path)
+        return value
     value = compute()
     _write(path, value)
+    if root not in _swept:
+        _swept.add(root)
+        evict_unused(root)
     return value
+
+
+def evict_unused(root: Path, max_unused_days: float = MAX_UNUSED_DAYS) -> int:
+    """Delete the entries under ``root`` neither written nor read for ``max_unused_days``;
+    how many were deleted. Runs once per process, at its first new entry."""
+    cutoff = time.time() - max_unused_days * 86400.0
+    deleted = 0
+    for path in Path(root).glob("*/*.pkl"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                deleted += 1
+        except OSError:  # another process removed or rewrote it meanwhile
+            continue
+    return deleted
+
+
+def _mark_used(path: Path) -> None:
+    """Set the entry's times to now: its modification time says when it was last written
+    or read (a rewrite is a new file, renamed over the old one)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def cache_dir() -> Path:

@@ -24,7 +24,8 @@ def cache(tmp_path, monkeypatch):
 
 
 def _entries(cache) -> dict:
-    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in cache.rglob("*.pkl")}
+    """Each entry's file (an inode: a rewrite renames a new file over it) and size."""
+    return {p: (p.stat().st_ino, p.stat().st_size) for p in cache.rglob("*.pkl")}
 
 
 def _fitted(analysis) -> dict:
@@ -101,3 +102,29 @@ def test_only_built_in_laws_with_plain_settings_are_kept(cache):
     assert remembered("fit", POWER_LAW_D, (x, y), opaque, compute) == 6
     assert remembered("fit", POWER_LAW_D, (x, y), opaque, compute) == 7
     assert len(_entries(cache)) == 3
+
+
+def test_entries_unused_for_a_month_are_deleted_and_a_read_counts_as_use(cache):
+    import os
+    import pickle
+    import time
+
+    from annealscale.analysis.fit_cache import MAX_UNUSED_DAYS, evict_unused
+
+    def fit(scale):
+        x = np.array([1.0, 2.0, 4.0]) * scale
+        return remembered("test", POWER_LAW_D, (x,), {}, lambda: float(x.sum()))
+
+    for scale in (1.0, 2.0, 3.0):
+        fit(scale)
+    by_value = {pickle.loads(p.read_bytes()): p for p in cache.rglob("*.pkl")}
+    old, read, fresh = by_value[7.0], by_value[14.0], by_value[21.0]
+    long_ago = time.time() - (MAX_UNUSED_DAYS + 5) * 86400
+    for path in (old, read):
+        os.utime(path, (long_ago, long_ago))
+    written = {p: p.stat().st_ino for p in (read, fresh)}
+
+    assert fit(2.0) == 14.0  # read again today: written long ago, but in use
+    assert evict_unused(cache) == 1
+    assert not old.exists() and read.exists() and fresh.exists()
+    assert {p: p.stat().st_ino for p in (read, fresh)} == written  # none rewritten

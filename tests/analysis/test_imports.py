@@ -31,6 +31,7 @@ ALLOWED = {
     "os",
     "pathlib",
     "pickle",
+    "time",
     "types",
     "typing",
     "zlib",
