@@ -64,6 +64,14 @@ def alive(processes: set[tuple[int, str]]) -> set[tuple[int, str]]:
     return out
 
 
+def alive_after(processes: set[tuple[int, str]], seconds: float) -> set[tuple[int, str]]:
+    """Those of ``processes`` still alive once all have exited or ``seconds`` have passed."""
+    deadline = time.time() + seconds
+    while (left := alive(processes)) and time.time() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def interrupt_when(tools, args, env, log_path, ready, send):
     """Start the CLI sweep, call ``send(process)`` once ``ready(log text)``; returns (exit
     code, log text, the Ray processes it had started)."""

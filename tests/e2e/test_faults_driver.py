@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from tests.e2e.faults import (
-    alive,
+    alive_after,
     cell_files,
     interrupt_when,
     kill_group_when,
@@ -98,8 +98,7 @@ def test_sigterm_and_sigint_stop_the_sweep_and_resume_continues(tmp_path, tools,
     assert code == 143, text[-3000:]
     assert "annealscale: interrupted (SIGTERM)" in text and "Traceback" not in text
     assert ray_processes, "the sweep started no Ray processes?"
-    time.sleep(5)
-    assert not alive(ray_processes), "Ray processes outlived the terminated sweep"
+    assert not alive_after(ray_processes, 5), "Ray processes outlived the terminated sweep"
     # nothing written over the results: no (0-row) table, no provenance
     assert not (out / "results.parquet").exists() and not (out / "provenance.json").exists()
 
@@ -114,8 +113,7 @@ def test_sigterm_and_sigint_stop_the_sweep_and_resume_continues(tmp_path, tools,
     )
     assert code == 130, text[-3000:]
     assert "annealscale: interrupted (SIGINT)" in text and "Traceback" not in text
-    time.sleep(5)
-    assert not alive(ray_processes), "Ray processes outlived the interrupted sweep"
+    assert not alive_after(ray_processes, 5), "Ray processes outlived the interrupted sweep"
     assert not (out / "results.parquet").exists()
     kept = cell_files(storage)
 
