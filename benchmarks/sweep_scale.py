@@ -90,7 +90,7 @@ def _row(identity: str, i: int) -> dict:
 
 
 def _plans(count: int):
-    from annealscale.tune.prepare import CellPlan, SweepPlan
+    from annealscale.tune.plans import CellPlan, SweepPlan
 
     cells = []
     for i in range(count):

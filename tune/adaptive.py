@@ -14,7 +14,7 @@ from annealscale.analysis.propose import ProposerSettings
 from annealscale.analysis.propose_costs import CandidateCell, PoolReuseCosts
 from annealscale.analysis.propose_model import DEFAULT_LAW_PRIOR
 from annealscale.analysis.target import Target
-from annealscale.tune.prepare import CellPlan
+from annealscale.tune.plans import CellPlan
 from annealscale.tune.results import ResultsStore
 from annealscale.tune.searcher import AdaptiveSearcher
 from annealscale.tune.spec import ExperimentSpec

@@ -68,7 +68,7 @@ def measure_base(
 ) -> BaseMeasurement:
     """The base model's measurement on ``windows`` (name -> packed windows) and ``suite``,
     read from ``cache_dir`` when the model ``model_identity`` names (the identity of its
-    files, `tune.prepare.InputsIdentity.shared`) was measured on the same inputs before."""
+    files, `tune.plans.InputsIdentity.shared`) was measured on the same inputs before."""
     path = (
         Path(cache_dir)
         / f"base-{_key(model_identity, trust_remote_code, windows, token_bytes, suite)}.json"

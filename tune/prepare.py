@@ -12,9 +12,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,50 +40,11 @@ from annealscale.tune.engine_inputs import (
     evaluation_steps,
     task_suite,
 )
+from annealscale.tune.plans import CellPlan, InputsIdentity, SweepPlan
 from annealscale.tune.spec import ExperimentSpec
 from annealscale.tune.spec_paths import check_paths
 
-if TYPE_CHECKING:
-    from annealscale.tune.trunks import TrunkPlan
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class CellPlan:
-    """One cell, ready to run: the worker's job, its datasets and its static row."""
-
-    cell: Cell
-    job: AnnealJob
-    domain_dir: str
-    replay_dir: str
-    replay_rows: int
-    """Replay windows the anneal consumes; the replay read stops there."""
-    row: dict
-    """Columns known before training: source, spend, pool and cost ledger."""
-    trunk: TrunkPlan | None = None
-    """The WSD trunk this cell branches from (`tune.trunks.attach_trunks`); None: the cell
-    trains from the base model."""
-    checkpoints_kept: int = 2
-    """Newest periodic checkpoints kept in storage for this cell's Train run."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class SweepPlan:
-    cells: list[CellPlan]
-    failed: dict[str, str] = field(default_factory=dict)
-    """Cells whose pool could not be curated or packed: identity -> the one-line error.
-    They are recorded as failed; the other cells still run."""
-
-
-@dataclass(frozen=True)
-class InputsIdentity:
-    """Identities of the files a spec's paths resolve to (see `tune.cells`)."""
-
-    shared: str
-    """Base model, replay and evaluation files."""
-    per_source: dict[str, str]
-    """Each source's input files, by source name."""
 
 
 def inputs_identity(spec: ExperimentSpec, resolve: Callable[[str], str]) -> InputsIdentity:

@@ -30,7 +30,8 @@ from annealscale.tune.claims import Claims, new_owner, stale_seconds_from_env
 from annealscale.tune.fifo import LiveFIFO
 from annealscale.tune.interrupts import Interrupts, SweepInterrupted
 from annealscale.tune.orphans import OrphanedPlacementGroups
-from annealscale.tune.prepare import SweepPlan, inputs_identity, prepare
+from annealscale.tune.plans import SweepPlan
+from annealscale.tune.prepare import inputs_identity, prepare
 from annealscale.tune.progress import ProgressCallback, SweepProgress, planned_usd, pool_of
 from annealscale.tune.results import ResultsStore
 from annealscale.tune.retention import retention_callbacks

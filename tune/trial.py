@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from annealscale.tune.prepare import CellPlan
+from annealscale.tune.plans import CellPlan
 
 DRIVER_CPUS = 0.25
 """Logical CPUs reserved for each trial's driver: it only waits on the Train run."""

@@ -42,25 +42,12 @@ from annealscale.anneal.mixture import domain_counts
 from annealscale.anneal.schedule import branch_step
 from annealscale.core.hashing import content_hash
 from annealscale.tune.cells import shared_identity
-from annealscale.tune.prepare import CellPlan, InputsIdentity, SweepPlan
+from annealscale.tune.plans import CellPlan, InputsIdentity, SweepPlan, TrunkPlan
 from annealscale.tune.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrunkPlan:
-    """A cell's place on its trunk."""
-
-    identity: str
-    """Hash of everything the trunk depends on: all the cell's identity but its budget."""
-    branch_step: int
-    """Steps of trunk this cell's cooldown starts from."""
-    targets: tuple[int, ...]
-    """Branch points the cells of this sweep need on this trunk (sorted)."""
-    tokens_per_step: int
 
 
 @dataclass(frozen=True)
