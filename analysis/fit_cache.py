@@ -7,8 +7,8 @@ and the key hashes all four: a hit returns what a refit would. Only built-in law
 a fit with settings other than plain values is not kept either.
 
 Entries live under ``$ANNEALSCALE_CACHE/fits`` (default ``~/.cache/annealscale/fits``),
-one file each, written to a temporary name and renamed, so two analyses at once never
-read half an entry. An entry that cannot be read is refitted and written again. Entries
+one file each, written to a temporary name and renamed (`core.durable`), so two analyses
+at once never read half an entry. An entry that cannot be read is refitted and written again. Entries
 neither written nor read for `MAX_UNUSED_DAYS` are deleted (once per process, when it first
 writes one), so the folder does not grow without bound over months of sweeps.
 ``ANNEALSCALE_FIT_CACHE=0`` turns the cache off.
@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from annealscale.analysis.laws import LAWS, Law, get_law
+from annealscale.core import durable
 from annealscale.core.cache import default_cache_dir
 from annealscale.core.hashing import source_hash
 
@@ -140,9 +141,6 @@ def _write(path: Path, value: Any) -> None:
     except Exception:  # noqa: BLE001 - an unpicklable result is simply not kept
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
+        durable.write_bytes(path, buffer.getvalue())
     except OSError:  # a read-only or full cache costs speed, never the analysis
         return

@@ -6,7 +6,7 @@ tasks and this code, so it is kept under the sweep's cache by a hash of all four
 resumed, repeated or extended sweep reads it back instead of loading the model on the
 driver again (seconds for the demo's model, minutes and all the driver's memory for a
 large one). An entry that cannot be read is measured again; entries are written to a
-temporary name and renamed, so two sweeps at once never read half of one.
+temporary name and renamed (`core.durable`), so two sweeps at once never read half of one.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from annealscale.anneal.evaluate import bits_per_byte, nll_and_bytes
 from annealscale.anneal.flops import ModelShape
 from annealscale.anneal.harness import TaskSuite
 from annealscale.anneal.model import load_model, model_shape
+from annealscale.core import durable
 from annealscale.core.hashing import content_hash, source_hash, to_plain
 from annealscale.tune.engine_inputs import base_task_scores
 
@@ -133,9 +133,6 @@ def _from_json(data: dict) -> BaseMeasurement:
 def _write(path: Path, measured: BaseMeasurement) -> None:
     text = json.dumps(dataclasses.asdict(measured), sort_keys=True)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        durable.write_bytes(path, text.encode())
     except OSError as err:  # a read-only or full cache costs the next sweep time, not this one
         log.warning("base model measurement not kept in %s: %s", path.parent, err)

@@ -2,13 +2,14 @@
 
 Both are packed Parquet directories. A warm single-worker cell reads them in its own
 process (`anneal.windows.PackedWindows`): it has no Train run to shard them, and a Ray
-Data job per dataset would only add its fixed costs. A Train run gets Ray Data datasets. A Ray Data read job has a fixed cost of seconds (read
-and metadata tasks, the streaming executor) whatever the size: at the demo's scale two of
-them cost a third of a cell's wall time (``benchmarks/sweep_overhead.py``). Sets up to
-`IN_MEMORY_BYTES` are therefore read here with pyarrow and handed to Train as in-memory
-Ray Data datasets (`ray.data.from_arrow`); larger ones are read by Ray Data's parallel
-Parquet reader. Either way the workers stream them through
-``ray.train.get_dataset_shard``, in the same row order: files by name, rows in file order.
+Data job per dataset would only add its fixed costs. A Train run gets Ray Data datasets.
+A Ray Data read job has a fixed cost of seconds (read and metadata tasks, the streaming
+executor) whatever the size: at the demo's scale two of them cost a third of a cell's wall
+time (``benchmarks/sweep_overhead.py``). Sets up to `IN_MEMORY_BYTES` are therefore read
+here with pyarrow and handed to Train as in-memory Ray Data datasets
+(`ray.data.from_arrow`); larger ones are read by Ray Data's parallel Parquet reader. Either
+way the workers stream them through ``ray.train.get_dataset_shard``, in the same row order:
+files by name, rows in file order.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from annealscale.core import durable
 from annealscale.core.units import flops_to_usd
-from annealscale.tune import durable
 from annealscale.tune.storage import filesystem
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class ResultsStore:
         """Write ``table`` at ``path``; False if ``exclusive`` and the file existed.
 
         Locally: to a temporary file, fsynced, then linked (exclusive) or renamed into
-        place and the directory fsynced (`tune.durable`), so a crash or power loss leaves
+        place and the directory fsynced (`core.durable`), so a crash or power loss leaves
         the whole file or none."""
         parent = path.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)

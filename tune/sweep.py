@@ -21,9 +21,9 @@ from pathlib import Path
 from ray import tune
 
 from annealscale.anneal.evaluator import task_metric_names
+from annealscale.core import durable
 from annealscale.core.errors import AnnealscaleError
 from annealscale.core.hashing import content_hash, to_plain
-from annealscale.tune import durable
 from annealscale.tune.cells import Cell, expand_grid
 from annealscale.tune.claimed_cells import CellQueue, ClaimingSearcher, longest_first
 from annealscale.tune.claims import Claims, new_owner, stale_seconds_from_env
