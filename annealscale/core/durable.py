@@ -19,16 +19,8 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make the directory's entries (a rename, a new name) durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Make a file's bytes, or a directory's entries (a rename, a new name), durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -41,7 +33,7 @@ def publish(tmp: Path, path: Path, *, exclusive: bool = False) -> bool:
     is gone afterwards. With ``exclusive``, an existing ``path`` is kept and False returned.
     """
     try:
-        fsync_file(tmp)
+        fsync(tmp)
         if exclusive:
             try:
                 os.link(tmp, path)
@@ -49,7 +41,7 @@ def publish(tmp: Path, path: Path, *, exclusive: bool = False) -> bool:
                 return False
         else:
             os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync(path.parent)
         return True
     finally:
         tmp.unlink(missing_ok=True)
