@@ -135,4 +135,9 @@ def _write(path: Path, measured: BaseMeasurement) -> None:
     try:
         durable.write_bytes(path, text.encode())
     except OSError as err:  # a read-only or full cache costs the next sweep time, not this one
-        log.warning("base model measurement not kept in %s: %s", path.parent, err)
+        log.warning(
+            "base model measurement not kept in %s (%s); the next sweep measures it again: "
+            "make that folder writable to keep it",
+            path.parent,
+            err,
+        )
